@@ -1,0 +1,50 @@
+"""The `segformer` command line. Each subcommand lives in its own module of this package and is one
+call into the library; this file only dispatches and turns `SegformerError` into a one-line message."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import SegformerError
+
+# Modules of this package that define `add_parser(subparsers)`; listed order is the --help order.
+COMMANDS = ["info"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="segformer",
+        description="SegFormer and MicroSegFormer for semantic segmentation: "
+        "train, evaluate, predict, convert, export. Run `segformer COMMAND --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"segformer {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the full traceback on errors (or set SEGFORMER_DEBUG=1)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except SegformerError as err:
+        if debug:
+            raise
+        print(f"segformer {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"segformer {args.command}: interrupted", file=sys.stderr)
+        return 130
