@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,22 @@ import torch
 
 from segformer import ModelConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celebamask-mini"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "celebamask-mini"
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m segformer ARGS` in a subprocess against this checkout's sources."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [sys.executable, "-m", "segformer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def tiny_config(decoder: str = "mlp", **changes) -> ModelConfig:

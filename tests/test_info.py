@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 from segformer.cli import main
 from segformer.models import SegFormer, create_model
 from segformer.summary import count_flops, summarize
@@ -85,18 +83,14 @@ def test_info_num_classes(capsys):
 
 
 def test_unknown_model_is_a_one_line_error_without_traceback():
-    proc = subprocess.run(
-        [sys.executable, "-m", "segformer", "info", "nosuchmodel"], capture_output=True, text=True
-    )
+    proc = run_cli("info", "nosuchmodel")
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown model 'nosuchmodel'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_lists_models():
-    proc = subprocess.run(
-        [sys.executable, "-m", "segformer", "info", "--help"], capture_output=True, text=True
-    )
+    proc = run_cli("info", "--help")
     assert proc.returncode == 0 and "microsegformer" in proc.stdout
 
 
