@@ -1,0 +1,1 @@
+"""Training and evaluation engine: losses, optimizer/schedules, the training loop and evaluation."""

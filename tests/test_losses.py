@@ -1,0 +1,140 @@
+"""Losses honour the ignore index and match naive formulas; schedules hit their endpoints."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segformer import SegformerError
+from segformer.engine.losses import SegmentationLoss, dice_loss, focal_loss
+from segformer.engine.optim import build_scheduler, lr_factor, param_groups
+from segformer.models import create_model
+
+
+def naive_dice(logits, target, eps=1.0):
+    k = logits.shape[1]
+    p = logits.softmax(1)
+    valid = (target != 255).unsqueeze(1).float()
+    y = F.one_hot(target.clamp(max=k - 1), k).permute(0, 3, 1, 2).float() * valid
+    p = p * valid
+    terms = [(2 * (p[:, c] * y[:, c]).sum() + eps) / (p[:, c].sum() + y[:, c].sum() + eps) for c in range(k)]
+    return 1 - torch.stack(terms).mean()
+
+
+@pytest.fixture
+def batch():
+    logits = torch.randn(2, 5, 8, 8, requires_grad=True)
+    target = torch.randint(0, 5, (2, 8, 8))
+    target[:, :3] = 255
+    return logits, target
+
+
+def test_dice_matches_naive_formula(batch):
+    logits, target = batch
+    torch.testing.assert_close(dice_loss(logits, target), naive_dice(logits, target))
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "ce+dice", "focal"])
+def test_ignored_pixels_do_not_matter(batch, name):
+    logits, target = batch
+    loss_fn = SegmentationLoss(name)
+    base = loss_fn(logits, target)
+    changed = logits.detach().clone()
+    changed[:, :, :3] = torch.randn_like(changed[:, :, :3]) * 100  # only ignored rows change
+    torch.testing.assert_close(loss_fn(changed, target), base.detach())
+    base.backward()
+    assert logits.grad[:, :, :3].abs().max() == 0  # and they get no gradient
+
+
+def test_combined_loss_is_ce_plus_weighted_dice(batch):
+    logits, target = batch
+    expected = F.cross_entropy(logits, target, ignore_index=255) + 0.5 * naive_dice(logits, target)
+    torch.testing.assert_close(SegmentationLoss("ce+dice", dice_weight=0.5)(logits, target), expected)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy(batch):
+    logits, target = batch
+    torch.testing.assert_close(
+        focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target, ignore_index=255)
+    )
+
+
+def test_stride4_logits_are_upsampled_to_the_labels(batch):
+    logits, target = batch
+    small = logits.detach()[:, :, ::2, ::2]
+    up = F.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(SegmentationLoss("ce")(small, target), SegmentationLoss("ce")(up, target))
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "ce+dice", "focal"])
+def test_all_ignored_gives_zero_not_nan(name):
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = SegmentationLoss(name)(logits, torch.full((1, 4, 4), 255))
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def test_perfect_prediction_has_near_zero_dice():
+    target = torch.randint(0, 3, (1, 16, 16))
+    logits = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert dice_loss(logits, target, eps=1e-6) < 1e-4
+
+
+def test_unknown_loss():
+    with pytest.raises(SegformerError, match="unknown loss"):
+        SegmentationLoss("hinge")
+
+
+# --- schedules ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "step", "poly"])
+def test_schedules_hit_their_endpoints(schedule):
+    total, warm = 1000, 50
+    assert lr_factor(0, total, schedule, warmup_steps=warm, warmup_start=0.01) == pytest.approx(0.01)
+    assert lr_factor(warm, total, schedule, warmup_steps=warm) == pytest.approx(1.0)
+    end = lr_factor(total, total, schedule, warmup_steps=warm, min_lr_ratio=0.0)
+    expected_end = {"cosine": 0.0, "constant": 1.0, "step": 0.01, "poly": 0.0}[schedule]
+    assert end == pytest.approx(expected_end, abs=1e-12)
+
+
+def test_cosine_midpoint_and_min_lr():
+    assert lr_factor(500, 1000, "cosine") == pytest.approx(0.5)
+    assert lr_factor(1000, 1000, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    values = [lr_factor(s, 1000, "cosine", warmup_steps=10) for s in range(10, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_step_schedule_drops_at_milestones():
+    f = [lr_factor(s, 100, "step", step_milestones=(0.5, 0.75), step_gamma=0.1) for s in (49, 50, 74, 75)]
+    assert f == pytest.approx([1.0, 0.1, 0.1, 0.01])
+
+
+def test_scheduler_drives_the_optimizer():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    sched = build_scheduler(opt, 10, schedule="cosine", warmup_steps=2, warmup_start=0.5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[2] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_param_groups_skip_decay_on_norms_and_biases_and_scale_the_head():
+    model = create_model("microsegformer")
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, head_lr_mult=10.0)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"body", "body_no_decay", "head", "head_no_decay"}
+    assert by_name["body_no_decay"]["weight_decay"] == 0.0 and by_name["body"]["weight_decay"] == 0.05
+    assert by_name["head"]["lr"] == pytest.approx(1e-2)
+    ids = {id(p) for g in groups for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters()}  # every parameter exactly once
+    norm_weight = model.encoder.stages[0].norm.weight
+    assert any(norm_weight is p for p in by_name["body_no_decay"]["params"])
