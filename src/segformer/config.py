@@ -146,6 +146,155 @@ class ModelConfig:
         return from_plain(cls, data)
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is fed to the model."""
+
+    root: str | None = None
+    """Dataset root; None with `synthetic` > 0 generates synthetic faces into the run folder."""
+    kind: str = "auto"
+    """Layout: ``auto`` (detect), ``folder`` (CE7454), ``ade20k`` or ``cityscapes``."""
+    label_set: str = "celebamask"
+    """Class names, palette and left/right pairs (``celebamask``, ``ade20k``, ``cityscapes``)."""
+    img_size: int = 512
+    """Training (and default evaluation) resolution, square."""
+    augment: str = "both"
+    """Augmentation preset: ``none``, ``geometric``, ``photometric`` or ``both``."""
+    val_fraction: float = 0.1
+    """Hold-out fraction of train when the dataset has no val split."""
+    split_seed: int = 0
+    """Seed of the hold-out split (the same stems for the same seed)."""
+    workers: int = 2
+    """DataLoader worker processes (0 = load in the training process)."""
+    cache: bool = True
+    """Keep decoded images in memory after the first epoch when they fit (see `cache_max_gb`)."""
+    cache_max_gb: float = 4.0
+    """Upper bound on the memory the image cache may use."""
+    synthetic: int = 0
+    """When `root` is None: number of synthetic faces to generate (train + val)."""
+    eval_mode: str = "resize"
+    """Validation inference: ``resize`` (image resized to img_size, logits resized back to the
+    mask) or ``slide`` (full resolution, img_size windows) for images larger than the training size."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, loss and run control (defaults = the CE7454 seed recipe)."""
+
+    epochs: int = 150
+    batch_size: int = 32
+    """Images per optimizer step and process (before gradient accumulation)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the batch is split into this many pieces."""
+    optimizer: str = "adamw"
+    """``adamw`` (no weight decay on norms and biases) or ``sgd`` (with `momentum`)."""
+    lr: float = 1.5e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    head_lr_mult: float = 1.0
+    """Learning-rate multiplier of the decoder (10 in the SegFormer paper recipe)."""
+    betas: tuple[float, ...] = (0.9, 0.999)
+    schedule: str = "cosine"
+    """``cosine``, ``constant``, ``step`` or ``poly``; per optimizer step."""
+    warmup_epochs: float = 5.0
+    warmup_start: float = 1e-3
+    """Warmup starts at this fraction of the learning rate."""
+    min_lr_ratio: float = 0.0
+    step_milestones: tuple[float, ...] = (0.6, 0.85)
+    """Fractions of training at which the ``step`` schedule multiplies the lr by `step_gamma`."""
+    step_gamma: float = 0.1
+    poly_power: float = 1.0
+    loss: str = "ce+dice"
+    """``ce``, ``dice``, ``ce+dice`` or ``focal``."""
+    dice_weight: float = 0.5
+    label_smoothing: float = 0.0
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = off)."""
+    amp: str = "none"
+    """Mixed precision: ``none``, ``bf16`` (CPU or GPU) or ``fp16`` (GPU, with loss scaling)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (0 = off; e.g. 0.999)."""
+    channels_last: bool = False
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    early_stop: int = 30
+    """Stop after this many evaluations without a better validation score (0 = never)."""
+    eval_every: int = 1
+    """Evaluate every this many epochs (and always at the end)."""
+    eval_tta: str = "none"
+    monitor: str = "ce7454_f"
+    """Validation score that selects the best checkpoint and drives early stopping."""
+    seed: int = 0
+    deterministic: bool = False
+    """Deterministic algorithms (CPU runs then resume to bit-identical weights)."""
+    max_minutes: float | None = None
+    """Wall-clock budget: stop cleanly (evaluate + save) when it is spent."""
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    tensorboard: bool = False
+    log_every: int = 10
+    """Steps between progress-bar updates of the running loss."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run: model name + overrides, data and training settings (one YAML recipe)."""
+
+    model: dict[str, Any]
+    data: DataConfig
+    train: TrainConfig
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> RunConfig:
+        unknown = sorted(set(doc) - {"model", "data", "train"})
+        if unknown:
+            raise SegformerError(
+                f"recipe: unknown section(s) {', '.join(unknown)} (expected model, data, train)"
+            )
+        model = dict(doc.get("model") or {})
+        model.setdefault("name", "microsegformer")
+        return cls(
+            model=model,
+            data=from_plain(DataConfig, doc.get("data") or {}),
+            train=from_plain(TrainConfig, doc.get("train") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "data": to_plain(self.data), "train": to_plain(self.train)}
+
+    def override(self, changes: Mapping[str, Any]) -> RunConfig:
+        """Apply dotted overrides such as ``{"train.lr": 1e-3, "model.depths": [1, 1, 1, 1]}``."""
+        doc = self.to_dict()
+        for key, value in changes.items():
+            section, dot, name = key.partition(".")
+            if not dot or section not in doc:
+                raise SegformerError(f"override {key!r}: expected model.X, data.X or train.X")
+            doc[section][name] = value
+        return RunConfig.from_dict(doc)
+
+
+RECIPE_DIR = Path(__file__).parent / "configs"
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> RunConfig:
+    """A packaged recipe by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        packaged = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not packaged.is_file():
+            raise SegformerError(
+                f"recipe {str(name_or_path)!r} is neither a file nor a packaged recipe "
+                f"({', '.join(list_recipes())})"
+            )
+        path = packaged
+    return RunConfig.from_dict(load_yaml(path))
+
+
 def to_plain(config: Any) -> dict[str, Any]:
     """A dataclass as a JSON/YAML-friendly dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -228,8 +377,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "DataConfig",
     "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
     "from_plain",
+    "list_recipes",
+    "load_recipe",
     "load_yaml",
     "parse_overrides",
     "replace_fields",

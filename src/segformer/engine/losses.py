@@ -5,8 +5,8 @@ label size first (SPEC.md 1.2).
 
 - cross entropy;
 - soft Dice over the softmax (the CE7454 seed's formula): ``1 - mean_c (2 sum p_c y_c + eps) /
-  (sum p_c + sum y_c + eps)`` with sums over the batch and all valid pixels, averaged over all K
-  classes;
+  (sum p_c + sum y_c + eps)`` with sums over the valid pixels of each image, averaged over all K
+  classes and then over the images of the batch;
 - CE + lambda * Dice (the seed recipe, lambda = 0.5);
 - focal loss (Lin et al., ICCV 2017), ``-(1 - p_t)^gamma log p_t`` averaged over valid pixels.
 """
@@ -29,18 +29,24 @@ def _match_size(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, eps: float = 1.0) -> Tensor:
-    """Soft multi-class Dice loss over the softmax, valid pixels only."""
-    k = logits.shape[1]
+    """Soft multi-class Dice loss over the softmax: per image, averaged over classes, then images.
+
+    Per-image sums (the seed's formula) make the loss of a batch the mean of its images' losses, so
+    data-parallel training on equal shards computes exactly the single-process gradient.
+    """
+    b, k = logits.shape[:2]
     probs = logits.float().softmax(1)
     valid = target != ignore_index  # (B, H, W)
     labels = torch.where(valid, target, 0).long()
-    # sum_pixels p_c * y_c is the probability of the true class summed per class: gather + scatter-add
-    # instead of materialising a (B, K, H, W) one-hot tensor.
+    # sum_pixels p_c * y_c is the probability of the true class summed per (image, class): gather +
+    # scatter-add instead of materialising a (B, K, H, W) one-hot tensor.
     p_true = probs.gather(1, labels.unsqueeze(1)).squeeze(1)[valid]
-    inter = torch.zeros(k, dtype=probs.dtype, device=probs.device).index_add(0, labels[valid], p_true)
-    label_count = torch.bincount(labels[valid], minlength=k).to(probs.dtype)
-    prob_sum = (probs * valid.unsqueeze(1)).sum((0, 2, 3))
-    return 1.0 - ((2.0 * inter + eps) / (prob_sum + label_count + eps)).mean()
+    slot = (torch.arange(b, device=labels.device)[:, None, None] * k + labels)[valid]  # image * K + class
+    inter = torch.zeros(b * k, dtype=probs.dtype, device=probs.device).index_add(0, slot, p_true)
+    label_count = torch.bincount(slot, minlength=b * k).to(probs.dtype)
+    prob_sum = (probs * valid.unsqueeze(1)).sum((2, 3))  # (B, K)
+    dice = (2.0 * inter.view(b, k) + eps) / (prob_sum + label_count.view(b, k) + eps)
+    return 1.0 - dice.mean()
 
 
 def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: float = 2.0) -> Tensor:

@@ -73,9 +73,8 @@ def lr_factor(
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, **kwargs
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` applying `lr_factor` to every group's base lr (checkpointable via state_dict)."""
-    lr_factor(0, total_steps, **kwargs)  # validate the arguments now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, **kwargs))
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every group's lr to its base lr (``group["base_lr"]``, recorded on first use) x `factor`."""
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+        group["lr"] = group["base_lr"] * factor

@@ -1,0 +1,57 @@
+"""`segformer eval MODEL_DIR --data ROOT`: score a trained model on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..inference import TTA_MODES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a model on a dataset split (CE7454 F-score, mIoU, F1, per class)",
+        description="Evaluate MODEL (a model directory) on a labelled split of ROOT at each mask's "
+        "resolution. For a folder dataset without ROOT/val, --split val is the seeded hold-out of "
+        "train that training used. Prints a per-class table, or one JSON object with --json.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best)")
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
+    p.add_argument("--split", default="val", help="split to score (default val)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
+    p.add_argument("--img-size", type=int, help="working resolution (default: the training size)")
+    p.add_argument(
+        "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..engine.evaluate import evaluate_model
+    from ..metrics import format_per_class
+
+    model = load_model(args.model, device=args.device)
+    scores = evaluate_model(
+        model,
+        args.data,
+        args.split,
+        tta=args.tta,
+        img_size=args.img_size,
+        eval_mode=args.eval_mode,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        print(f"{args.model} on {args.data} [{args.split}], tta={args.tta}, {scores['img_size']}px")
+        print(format_per_class(scores))
+    return 0

@@ -1,0 +1,166 @@
+"""Evaluation: predictions at each mask's resolution, scored from confusion matrices (SPEC.md 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import distributed
+from ..data.datasets import SegmentationDataset
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from ..errors import SegformerError
+from ..inference import flip_permutation, predict_probs
+from ..metrics import SegmentationMetrics
+
+
+def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
+    """Stack images (all at the working size); stack masks when they share a size, else keep a list."""
+    images = torch.stack([b[0] for b in batch])
+    masks = [b[1] for b in batch]
+    if all(m.shape == masks[0].shape for m in masks):
+        return images, torch.stack(masks)
+    return images, masks
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    background: int | None = 0,
+    class_names: list[str] | None = None,
+    tta: str = "none",
+    flip_perm: Tensor | None = None,
+    window: int | None = None,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Score `model` on batches of ``(images, masks)``; scores are summed over processes when
+    distributed (each process evaluates its own shard)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(num_classes, ignore_index, background, class_names, device=device)
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and distributed.is_main()), unit="batch")
+    for images, masks in bar:
+        images = images.to(device, non_blocking=True)
+        groups = (
+            [(images, masks)]
+            if isinstance(masks, Tensor)
+            else [(im[None], m[None]) for im, m in zip(images, masks, strict=True)]
+        )
+        for x, y in groups:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                probs = predict_probs(model, x, y.shape[-2:], tta=tta, flip_perm=flip_perm, window=window)
+            metrics.update(probs.argmax(1), y.to(device))
+    distributed.all_reduce_sum(metrics.state_tensors())
+    model.train(was_training)
+    return metrics.compute()
+
+
+def eval_dataset(
+    root: str | Path,
+    split: str = "val",
+    *,
+    kind: str = "auto",
+    label_set: str | None = None,
+    img_size: int = 512,
+    eval_mode: str = "resize",
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> SegmentationDataset:
+    """The labelled split `split` of a dataset, transformed for evaluation.
+
+    ``val`` of a folder dataset without ``ROOT/val`` is the seeded hold-out of train that training
+    used (same `val_fraction` and `split_seed` give the same images).
+    """
+    from ..data.datasets import ADE20KDataset, CityscapesDataset, FolderDataset, build_datasets, detect_kind
+    from ..engine.data import FullResolution
+
+    kind = detect_kind(root) if kind == "auto" else kind
+    if kind == "folder":
+        label_set = label_set or "celebamask"
+    if eval_mode == "slide":
+        tf = FullResolution(mean, std)
+    else:
+        tf = build_transform("none", img_size, label_set or kind, train=False, mean=mean, std=std)
+    if split == "val":
+        ls = label_set if kind == "folder" else None
+        return build_datasets(root, kind, val_fraction, split_seed, None, tf, ls)[1]
+    if kind == "folder":
+        ds = FolderDataset(root, split, tf, label_set)
+        if ds.mask_path(0) is None:
+            raise SegformerError(f"{Path(root) / split}: no masks/ folder, nothing to score against")
+        return ds
+    return (ADE20KDataset if kind == "ade20k" else CityscapesDataset)(root, split, tf)
+
+
+def evaluate_model(
+    model: nn.Module,
+    root: str | Path,
+    split: str = "val",
+    *,
+    tta: str = "none",
+    img_size: int | None = None,
+    eval_mode: str | None = None,
+    batch_size: int = 4,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a trained model on a dataset split; settings not given come from ``model.meta``
+    (image size, label set, normalisation, hold-out split of training)."""
+    from ..data.labels import get_label_set
+    from ..engine.data import background_of
+
+    meta = getattr(model, "meta", {}) or {}
+    data_meta = meta.get("data", {})
+    img_size = img_size or meta.get("image_size", 512)
+    eval_mode = eval_mode or meta.get("eval_mode", "resize")
+    ds = eval_dataset(
+        root,
+        split,
+        kind=data_meta.get("kind", "auto"),
+        label_set=meta.get("label_set"),
+        img_size=img_size,
+        eval_mode=eval_mode,
+        val_fraction=data_meta.get("val_fraction", 0.1),
+        split_seed=data_meta.get("split_seed", 0),
+        mean=meta.get("mean", IMAGENET_MEAN),
+        std=meta.get("std", IMAGENET_STD),
+    )
+    ls = get_label_set(ds.label_set)
+    if model.config.num_classes != ls.num_classes:
+        raise SegformerError(
+            f"the model predicts {model.config.num_classes} classes but {root} uses "
+            f"{ls.name} ({ls.num_classes})"
+        )
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval)
+    model = model.to(device)
+    scores = evaluate(
+        model,
+        loader,
+        ls.num_classes,
+        ignore_index=ls.ignore_index,
+        background=background_of(ls),
+        class_names=list(ls.class_names),
+        tta=tta,
+        flip_perm=flip_permutation(ls.flip_pairs, ls.num_classes),
+        window=img_size if eval_mode == "slide" else None,
+        device=device,
+        progress=progress,
+    )
+    scores.update({"split": split, "tta": tta, "img_size": img_size, "eval_mode": eval_mode})
+    return scores
