@@ -68,9 +68,15 @@ def torch_load_safe(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        detail_text = detail.group(1).strip() if detail else str(err).splitlines()[0]
+        if "Unsupported operand" in detail_text:  # not a pickle stream at all
+            raise SegformerError(f"{path}: cannot read as a PyTorch checkpoint ({detail_text})") from None
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", detail_text)
         what = (
-            f"the object {culprit.group(1)}" if culprit else "objects other than tensors and plain containers"
+            f"the object {culprit.group(1)}"
+            if culprit
+            else f"objects other than tensors and plain containers ({detail_text})"
         )
         raise SegformerError(
             f"{path}: refused: unpickling it needs {what}, i.e. arbitrary code execution, which segformer "

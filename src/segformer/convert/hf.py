@@ -197,9 +197,10 @@ def config_from_hf(doc: Mapping[str, Any], source: str = "config.json") -> Model
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The HF ``config.json`` of a SegformerForSemanticSegmentation equivalent to `config`.
 
-    Only the SegFormer architecture exists in transformers: the MicroSegFormer decoder and the plain MLP
-    (``mix_ffn=False``) raise `SegformerError`. A LayerNorm eps other than 1e-5 cannot be expressed
-    (transformers ignores ``layer_norm_eps``), so it is written for the record and a warning is issued.
+    Only the SegFormer architecture exists in transformers: the MicroSegFormer decoder, the plain MLP
+    (``mix_ffn=False``) and fractional mlp ratios raise `SegformerError`. A LayerNorm eps other than 1e-5
+    cannot be expressed (transformers ignores ``layer_norm_eps``): it is written for the record and a
+    warning is issued.
     """
     if config.arch != "segformer" or config.decoder != "mlp" or not config.mix_ffn:
         what = (
@@ -212,6 +213,11 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         raise SegformerError(
             f"cannot save as HF transformers: {what} has no equivalent in SegformerForSemanticSegmentation "
             "(only the MiT encoder with Mix-FFN and the All-MLP decoder do); save it in the native format"
+        )
+    if not all(float(r).is_integer() for r in config.mlp_ratios):
+        raise SegformerError(
+            f"cannot save as HF transformers: mlp_ratios {config.mlp_ratios} are not integers "
+            "(SegformerConfig types them as int)"
         )
     if config.norm_eps != HF_LAYER_NORM_EPS or config.embed_norm_eps != HF_LAYER_NORM_EPS:
         warnings.warn(
@@ -230,7 +236,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "depths": list(config.depths),
         "num_attention_heads": list(config.num_heads),
         "sr_ratios": list(config.sr_ratios),
-        "mlp_ratios": [int(r) if float(r).is_integer() else r for r in config.mlp_ratios],
+        "mlp_ratios": [int(r) for r in config.mlp_ratios],
         "patch_sizes": list(config.patch_sizes),
         "strides": list(config.strides),
         "hidden_act": "gelu",
