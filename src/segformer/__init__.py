@@ -7,12 +7,4 @@ from .models import create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ModelConfig",
-    "SegformerError",
-    "__version__",
-    "create_model",
-    "list_models",
-    "load",
-    "save",
-]
+__all__ = ["ModelConfig", "SegformerError", "__version__", "create_model", "list_models", "load", "save"]

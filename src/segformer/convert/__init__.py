@@ -4,8 +4,9 @@
 
 - our native model directories (``config.json`` with ``"format": "segformer"`` + ``model.safetensors``);
 - HF transformers directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, sharded
-  or not, legacy or 5.x key names): SegformerForSemanticSegmentation (``nvidia/segformer-b0-finetuned-
-  ade-512-512`` ...) and the encoder-only SegformerForImageClassification (``nvidia/mit-b0`` ...);
+  or not, legacy or 5.x key names): SegformerForSemanticSegmentation
+  (``nvidia/segformer-b0-finetuned-ade-512-512`` ...) and the encoder-only
+  SegformerForImageClassification (``nvidia/mit-b0`` ...);
 - NVlabs/mmseg ``.pth`` files: whole segmentation checkpoints (``{"meta": ..., "state_dict": ...}``) and
   ImageNet ``mit_bX.pth`` encoders; the architecture is inferred from the tensor shapes
   (`original.infer_config`). A ``.pth``/``.bin`` holding our own key names loads the same way.
