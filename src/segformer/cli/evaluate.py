@@ -32,11 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
+    from ..convert import load
     from ..engine.evaluate import evaluate_model
     from ..metrics import format_per_class
 
-    model = load_model(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     scores = evaluate_model(
         model,
         args.data,

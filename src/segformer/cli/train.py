@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override any recipe field, e.g. train.lr=1e-3, model.depths=[1,1,1,1], data.augment=none",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-epoch lines, only the summary"
+    )
     p.set_defaults(func=run)
 
 

@@ -339,7 +339,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     eval_model = ema.module if ema is not None else model
     summary: dict[str, Any] = {}
     stop_reason = "epochs done"
-    if main:
+    if main and progress:
         print(
             f"training {cfg.model['name']} ({sum(p.numel() for p in model.parameters()):,} params) on "
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
@@ -499,7 +499,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 for k, v in record.get("val", {}).items():
                     if isinstance(v, float):
                         writer.add_scalar(f"val/{k}", v, st.global_step)
-            if "val" in record:
+            if "val" in record and progress:
                 v = record["val"]
                 tqdm.write(
                     f"epoch {record['epoch']:g}: loss {train_loss:.4f}  {tc.monitor} {v[tc.monitor]:.4f}  "
