@@ -137,9 +137,10 @@ class SegmentationDataset(Dataset):
         mask_path = self.mask_paths[i]
         if mask_path is None:
             return image, None
-        mask = load_mask(mask_path, self.label_set)
-        if self.mask_lut is not None:
-            mask = self.mask_lut[mask]
+        if self.mask_lut is None:
+            mask = load_mask(mask_path, self.label_set)  # colour masks map through the palette
+        else:
+            mask = self.mask_lut[load_mask(mask_path)]  # raw dataset ids -> training ids
         if mask.shape != image.shape[:2]:
             raise SegformerError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "

@@ -23,6 +23,7 @@ larger than real ones so that they stay learnable at 128 px.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -128,7 +129,7 @@ class _Canvas:
         self.image = image
         self.mask = np.zeros(image.shape[:2], dtype=np.uint8)
         self.size = image.shape[0]
-        self.cx, self.cy, self.scale = cx, cy, scale
+        self.cx, self.cy, self.scale, self.roll = cx, cy, scale, roll
         c, s = math.cos(roll), math.sin(roll)
         self.rot = np.array([[c, -s], [s, c]]) * scale
 
@@ -189,225 +190,262 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
-# -- the face ---------------------------------------------------------------------------------------
+# -- the head ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Head:
+    """Pose, proportions and base colours of one head, in local units (the face half-width)."""
+
+    yaw: float  # head turn in radians (a cylinder model: features slide sideways and foreshorten)
+    bh: float  # face half-height / half-width
+    u0: float  # sideways shift of the skull with the turn
+    skin: np.ndarray
+    hair: np.ndarray
+    bald: bool
+    long_hair: bool
+    eye_v: float  # height of the eye line
+    neck_w: float
+    shoulder_v: float  # where clothes start; below the frame for a close crop
+    hair_w: float
+    hair_top: float
+    curl: float  # amplitude of a wavy hair outline
+    ear_v: float = 0.0  # set by _ears
+    eye_phi: float = 0.0  # set by _eyes_and_brows: angle of the eyes on the head cylinder
+    eye_w: float = 0.0
+
+    def side(self, phi: float) -> tuple[float, float]:
+        """(u, foreshortening) of a point at angle phi on the head cylinder."""
+        return math.sin(phi + self.yaw), max(math.cos(phi + self.yaw), 0.2)
 
 
 def generate_face(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic face: (image (S, S, 3) uint8 RGB, mask (S, S) uint8 CelebAMask-HQ class ids)."""
     if size < 16:
         raise SegformerError(f"synthetic faces need size >= 16, got {size}")
-    S = size
-    image = _background(rng, S)
+    image = _background(rng, size)
     roll = math.radians(float(np.clip(rng.normal(0, 8), -25, 25)))
-    yaw = float(np.clip(rng.normal(0, 0.22), -0.55, 0.55))  # head turn, radians (cylinder model)
-    a = S * rng.uniform(0.25, 0.31)  # face half-width in pixels
-    cv_ = _Canvas(image, S * (0.5 + rng.normal(0, 0.035)), S * rng.uniform(0.44, 0.53), a, roll)
-    bh = rng.uniform(1.15, 1.35)  # face half-height / half-width
-    u0 = 0.12 * math.sin(yaw)  # the skull shifts a little with the turn
-
-    def side(phi: float) -> tuple[float, float]:
-        """(u, foreshortening) of a point at angle phi on the head cylinder."""
-        return math.sin(phi + yaw), max(math.cos(phi + yaw), 0.2)
-
+    yaw = float(np.clip(rng.normal(0, 0.22), -0.55, 0.55))
+    half_width = size * rng.uniform(0.25, 0.31)  # of the face, in pixels
+    canvas = _Canvas(
+        image, size * (0.5 + rng.normal(0, 0.035)), size * rng.uniform(0.44, 0.53), half_width, roll
+    )
+    bh = rng.uniform(1.15, 1.35)
     skin = _skin_colour(rng)
     hair = _apart(_hair_colour(rng), skin, rng, 60)
-    bald = rng.random() < 0.04
-    long_hair = not bald and rng.random() < 0.6
-
-    # Layout, mostly in units of the face half-width.
-    eye_v = rng.uniform(-0.18, -0.02) * bh
-    neck_w = rng.uniform(0.5, 0.68)
-    shoulder_v = rng.uniform(1.05, 1.75) * bh  # where clothes start; below the frame for a close crop
-    hair_w = rng.uniform(1.12, 1.45)
-    hair_top = -bh * rng.uniform(1.1, 1.4)
-    curl = rng.uniform(0.0, 0.06) if rng.random() < 0.5 else 0.0  # a wavy outline
-
-    # -- behind the head: long hair, neck, clothes ---------------------------------------------------
-    if long_hair:
-        length = rng.uniform(0.6, 2.6) * bh
-        w = hair_w * rng.uniform(1.0, 1.2)
-        flare = rng.uniform(1.0, 1.5)
-        top = _ellipse(u0, -0.2 * bh, w, bh, math.pi, 2 * math.pi, 24)
-        vs = np.linspace(-0.2 * bh, length, 8)
-        wave = curl * 3 * np.sin(vs * 5 + rng.uniform(0, 6))
-        right = np.stack([u0 + w + (flare - 1) * w * (vs - vs[0]) / (vs[-1] - vs[0]) + wave, vs], 1)
-        left = right[::-1] * [-1, 1] + [2 * u0, 0]
-        cv_.fill(np.concatenate([top, right, left]), HAIR, hair)
-
-    neck_colour = _apart(_shade(skin, rng, 0.15), skin, rng, 12)
-    neck_bottom = shoulder_v + 0.6
-    cv_.fill(
-        np.array(
-            [
-                [-neck_w + u0, 0.4 * bh],
-                [neck_w + u0, 0.4 * bh],
-                [neck_w * 1.25, neck_bottom],
-                [-neck_w * 1.25, neck_bottom],
-            ]
-        ),
-        NECK,
-        neck_colour,
+    bald = bool(rng.random() < 0.04)
+    long_hair = not bald and bool(rng.random() < 0.6)
+    head = _Head(
+        yaw=yaw,
+        bh=bh,
+        u0=0.12 * math.sin(yaw),
+        skin=skin,
+        hair=hair,
+        bald=bald,
+        long_hair=long_hair,
+        eye_v=rng.uniform(-0.18, -0.02) * bh,
+        neck_w=rng.uniform(0.5, 0.68),
+        shoulder_v=rng.uniform(1.05, 1.75) * bh,
+        hair_w=rng.uniform(1.12, 1.45),
+        hair_top=-bh * rng.uniform(1.1, 1.4),
+        curl=rng.uniform(0.0, 0.06) if rng.random() < 0.5 else 0.0,
     )
+    # Back to front; where parts overlap, the order of the official CelebAMask-HQ merge.
+    if head.long_hair:
+        _long_hair(canvas, head, rng)
+    _neck_and_clothes(canvas, head, rng)
+    _ears(canvas, head, rng)
+    _face(canvas, head, rng)
+    if not head.bald:
+        _hair(canvas, head, rng)
+    _nose(canvas, head, rng)
+    _eyes_and_brows(canvas, head, rng)
+    _mouth(canvas, head, rng)
+    if rng.random() < 0.06:
+        _glasses(canvas, head, rng)
+    if rng.random() < 0.05:
+        _hat(canvas, head, rng)
+    if rng.random() < 0.08:
+        _occluder(canvas, rng)
+    _texture(image, canvas.mask, rng, head.hair)
+    return image, canvas.mask
+
+
+def _long_hair(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Hair falling behind the neck and shoulders, flaring towards the ends, wavy when curly."""
+    length = rng.uniform(0.6, 2.6) * head.bh
+    w = head.hair_w * rng.uniform(1.0, 1.2)
+    flare = rng.uniform(1.0, 1.5)
+    top = _ellipse(head.u0, -0.2 * head.bh, w, head.bh, math.pi, 2 * math.pi, 24)
+    vs = np.linspace(-0.2 * head.bh, length, 8)
+    wave = head.curl * 3 * np.sin(vs * 5 + rng.uniform(0, 6))
+    right = np.stack([head.u0 + w + (flare - 1) * w * (vs - vs[0]) / (vs[-1] - vs[0]) + wave, vs], 1)
+    left = right[::-1] * [-1, 1] + [2 * head.u0, 0]
+    canvas.fill(np.concatenate([top, right, left]), HAIR, head.hair)
+
+
+def _neck_and_clothes(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Neck, a rare necklace, clothes over the shoulders, sometimes an open collar."""
+    u0, bh, neck_w, shoulder_v = head.u0, head.bh, head.neck_w, head.shoulder_v
+    neck_colour = _apart(_shade(head.skin, rng, 0.15), head.skin, rng, 12)
+    bottom = shoulder_v + 0.6
+    neck = [
+        [-neck_w + u0, 0.4 * bh],
+        [neck_w + u0, 0.4 * bh],
+        [neck_w * 1.25, bottom],
+        [-neck_w * 1.25, bottom],
+    ]
+    canvas.fill(np.array(neck), NECK, neck_colour)
     if rng.random() < 0.05:  # necklace: a thin chain across the neck, sometimes with a pendant
         chain = _apart(_random_colour(rng), neck_colour, rng, 60)
-        cv_y = rng.uniform(0.85, 1.1) * bh
+        chain_v = rng.uniform(0.85, 1.1) * bh
         t = np.linspace(-neck_w * 0.95, neck_w * 0.95, 16)
-        pts = np.stack([t + u0 * 0.5, cv_y + 0.25 * (1 - (t / neck_w) ** 2)], axis=1)
-        cv_.line(pts, rng.uniform(0.03, 0.06), NECK_L, chain)
+        canvas.line(
+            np.stack([t + u0 * 0.5, chain_v + 0.25 * (1 - (t / neck_w) ** 2)], 1),
+            rng.uniform(0.03, 0.06),
+            NECK_L,
+            chain,
+        )
         if rng.random() < 0.5:
-            cv_.fill(_ellipse(u0 * 0.5, cv_y + 0.3, 0.06, 0.08, n=16), NECK_L, chain)
+            canvas.fill(_ellipse(u0 * 0.5, chain_v + 0.3, 0.06, 0.08, n=16), NECK_L, chain)
 
     cloth = _apart(_random_colour(rng), neck_colour, rng, 60)
     width = rng.uniform(2.0, 3.2)
-    pts = np.concatenate(
-        [_ellipse(0, shoulder_v + 1.0, width, 1.0, math.pi, 2 * math.pi, 30), [[width, 10], [-width, 10]]]
-    )
-    cv_.fill(pts, CLOTH, cloth)
+    shoulders = _ellipse(0, shoulder_v + 1.0, width, 1.0, math.pi, 2 * math.pi, 30)
+    canvas.fill(np.concatenate([shoulders, [[width, 10], [-width, 10]]]), CLOTH, cloth)
     if rng.random() < 0.45:  # an open collar: skin in a V below the neck
         depth = rng.uniform(0.3, 0.9)
-        cv_.fill(
-            np.array([[-neck_w * 1.05, shoulder_v], [neck_w * 1.05, shoulder_v], [0, shoulder_v + depth]]),
-            NECK,
-            neck_colour,
-        )
-    if rng.random() < 0.5:  # a collar line or buttons: texture on the clothes
-        cv_.line(
-            np.array(
-                [[-neck_w * 1.3, shoulder_v + 0.05], [0, shoulder_v + 0.5], [neck_w * 1.3, shoulder_v + 0.05]]
-            ),
-            0.06,
-            None,
-            _shade(cloth, rng, 0.4),
-        )
+        v_neck = [[-neck_w * 1.05, shoulder_v], [neck_w * 1.05, shoulder_v], [0, shoulder_v + depth]]
+        canvas.fill(np.array(v_neck), NECK, neck_colour)
+    if rng.random() < 0.5:  # a collar line: texture on the clothes
+        collar = [
+            [-neck_w * 1.3, shoulder_v + 0.05],
+            [0, shoulder_v + 0.5],
+            [neck_w * 1.3, shoulder_v + 0.05],
+        ]
+        canvas.line(np.array(collar), 0.06, None, _shade(cloth, rng, 0.4))
 
-    # -- ears and earrings ---------------------------------------------------------------------------
-    ear_colour = _apart(_shade(skin, rng, 0.1), skin, rng, 10)
-    ear_v = eye_v + rng.uniform(0.1, 0.3)
+
+def _ears(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Ears at the sides of the head (the far one hidden when the head turns), sometimes earrings."""
+    ear_colour = _apart(_shade(head.skin, rng, 0.1), head.skin, rng, 10)
+    head.ear_v = head.eye_v + rng.uniform(0.1, 0.3)
     ear_h, ear_w = rng.uniform(0.27, 0.37), rng.uniform(0.14, 0.2)
     earring = rng.random() < 0.22
-    earring_colour = _apart(_random_colour(rng), skin, rng, 70)
+    earring_colour = _apart(_random_colour(rng), head.skin, rng, 70)
+    # l_ear is the subject's left ear: at +90 degrees on the head, on the image's right.
     for cls, phi in ((L_EAR, math.pi / 2), (R_EAR, -math.pi / 2)):
-        if math.cos(phi + yaw) < -0.12:  # turned away: hidden behind the head
+        if math.cos(phi + head.yaw) < -0.12:  # turned away: hidden behind the head
             continue
         sign = 1.0 if phi > 0 else -1.0
-        cu = math.sin(phi + yaw) * 1.0 + u0 + sign * 0.06
-        cv_.fill(_ellipse(cu, ear_v, ear_w, ear_h, n=24), cls, ear_colour)
+        cu = math.sin(phi + head.yaw) + head.u0 + sign * 0.06
+        canvas.fill(_ellipse(cu, head.ear_v, ear_w, ear_h, n=24), cls, ear_colour)
         t0 = -1.2 if sign > 0 else math.pi - 1.2  # the inner fold, on the outer half of the ear
-        fold = _ellipse(cu + sign * 0.02, ear_v, ear_w * 0.5, ear_h * 0.6, t0, t0 + 2.4, 10)
-        cv_.line(fold, 0.03, None, _shade(ear_colour, rng, 0.3))
+        fold = _ellipse(cu + sign * 0.02, head.ear_v, ear_w * 0.5, ear_h * 0.6, t0, t0 + 2.4, 10)
+        canvas.line(fold, 0.03, None, _shade(ear_colour, rng, 0.3))
         if earring:
-            ey = ear_v + ear_h + rng.uniform(0.02, 0.08)
+            ey = head.ear_v + ear_h + rng.uniform(0.02, 0.08)
             r = rng.uniform(0.07, 0.14)
             if rng.random() < 0.5:
-                cv_.fill(_ellipse(cu, ey, r, r * rng.uniform(1.0, 1.6), n=16), EAR_R, earring_colour)
+                canvas.fill(_ellipse(cu, ey, r, r * rng.uniform(1.0, 1.6), n=16), EAR_R, earring_colour)
             else:
-                cv_.line(_ellipse(cu, ey + r, r, r * 1.2, n=16), 0.035, EAR_R, earring_colour)
+                canvas.line(_ellipse(cu, ey + r, r, r * 1.2, n=16), 0.035, EAR_R, earring_colour)
 
-    # -- the face ------------------------------------------------------------------------------------
+
+def _face(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """The skin: an oval narrowing into a chin."""
     chin = rng.uniform(0.12, 0.32)
     t = np.linspace(0, 2 * math.pi, 48)
-    fu, fv = np.cos(t), np.sin(t) * bh
-    fu = fu * np.where(fv > 0, 1 - chin * (fv / bh) ** 2, 1.0)
-    cv_.fill(np.stack([fu + u0, fv], axis=1), SKIN, skin)
+    fu, fv = np.cos(t), np.sin(t) * head.bh
+    fu = fu * np.where(fv > 0, 1 - chin * (fv / head.bh) ** 2, 1.0)
+    canvas.fill(np.stack([fu + head.u0, fv], axis=1), SKIN, head.skin)
 
-    # -- hair over the forehead (or a fringe), side locks --------------------------------------------
-    if not bald:
-        outer = _ellipse(u0, -0.25 * bh, hair_w, -hair_top - 0.25 * bh, math.pi, 2 * math.pi, 28)
-        radial = 1 + curl * np.sin(np.linspace(0, rng.integers(6, 16) * math.pi, 28) + rng.uniform(0, 6))
-        outer = (outer - [u0, -0.25 * bh]) * radial[:, None] + [u0, -0.25 * bh]
-        side_v = rng.uniform(-0.1, 0.2) * bh
-        if rng.random() < 0.3:  # fringe: a low, wavy hairline
-            hl = rng.uniform(-0.45, -0.2) * bh
-            uu = np.linspace(0.98, -0.98, 14)
-            line = np.stack([uu + u0, hl + rng.uniform(-0.05, 0.05, 14) * bh], axis=1)
-        else:
-            top = rng.uniform(-0.85, -0.6) * bh
-            temple = rng.uniform(-0.55, -0.35) * bh
-            uu = np.linspace(0.98, -0.98, 14)
-            part = rng.uniform(-0.4, 0.4)  # a parting: the hairline dips on one side
-            line = np.stack(
-                [
-                    uu + u0,
-                    top + (temple - top) * np.abs(uu) ** 1.5 + 0.08 * np.exp(-((uu - part) ** 2) / 0.02),
-                ],
-                axis=1,
-            )
-        pts = np.concatenate(
-            [
-                [[-hair_w + u0, side_v]],
-                outer,
-                [[hair_w + u0, side_v], [0.98 + u0, side_v]],
-                line,
-                [[-0.98 + u0, side_v]],
+
+def _hair(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """The hair cap over the forehead down to the temples (a hairline or a fringe), and side locks."""
+    u0, bh = head.u0, head.bh
+    centre = [u0, -0.25 * bh]
+    outer = _ellipse(*centre, head.hair_w, -head.hair_top - 0.25 * bh, math.pi, 2 * math.pi, 28)
+    radial = 1 + head.curl * np.sin(np.linspace(0, rng.integers(6, 16) * math.pi, 28) + rng.uniform(0, 6))
+    outer = (outer - centre) * radial[:, None] + centre
+    side_v = rng.uniform(-0.1, 0.2) * bh
+    uu = np.linspace(0.98, -0.98, 14)
+    if rng.random() < 0.3:  # fringe: a low, ragged hairline
+        line_v = rng.uniform(-0.45, -0.2) * bh + rng.uniform(-0.05, 0.05, 14) * bh
+    else:  # high in the middle, lower at the temples, dipping at a parting
+        top = rng.uniform(-0.85, -0.6) * bh
+        temple = rng.uniform(-0.55, -0.35) * bh
+        part = rng.uniform(-0.4, 0.4)
+        line_v = top + (temple - top) * np.abs(uu) ** 1.5 + 0.08 * np.exp(-((uu - part) ** 2) / 0.02)
+    hairline = np.stack([uu + u0, line_v], axis=1)
+    ends = [[head.hair_w + u0, side_v], [0.98 + u0, side_v]]
+    cap = np.concatenate([[[-head.hair_w + u0, side_v]], outer, ends, hairline, [[-0.98 + u0, side_v]]])
+    canvas.fill(cap, HAIR, head.hair)
+    for phi in (math.pi / 2, -math.pi / 2):  # side locks cover an ear now and then
+        if head.long_hair and rng.random() < 0.35:
+            sign = 1.0 if phi > 0 else -1.0
+            cu = math.sin(phi + head.yaw) + u0
+            lock = [
+                [cu - sign * 0.15, -0.3 * bh],
+                [cu + sign * 0.3, -0.3 * bh],
+                [cu + sign * 0.35, head.ear_v + 0.6],
+                [cu - sign * 0.05, head.ear_v + 0.7],
             ]
-        )
-        cv_.fill(pts, HAIR, hair)
-        for phi in (math.pi / 2, -math.pi / 2):  # side locks cover an ear now and then
-            if long_hair and rng.random() < 0.35:
-                sign = 1.0 if phi > 0 else -1.0
-                cu = math.sin(phi + yaw) + u0
-                lock = np.array(
-                    [
-                        [cu - sign * 0.15, -0.3 * bh],
-                        [cu + sign * 0.3, -0.3 * bh],
-                        [cu + sign * 0.35, ear_v + 0.6],
-                        [cu - sign * 0.05, ear_v + 0.7],
-                    ]
-                )
-                cv_.fill(lock, HAIR, hair)
+            canvas.fill(np.array(lock), HAIR, head.hair)
 
-    # -- nose ----------------------------------------------------------------------------------------
-    nu, nf = side(0.0)
-    nu = nu * 1.15 + u0
-    nose_colour = _apart(_shade(skin, rng, 0.12), skin, rng, 14)
-    top_v, tip_v = eye_v + rng.uniform(0.02, 0.1), rng.uniform(0.28, 0.42) * bh
+
+def _nose(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """A skin-toned wedge from between the eyes to the tip, with darker nostrils (image only)."""
+    nu, nf = head.side(0.0)
+    nu = nu * 1.15 + head.u0  # the tip sticks out, so it slides further with the turn
+    colour = _apart(_shade(head.skin, rng, 0.12), head.skin, rng, 14)
+    top_v, tip_v = head.eye_v + rng.uniform(0.02, 0.1), rng.uniform(0.28, 0.42) * head.bh
     bw, tw = rng.uniform(0.22, 0.32) * nf, rng.uniform(0.08, 0.12) * nf
-    nose = np.array(
-        [
-            [nu - tw, top_v],
-            [nu + tw, top_v],
-            [nu + bw, tip_v - 0.05],
-            [nu + bw * 0.7, tip_v + 0.05],
-            [nu, tip_v + 0.08],
-            [nu - bw * 0.7, tip_v + 0.05],
-            [nu - bw, tip_v - 0.05],
-        ]
-    )
-    cv_.fill(nose, NOSE, nose_colour)
-    nostril = _shade(nose_colour, rng, 0.5) * 0.6
+    outline = [
+        [nu - tw, top_v],
+        [nu + tw, top_v],
+        [nu + bw, tip_v - 0.05],
+        [nu + bw * 0.7, tip_v + 0.05],
+        [nu, tip_v + 0.08],
+        [nu - bw * 0.7, tip_v + 0.05],
+        [nu - bw, tip_v - 0.05],
+    ]
+    canvas.fill(np.array(outline), NOSE, colour)
+    nostril = _shade(colour, rng, 0.5) * 0.6
     for s in (-1, 1):
-        cv_.fill(_ellipse(nu + s * bw * 0.45, tip_v, bw * 0.22, 0.035, n=12), None, nostril)
+        canvas.fill(_ellipse(nu + s * bw * 0.45, tip_v, bw * 0.22, 0.035, n=12), None, nostril)
 
-    # -- eyes and brows ------------------------------------------------------------------------------
-    phi_e = rng.uniform(0.36, 0.48)
-    ew, eh = rng.uniform(0.15, 0.21), rng.uniform(0.06, 0.1)
+
+def _eyes_and_brows(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Almond eyes with iris, pupil and lid line; tapered brows above them."""
+    head.eye_phi = rng.uniform(0.36, 0.48)
+    head.eye_w, eh = rng.uniform(0.15, 0.21), rng.uniform(0.06, 0.1)
     if rng.random() < 0.05:
         eh *= 0.3  # closed or squinting
-    sclera = _apart(
-        _hsv(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.7, 1.0))
-        if rng.random() < 0.7
-        else _random_colour(rng),
-        skin,
-        rng,
-        50,
-    )
+    if rng.random() < 0.7:  # whitish most of the time
+        sclera = _hsv(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.7, 1.0))
+    else:
+        sclera = _random_colour(rng)
+    sclera = _apart(sclera, head.skin, rng, 50)
     iris = _apart(_random_colour(rng) * 0.6, sclera, rng, 60)
-    brow = _apart(_shade(hair, rng, 0.2) if rng.random() < 0.7 else _random_colour(rng), skin, rng, 55)
+    brow = _apart(
+        _shade(head.hair, rng, 0.2) if rng.random() < 0.7 else _random_colour(rng), head.skin, rng, 55
+    )
     brow_gap, brow_arch, brow_t = rng.uniform(0.1, 0.2), rng.uniform(0.0, 0.1), rng.uniform(0.08, 0.14)
-    lid = np.clip(sclera * 0.3, 0, 255)
-    eye_regions = []
-    for eye_cls, brow_cls, phi in ((L_EYE, L_BROW, phi_e), (R_EYE, R_BROW, -phi_e)):
-        u, f = side(phi)
-        u += u0
-        w = ew * f
+    eye_v = head.eye_v
+    eyes = []
+    # l_eye / l_brow: the subject's left, at a positive angle on the head, on the image's right.
+    for eye_cls, brow_cls, phi in ((L_EYE, L_BROW, head.eye_phi), (R_EYE, R_BROW, -head.eye_phi)):
+        u, f = head.side(phi)
+        u += head.u0
+        w = head.eye_w * f
         t = np.linspace(0, math.pi, 12)
         upper = np.stack([u + w * np.cos(t), eye_v - eh * np.sin(t) ** 0.8], axis=1)
         lower = np.stack([u - w * np.cos(t), eye_v + eh * 0.7 * np.sin(t) ** 0.8], axis=1)
         almond = np.concatenate([upper, lower])
-        cv_.fill(almond, eye_cls, sclera)
-        eye_regions.append((almond, u, w))
-        # brow: a tapered band, thicker at the inner end
-        sign = 1.0 if phi > 0 else -1.0
+        canvas.fill(almond, eye_cls, sclera)
+        eyes.append((almond, u, w))
+        sign = 1.0 if phi > 0 else -1.0  # the brow runs from the nose outwards, thinning
         bu = np.linspace(u - sign * w * 1.05, u + sign * w * 1.25, 10)
         s = np.linspace(0, 1, 10)
         centre = eye_v - eh - brow_gap - brow_arch * np.sin(s * math.pi) + 0.05 * s
@@ -415,132 +453,110 @@ def generate_face(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray
         band = np.concatenate(
             [np.stack([bu, centre - thick / 2], 1), np.stack([bu, centre + thick / 2], 1)[::-1]]
         )
-        cv_.fill(band, brow_cls, brow)
-    # iris, pupil and lid line, clipped to the eye (image only)
-    for almond, u, w in eye_regions:
-        inside = cv_.region(almond)
-        painted = image.copy()
+        canvas.fill(band, brow_cls, brow)
+    lid = np.clip(sclera * 0.3, 0, 255)
+    for almond, u, w in eyes:  # iris and pupil clipped to the eye, then the lid line (image only)
+        inside = canvas.region(almond)
+        painted = _Canvas(canvas.image.copy(), canvas.cx, canvas.cy, canvas.scale, canvas.roll)
         gaze = rng.uniform(-0.3, 0.3) * w
-        iris_canvas = _Canvas(painted, cv_.cx, cv_.cy, cv_.scale, roll)
-        iris_canvas.fill(_ellipse(u + gaze, eye_v, eh * 1.0, eh * 1.0, n=20), None, iris)
-        iris_canvas.fill(_ellipse(u + gaze, eye_v, eh * 0.4, eh * 0.4, n=12), None, iris * 0.2)
-        image[inside] = painted[inside]
-        cv_.line(almond[:12], 0.025, None, lid)
+        painted.fill(_ellipse(u + gaze, eye_v, eh, eh, n=20), None, iris)
+        painted.fill(_ellipse(u + gaze, eye_v, eh * 0.4, eh * 0.4, n=12), None, iris * 0.2)
+        canvas.image[inside] = painted.image[inside]
+        canvas.line(almond[:12], 0.025, None, lid)
 
-    # -- mouth ---------------------------------------------------------------------------------------
-    mu, mf = side(0.0)
-    mu += u0
-    mv = rng.uniform(0.52, 0.68) * bh
+
+def _mouth(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Upper and lower lips around a slit, or around an open mouth (sometimes showing teeth)."""
+    mu, mf = head.side(0.0)
+    mu += head.u0
+    mv = rng.uniform(0.52, 0.68) * head.bh
     mw = rng.uniform(0.26, 0.4) * mf
     gap = rng.uniform(0.05, 0.2) if rng.random() < 0.55 else 0.0
     smile = rng.uniform(-0.05, 0.08)
     ut, lt = rng.uniform(0.07, 0.12), rng.uniform(0.1, 0.17)
-    lip = _apart(
-        _hsv(rng.uniform(-0.03, 0.03) % 1, rng.uniform(0.3, 0.8), rng.uniform(0.35, 0.9))
-        if rng.random() < 0.7
-        else _random_colour(rng),
-        skin,
-        rng,
-        45,
-    )
+    if rng.random() < 0.7:  # reddish most of the time
+        lip = _hsv(rng.uniform(-0.03, 0.03) % 1, rng.uniform(0.3, 0.8), rng.uniform(0.35, 0.9))
+    else:
+        lip = _random_colour(rng)
+    lip = _apart(lip, head.skin, rng, 45)
     uu = np.linspace(-1, 1, 17)
+    xs = mu + mw * uu
     slit = mv - smile * uu**2
     env = (1 - uu**2) ** 0.6
     bow = 1 - 0.35 * np.exp(-(uu**2) / 0.02)  # the dip in the middle of the upper lip
-    xs = mu + mw * uu
+
+    def band(v0: np.ndarray, v1: np.ndarray, x: np.ndarray = xs) -> np.ndarray:
+        return np.concatenate([np.stack([x, v0], 1), np.stack([x, v1], 1)[::-1]])
+
+    top_open, bottom_open = slit - gap / 2 * env, slit + gap / 2 * env
     if gap > 0:
-        inner = np.concatenate(
-            [np.stack([xs, slit - gap / 2 * env], 1), np.stack([xs, slit + gap / 2 * env], 1)[::-1]]
-        )
-        mouth_colour = _apart(_hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.05, 0.9)), lip, rng, 50)
-        cv_.fill(inner, MOUTH, mouth_colour)
+        inside = _apart(_hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.05, 0.9)), lip, rng, 50)
+        canvas.fill(band(top_open, bottom_open), MOUTH, inside)
         if rng.random() < 0.5:  # teeth
-            cv_.fill(
-                np.concatenate(
-                    [
-                        np.stack([xs * 0.8 + mu * 0.2, slit - gap / 2 * env], 1),
-                        np.stack([xs * 0.8 + mu * 0.2, slit], 1)[::-1],
-                    ]
-                ),
-                None,
-                _apart(np.full(3, 230.0) * rng.uniform(0.7, 1.0), mouth_colour, rng, 40),
-            )
-    upper = np.concatenate(
-        [
-            np.stack([xs, slit - gap / 2 * env - ut * env * bow], 1),
-            np.stack([xs, slit - gap / 2 * env], 1)[::-1],
-        ]
-    )
-    lower = np.concatenate(
-        [np.stack([xs, slit + gap / 2 * env], 1), np.stack([xs, slit + gap / 2 * env + lt * env], 1)[::-1]]
-    )
-    cv_.fill(upper, U_LIP, _shade(lip, rng, 0.1))
-    cv_.fill(lower, L_LIP, lip)
+            teeth = _apart(np.full(3, 230.0) * rng.uniform(0.7, 1.0), inside, rng, 40)
+            canvas.fill(band(top_open, slit, xs * 0.8 + mu * 0.2), None, teeth)
+    canvas.fill(band(top_open - ut * env * bow, top_open), U_LIP, _shade(lip, rng, 0.1))
+    canvas.fill(band(bottom_open, bottom_open + lt * env), L_LIP, lip)
     if gap == 0:
-        cv_.line(np.stack([xs, slit], 1), 0.02, None, lip * 0.5)
+        canvas.line(np.stack([xs, slit], 1), 0.02, None, lip * 0.5)
 
-    # -- glasses: painted over eyes and brows in the image, but under them in the mask ---------------
-    if rng.random() < 0.06:
-        frame = _apart(_random_colour(rng), skin, rng, 60)
-        tint = _random_colour(rng)
-        alpha = rng.uniform(0.1, 0.6)
-        lw, lh = ew * rng.uniform(1.4, 1.7), rng.uniform(0.17, 0.26)
-        lens_pts = []
-        for phi in (phi_e, -phi_e):
-            u, f = side(phi)
-            lens_pts.append(_ellipse(u + u0, eye_v + 0.02, lw * f, lh, n=28))
-        lens = cv_.region(lens_pts[0]) | cv_.region(lens_pts[1])
-        image[lens] = (image[lens] * (1 - alpha) + tint * alpha).astype(np.uint8)
-        glasses = np.zeros_like(cv_.mask)
-        saved = cv_.mask
-        cv_.mask = glasses
-        for pts in lens_pts:
-            cv_.fill(pts, 1, None)
-            cv_.line(np.concatenate([pts, pts[:1]]), 0.05, 1, frame)
-        (u1, _), (u2, _) = side(phi_e), side(-phi_e)
-        bridge = np.array(
-            [
-                [u2 + u0 + lw * 0.8 * side(-phi_e)[1], eye_v - 0.05],
-                [u1 + u0 - lw * 0.8 * side(phi_e)[1], eye_v - 0.05],
-            ]
-        )
-        cv_.line(bridge, 0.05, 1, frame)
-        for phi, sign in ((phi_e, 1.0), (-phi_e, -1.0)):
-            u, f = side(phi)
-            ear_u = math.sin(sign * math.pi / 2 + yaw) + u0
-            if math.cos(sign * math.pi / 2 + yaw) > -0.12:
-                cv_.line(
-                    np.array([[u + u0 + sign * lw * f, eye_v - 0.05], [ear_u, ear_v - 0.1]]), 0.04, 1, frame
-                )
-        cv_.mask = saved
-        under = ~np.isin(saved, (L_EYE, R_EYE, L_BROW, R_BROW)) & glasses.astype(bool)
-        saved[under] = EYE_G
 
-    # -- hat -----------------------------------------------------------------------------------------
-    if rng.random() < 0.05:
-        hat = _apart(_random_colour(rng), hair, rng, 60)
-        brim_v = rng.uniform(-0.75, -0.45) * bh
-        crown_w, crown_h = hair_w * rng.uniform(1.0, 1.2), rng.uniform(0.8, 1.2) * bh
-        crown = _ellipse(u0, brim_v, crown_w, crown_h, math.pi, 2 * math.pi, 24)
-        cv_.fill(crown, HAT, hat)
-        if rng.random() < 0.6:
-            cv_.fill(
-                _ellipse(u0, brim_v, hair_w * rng.uniform(1.3, 1.8), rng.uniform(0.08, 0.18), n=30),
-                HAT,
-                _shade(hat, rng, 0.2),
-            )
+def _glasses(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """Tinted lenses, frame, bridge and arms: painted over the eyes and brows in the image, but labelled
+    under them (eye_g comes before the eyes and brows in the official merge)."""
+    frame = _apart(_random_colour(rng), head.skin, rng, 60)
+    tint = _random_colour(rng)
+    alpha = rng.uniform(0.1, 0.6)
+    lw, lh = head.eye_w * rng.uniform(1.4, 1.7), rng.uniform(0.17, 0.26)
+    phis = (head.eye_phi, -head.eye_phi)
+    lenses = [
+        _ellipse(head.side(phi)[0] + head.u0, head.eye_v + 0.02, lw * head.side(phi)[1], lh, n=28)
+        for phi in phis
+    ]
+    glass = canvas.region(lenses[0]) | canvas.region(lenses[1])
+    canvas.image[glass] = (canvas.image[glass] * (1 - alpha) + tint * alpha).astype(np.uint8)
+    labels = canvas.mask
+    canvas.mask = np.zeros_like(labels)  # draw the glasses' labels apart, then merge them underneath
+    for lens in lenses:
+        canvas.fill(lens, 1, None)
+        canvas.line(np.concatenate([lens, lens[:1]]), 0.05, 1, frame)
+    (u1, f1), (u2, f2) = head.side(phis[0]), head.side(phis[1])
+    bridge = [
+        [u2 + head.u0 + lw * 0.8 * f2, head.eye_v - 0.05],
+        [u1 + head.u0 - lw * 0.8 * f1, head.eye_v - 0.05],
+    ]
+    canvas.line(np.array(bridge), 0.05, 1, frame)
+    for phi, sign in zip(phis, (1.0, -1.0), strict=True):
+        u, f = head.side(phi)
+        if math.cos(sign * math.pi / 2 + head.yaw) > -0.12:  # an arm to each visible ear
+            ear_u = math.sin(sign * math.pi / 2 + head.yaw) + head.u0
+            arm = [[u + head.u0 + sign * lw * f, head.eye_v - 0.05], [ear_u, head.ear_v - 0.1]]
+            canvas.line(np.array(arm), 0.04, 1, frame)
+    glasses = canvas.mask.astype(bool)
+    canvas.mask = labels
+    labels[glasses & ~np.isin(labels, (L_EYE, R_EYE, L_BROW, R_BROW))] = EYE_G
 
-    # -- an occluder (a hand, a microphone...): background in the labels -----------------------------
-    if rng.random() < 0.08:
-        x, y = rng.uniform(0.2, 0.8) * S, rng.uniform(0.5, 1.0) * S
-        axes = (int(S * rng.uniform(0.05, 0.15)), int(S * rng.uniform(0.1, 0.3)))
-        angle = rng.uniform(0, 180)
-        colour = _tuple(_random_colour(rng))
-        cv2.ellipse(image, (int(x), int(y)), axes, angle, 0, 360, colour, -1, cv2.LINE_AA)
-        cv2.ellipse(cv_.mask, (int(x), int(y)), axes, angle, 0, 360, BG, -1, cv2.LINE_8)
 
-    _texture(image, cv_.mask, rng, hair)
-    return image, cv_.mask
+def _hat(canvas: _Canvas, head: _Head, rng: np.random.Generator) -> None:
+    """A crown over the top of the head, often with a brim."""
+    colour = _apart(_random_colour(rng), head.hair, rng, 60)
+    brim_v = rng.uniform(-0.75, -0.45) * head.bh
+    crown_w, crown_h = head.hair_w * rng.uniform(1.0, 1.2), rng.uniform(0.8, 1.2) * head.bh
+    canvas.fill(_ellipse(head.u0, brim_v, crown_w, crown_h, math.pi, 2 * math.pi, 24), HAT, colour)
+    if rng.random() < 0.6:
+        brim = _ellipse(head.u0, brim_v, head.hair_w * rng.uniform(1.3, 1.8), rng.uniform(0.08, 0.18), n=30)
+        canvas.fill(brim, HAT, _shade(colour, rng, 0.2))
+
+
+def _occluder(canvas: _Canvas, rng: np.random.Generator) -> None:
+    """Something in front of the face (a hand, a microphone): background in the labels."""
+    size = canvas.size
+    x, y = rng.uniform(0.2, 0.8) * size, rng.uniform(0.5, 1.0) * size
+    axes = (int(size * rng.uniform(0.05, 0.15)), int(size * rng.uniform(0.1, 0.3)))
+    angle = rng.uniform(0, 180)
+    colour = _tuple(_random_colour(rng))
+    cv2.ellipse(canvas.image, (int(x), int(y)), axes, angle, 0, 360, colour, -1, cv2.LINE_AA)
+    cv2.ellipse(canvas.mask, (int(x), int(y)), axes, angle, 0, 360, BG, -1, cv2.LINE_8)
 
 
 def _texture(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hair: np.ndarray) -> None:
