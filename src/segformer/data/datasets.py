@@ -1,0 +1,375 @@
+"""Segmentation datasets: the folder layout (CE7454), ADE20K and Cityscapes, as torch Datasets.
+
+Folder layout (SPEC.md §2.2)::
+
+    ROOT/<split>/images/<stem>.jpg|png|...     ROOT/<split>/masks/<stem>.png
+
+ADE20K: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` + ``annotations/.../*.png``
+(reduced labels). Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +
+``gtFine/<split>/<city>/*_gtFine_labelIds.png`` (19 train ids).
+
+Augmentation is reproducible whatever the number of DataLoader workers: sample i of epoch e draws its
+randomness from ``np.random.default_rng((seed, e, i))``, so the stream depends on the sample, not on
+the worker that happens to load it. Call `set_epoch` at the start of every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..errors import SegformerError
+from .io import IMAGE_EXTENSIONS, load_image, load_mask
+from .labels import LabelSet, ade20k_lut, cityscapes_lut, get_label_set
+
+Transform = Callable[[np.ndarray, np.ndarray | None, np.random.Generator | None], Any]
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class FolderScan:
+    """What is in ``ROOT/<split>``: matched pairs, and files that have no partner."""
+
+    split_dir: Path
+    stems: list[str]
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    has_masks: bool
+    missing_masks: list[Path]  # images without a mask
+    missing_images: list[Path]  # masks without an image
+    duplicates: list[Path]  # a second image with the same stem (a.jpg and a.png)
+
+
+def _list_images(folder: Path) -> tuple[dict[str, Path], list[Path]]:
+    found: dict[str, Path] = {}
+    duplicates: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            if p.stem in found:
+                duplicates.append(p)
+            else:
+                found[p.stem] = p
+    return found, duplicates
+
+
+def scan_folder(root: str | Path, split: str) -> FolderScan:
+    """List ``ROOT/<split>/images`` and ``masks`` without reading any file."""
+    split_dir = Path(root) / split
+    image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    if not image_dir.is_dir():
+        raise SegformerError(f"{image_dir}: folder not found (expected ROOT/<split>/images)")
+    images, duplicates = _list_images(image_dir)
+    has_masks = mask_dir.is_dir()
+    masks = (
+        {p.stem: p for p in sorted(mask_dir.glob("*.png")) if not p.name.startswith(".")} if has_masks else {}
+    )
+    stems = [s for s in images if s in masks] if has_masks else list(images)
+    return FolderScan(
+        split_dir=split_dir,
+        stems=stems,
+        images=images,
+        masks=masks,
+        has_masks=has_masks,
+        missing_masks=[images[s] for s in images if s not in masks] if has_masks else [],
+        missing_images=[masks[s] for s in masks if s not in images],
+        duplicates=duplicates,
+    )
+
+
+class SegmentationDataset(Dataset):
+    """A list of (image, mask) files, a label set, an optional id lookup table applied to masks as they
+    load (ADE20K reduction, Cityscapes train ids), and an optional transform.
+
+    ``ds[i]`` is ``transform(image, mask, rng)`` -- (image tensor, mask tensor) for `SegTransform` --
+    or the raw ``(image uint8 (H, W, 3), mask uint8 (H, W))`` arrays when `transform` is None.
+    """
+
+    def __init__(
+        self,
+        image_paths: Sequence[Path],
+        mask_paths: Sequence[Path | None],
+        label_set: LabelSet | str,
+        transform: Transform | None = None,
+        mask_lut: np.ndarray | None = None,
+        seed: int = 0,
+        name: str = "dataset",
+    ) -> None:
+        if len(image_paths) != len(mask_paths):
+            raise SegformerError(f"{name}: {len(image_paths)} images but {len(mask_paths)} masks")
+        self.image_paths = [Path(p) for p in image_paths]
+        self.mask_paths = [None if p is None else Path(p) for p in mask_paths]
+        self.label_set = get_label_set(label_set)
+        self.transform = transform
+        self.mask_lut = mask_lut
+        self.seed = seed
+        self.epoch = 0
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def stems(self) -> list[str]:
+        return [p.stem for p in self.image_paths]
+
+    def image_path(self, i: int) -> Path:
+        return self.image_paths[i]
+
+    def mask_path(self, i: int) -> Path | None:
+        return self.mask_paths[i]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch` (every sample's randomness depends on it)."""
+        self.epoch = int(epoch)
+
+    def rng(self, i: int) -> np.random.Generator:
+        """The generator of sample `i` in the current epoch."""
+        return np.random.default_rng((self.seed, self.epoch, i))
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sample `i` as uint8 arrays, before any transform; sizes are checked."""
+        image = load_image(self.image_paths[i])
+        mask_path = self.mask_paths[i]
+        if mask_path is None:
+            return image, None
+        if self.mask_lut is None:
+            mask = load_mask(mask_path, self.label_set)  # colour masks map through the palette
+        else:
+            mask = self.mask_lut[load_mask(mask_path)]  # raw dataset ids -> training ids
+        if mask.shape != image.shape[:2]:
+            raise SegformerError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{self.image_paths[i].name} is {image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}: index {i} out of range for {len(self)} samples")
+        image, mask = self.load(i)
+        if self.transform is None:
+            return image, mask
+        return self.transform(image, mask, self.rng(i))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} samples, label_set={self.label_set.name!r})"
+
+
+class FolderDataset(SegmentationDataset):
+    """``ROOT/<split>/images`` + ``ROOT/<split>/masks`` (a split without a ``masks`` folder yields
+    images with mask None). `stems` restricts and orders the samples (a seeded hold-out, a subset)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Transform | None = None,
+        label_set: LabelSet | str = "celebamask",
+        stems: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        scan = scan_folder(root, split)
+        problems = scan.missing_masks[:1] or scan.missing_images[:1] or scan.duplicates[:1]
+        if problems:
+            p = problems[0]
+            what = (
+                "has no mask in masks/"
+                if p in scan.missing_masks
+                else "has no image in images/"
+                if p in scan.missing_images
+                else "duplicates the stem of another image"
+            )
+            n = len(scan.missing_masks) + len(scan.missing_images) + len(scan.duplicates)
+            raise SegformerError(
+                f"{p}: {what} ({n} unpaired file(s) in {scan.split_dir}; `segformer data check` lists them)"
+            )
+        if stems is None:
+            stems = scan.stems
+            if not stems:
+                raise SegformerError(f"{scan.split_dir / 'images'}: no images found")
+        else:
+            unknown = [s for s in stems if s not in scan.images]
+            if unknown:
+                raise SegformerError(f"{scan.split_dir}: no image named {unknown[0]!r}")
+        self.root = Path(root)
+        self.split = split
+        super().__init__(
+            [scan.images[s] for s in stems],
+            [scan.masks[s] if scan.has_masks else None for s in stems],
+            label_set,
+            transform,
+            seed=seed,
+            name=str(scan.split_dir),
+        )
+
+
+def holdout_stems(stems: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded random split of `stems` into (train, val); the same stems for the same seed and stem set."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise SegformerError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    ordered = sorted(stems)
+    n_val = round(len(ordered) * val_fraction)
+    if val_fraction > 0 and len(ordered) > 1:
+        n_val = min(max(n_val, 1), len(ordered) - 1)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    val = {ordered[i] for i in perm[:n_val]}
+    return [s for s in ordered if s not in val], [s for s in ordered if s in val]
+
+
+def folder_splits(
+    root: str | Path,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    train_transform: Transform | None = None,
+    val_transform: Transform | None = None,
+    label_set: LabelSet | str = "celebamask",
+) -> tuple[FolderDataset, FolderDataset]:
+    """(train, val) of a folder dataset: ``ROOT/val`` when it exists (with masks), otherwise a seeded
+    hold-out of `val_fraction` of ``ROOT/train``."""
+    root = Path(root)
+    if (root / "val" / "masks").is_dir():
+        train = FolderDataset(root, "train", train_transform, label_set, seed=seed)
+        return train, FolderDataset(root, "val", val_transform, label_set, seed=seed)
+    all_train = FolderDataset(root, "train", None, label_set)
+    train_stems, val_stems = holdout_stems(all_train.stems, val_fraction, seed)
+    return (
+        FolderDataset(root, "train", train_transform, label_set, stems=train_stems, seed=seed),
+        FolderDataset(root, "train", val_transform, label_set, stems=val_stems, seed=seed),
+    )
+
+
+# -- ADE20K -----------------------------------------------------------------------------------------
+
+_ADE_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+
+
+def _ade_root(root: Path) -> Path:
+    return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+
+
+class ADE20KDataset(SegmentationDataset):
+    """ADE20K SceneParsing (``ADEChallengeData2016``), 150 classes with reduced labels."""
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0
+    ) -> None:
+        if split not in _ADE_SPLITS:
+            raise SegformerError(f"ADE20K: unknown split {split!r}; known: train, val")
+        base = _ade_root(Path(root))
+        image_dir = base / "images" / _ADE_SPLITS[split]
+        mask_dir = base / "annotations" / _ADE_SPLITS[split]
+
+        def mask_of(path: Path) -> Path:
+            return mask_dir / f"{path.stem}.png"
+
+        images = _find_pairs(image_dir, mask_dir, "*.jpg", mask_of)
+        super().__init__(
+            images,
+            [mask_of(p) for p in images],
+            "ade20k",
+            transform,
+            mask_lut=ade20k_lut(),
+            seed=seed,
+            name=str(image_dir),
+        )
+
+
+# -- Cityscapes -------------------------------------------------------------------------------------
+
+
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes fine annotations mapped to the 19 train ids (everything else -> ignore)."""
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0
+    ) -> None:
+        if split not in SPLIT_NAMES:
+            raise SegformerError(f"Cityscapes: unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")
+        root = Path(root)
+        image_dir, mask_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+
+        def mask_of(path: Path) -> Path:
+            stem = path.name[: -len("_leftImg8bit.png")]
+            return mask_dir / path.parent.name / f"{stem}_gtFine_labelIds.png"
+
+        images = _find_pairs(image_dir, mask_dir, "*/*_leftImg8bit.png", mask_of)
+        super().__init__(
+            images,
+            [mask_of(p) for p in images],
+            "cityscapes",
+            transform,
+            mask_lut=cityscapes_lut(),
+            seed=seed,
+            name=str(image_dir),
+        )
+
+
+def _find_pairs(image_dir: Path, mask_dir: Path, pattern: str, mask_of: Callable[[Path], Path]) -> list[Path]:
+    """Images under `image_dir` matching `pattern`, each checked to have its mask."""
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise SegformerError(f"{d}: folder not found")
+    images = sorted(image_dir.glob(pattern))
+    if not images:
+        raise SegformerError(f"{image_dir}: no images matching {pattern}")
+    for p in images:
+        mask = mask_of(p)
+        if not mask.is_file():
+            raise SegformerError(f"{p}: no mask (expected {mask})")
+    return images
+
+
+# -- layout detection -------------------------------------------------------------------------------
+
+KINDS = ("auto", "folder", "ade20k", "cityscapes")
+
+
+def detect_kind(root: str | Path) -> str:
+    """The layout of a dataset directory: ``folder``, ``ade20k`` or ``cityscapes``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SegformerError(f"{root}: dataset folder not found")
+    if (_ade_root(root) / "images" / "training").is_dir():
+        return "ade20k"
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return "cityscapes"
+    if (root / "train" / "images").is_dir():
+        return "folder"
+    if (root / "CelebA-HQ-img").is_dir() and (root / "CelebAMask-HQ-mask-anno").is_dir():
+        raise SegformerError(
+            f"{root}: raw CelebAMask-HQ; convert it first with `segformer data prepare {root} OUT`"
+        )
+    raise SegformerError(
+        f"{root}: unknown dataset layout (expected train/images + train/masks, "
+        "ADEChallengeData2016, or Cityscapes leftImg8bit + gtFine)"
+    )
+
+
+def build_datasets(
+    root: str | Path,
+    kind: str = "auto",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    train_transform: Transform | None = None,
+    val_transform: Transform | None = None,
+    label_set: LabelSet | str | None = None,
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(train, val) datasets of `root`, its layout detected when `kind` is ``auto``. The label set is
+    the layout's own (ADE20K, Cityscapes) or `label_set` (default ``celebamask``) for folders."""
+    if kind not in KINDS:
+        raise SegformerError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind == "auto":
+        kind = detect_kind(root)
+    if kind == "folder":
+        return folder_splits(
+            root, val_fraction, seed, train_transform, val_transform, label_set or "celebamask"
+        )
+    cls = ADE20KDataset if kind == "ade20k" else CityscapesDataset
+    if label_set is not None and get_label_set(label_set).name != kind:
+        raise SegformerError(f"{root}: a {kind} dataset uses the {kind} label set, not {label_set}")
+    return cls(root, "train", train_transform, seed), cls(root, "val", val_transform, seed)
