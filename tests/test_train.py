@@ -112,7 +112,7 @@ def test_resume_refuses_changed_settings(faces, tmp_path):
 
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(faces, tmp_path):
-    epochs = 6
+    epochs = 4
     ref = tmp_path / "ref"
     train(tiny_run(faces, epochs=epochs), ref, progress=False)
 

@@ -203,6 +203,15 @@ def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None
 
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a model as `cfg` says, writing the run folder `out`; returns the summary."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg, out, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+        distributed.cleanup()
+
+
+def _train(cfg: RunConfig, out: str | Path, resume: bool, progress: bool) -> dict[str, Any]:
     out = Path(out)
     device = distributed.init(resolve_device(cfg.train.device))
     main = distributed.is_main()
@@ -529,5 +538,4 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     }
     if main:
         write_json(out / "summary.json", summary)
-    distributed.cleanup()
     return summary
