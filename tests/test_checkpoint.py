@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_config
 from segformer import SegformerError
 from segformer.checkpoint import is_model_dir, load_model, save_model
 from segformer.models import SegFormer
+
+from conftest import tiny_config
 
 
 def test_round_trip_keeps_weights_config_and_meta(tmp_path):

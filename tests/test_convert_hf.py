@@ -19,10 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 import segformer  # noqa: E402
-from conftest import tiny_config  # noqa: E402
 from segformer import SegformerError  # noqa: E402
 from segformer.cli import main  # noqa: E402
 from segformer.convert import hf_to_native, native_to_hf  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
 
 SIZE = (97, 131)  # odd on purpose: every stage rounds differently
 TOL = 1e-4

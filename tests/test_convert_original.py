@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import segformer
-from conftest import tiny_config
 from segformer import SegformerError
 from segformer.cli import main
 from segformer.convert import infer_config, native_to_original, original_to_native
 from segformer.models import get_config
+
+from conftest import tiny_config
 
 NAMES = ("background", "sky", "road", "tree", "person")
 SIZE = (97, 131)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import segformer
-from conftest import SRC, run_cli, tiny_config
 from segformer import SegformerError
 from segformer.convert import native_to_original
+
+from conftest import SRC, run_cli, tiny_config
 
 
 class Payload:

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from segformer.cli import main
 from segformer.data.check import check_dataset, fix_dataset, is_mirrored, mirror_votes
 from segformer.data.io import load_mask, save_mask
 from segformer.data.labels import CELEBAMASK
 from segformer.data.preview import preview_dataset
 from test_data_datasets import write_pairs
+
+from conftest import run_cli
 
 
 def test_mirror_detection_on_hand_made_masks():

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, tiny_config
 from segformer.cli import main
 from segformer.models import SegFormer, create_model
 from segformer.summary import count_flops, summarize
+
+from conftest import run_cli, tiny_config
 
 
 def run_json(capsys, *argv) -> dict:

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import segformer
-from conftest import tiny_config
 from segformer import ModelConfig, SegformerError, create_model, list_models
 from segformer.models import SegFormer, get_config
 from segformer.models.mit import DropPath
+
+from conftest import tiny_config
 
 # SPEC.md section 1.1 (equal to HF transformers' SegformerForSemanticSegmentation) and 1.3.
 EXPECTED_PARAMS = {

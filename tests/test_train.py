@@ -15,13 +15,14 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from segformer.data.synthetic import write_synthetic_dataset
 
-from conftest import SRC, run_cli
 from segformer import SegformerError, create_model, load
 from segformer.cli import main
 from segformer.config import RunConfig, load_recipe
+from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.train import train
+
+from conftest import SRC, run_cli
 
 TINY_MODEL = {
     "name": "microsegformer",
