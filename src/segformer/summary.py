@@ -36,6 +36,13 @@ def _component(name: str) -> tuple[tuple[int, int], str] | None:
             "norm": ((90, 0), "stage norms"),
         }
         return part.get(p[3])
+    if p[0] in _SECTIONS and len(p) >= 3 and p[1] == "levels":
+        # U-Net: encoder level i works at stride 2^i; decoder.levels[0] is the deepest up-step,
+        # producing the map of encoder level DEPTH - 1.
+        i = int(p[2])
+        if p[0] == "encoder":
+            return (i + 1, 0), f"encoder level {i + 1}"
+        return (100 + i, 0), f"decoder up-step {i + 1}"
     if p[0] == "decoder" and len(p) >= 2:
         part = {
             "linear_c": ((100, 0), "decoder projections"),

@@ -11,7 +11,7 @@ import sys
 from ..errors import SegformerError
 
 # Modules of this package that define `add_parser(subparsers)`; listed order is the --help order.
-COMMANDS = ["demo", "data", "train", "evaluate", "info", "convert"]
+COMMANDS = ["demo", "data", "train", "evaluate", "info", "convert", "experiment", "attention", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

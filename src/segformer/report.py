@@ -1,0 +1,514 @@
+"""Report material: result tables (CSV, Markdown, LaTeX booktabs), figures, and an offline HTML page.
+
+The tables and figures are what the CE7454 seed's writing notes ("论文写作要点", 图表建议) ask for:
+a comparison table (params / GFLOPs / FPS / score), training curves, per-class scores, a
+parameter-score plot and sample predictions. `build_report` gathers run folders (written by
+`segformer train`) and suite folders (written by `segformer experiment`) into one self-contained
+folder, ``index.html`` + ``report.md`` + ``assets/``, that opens in a browser with no network.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import SegformerError
+from .fileio import atomic_path, write_text
+
+# (header, results.csv key, formatter, higher is better) of the comparison tables.
+COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
+    ("Params (M)", "params", lambda v: f"{v / 1e6:.2f}", False),
+    ("GFLOPs", "gflops", lambda v: f"{v:.3g}", False),
+    ("FPS", "fps", lambda v: f"{v:.1f}", False),
+    ("Epochs", "epochs_completed", lambda v: f"{v:g}", False),
+    ("CE7454 F", "ce7454_f", lambda v: f"{v:.4f}", True),
+    ("mIoU", "miou", lambda v: f"{v:.4f}", True),
+    ("mean F1", "mean_f1_fg", lambda v: f"{v:.4f}", True),
+]
+
+
+def _best(rows: Sequence[dict[str, Any]], key: str) -> float:
+    return max(float(r[key]) for r in rows)
+
+
+def _cells(rows: Sequence[dict[str, Any]], bold: Callable[[str], str]) -> list[list[str]]:
+    """Formatted table cells, the best score of each score column wrapped with `bold`."""
+    out = []
+    for r in rows:
+        line = [str(r["run"])]
+        for _, key, fmt, score in COLUMNS:
+            text = fmt(float(r[key]))
+            line.append(bold(text) if score and fmt(float(r[key])) == fmt(_best(rows, key)) else text)
+        out.append(line)
+    return out
+
+
+def caption(rows: Sequence[dict[str, Any]], description: str) -> str:
+    """What the numbers are: data split, training settings, how GFLOPs and FPS were measured."""
+    r = rows[0]
+    budget = (
+        f", at most {float(r['max_minutes']):g} min per run" if r.get("max_minutes") not in (None, "") else ""
+    )
+    size = f"{r['img_size']}x{r['img_size']}"
+    return (
+        f"{description}. Validation: {r['val_images']} images, {r['val_source']}; scores of the final "
+        f"epoch (CE7454 F: per-image mean F1 over present classes; mean F1 excludes background). "
+        f"Training: {r['img_size']}px, {r['epochs']} epochs{budget}, batch {r['batch_size']}, "
+        f"seed {r['seed']}, same recipe for every run. GFLOPs: one forward pass at {size} "
+        f"(2 FLOPs per multiply-add). FPS: inference images/s at {size}, batch 1, CPU, "
+        f"torch threads: {r['fps_threads']}. Best score in bold."
+    )
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], description: str | None = None) -> str:
+    """A GitHub Markdown table of `rows` (results.csv lines), followed by a caption paragraph."""
+    head = ["Run"] + [c[0] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(rows, lambda s: f"**{s}**")]
+    if description is not None:
+        lines += ["", caption(rows, description)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def latex_table(rows: Sequence[dict[str, Any]], description: str, label: str) -> str:
+    """A booktabs table (\\toprule / \\midrule / \\bottomrule) with caption and label."""
+    head = ["Run"] + [c[0] for c in COLUMNS]
+    body = [
+        "    " + " & ".join(latex_escape(c) if i == 0 else c for i, c in enumerate(cells)) + r" \\"
+        for cells in _cells(rows, lambda s: f"\\textbf{{{s}}}")
+    ]
+    return "\n".join(
+        [
+            "% requires \\usepackage{booktabs}",
+            r"\begin{table}[t]",
+            r"  \centering",
+            f"  \\caption{{{latex_escape(caption(rows, description))}}}",
+            f"  \\label{{tab:{latex_escape(label)}}}",
+            r"  \begin{tabular}{l" + "r" * len(COLUMNS) + "}",
+            r"    \toprule",
+            "    " + " & ".join(head) + r" \\",
+            r"    \midrule",
+            *body,
+            r"    \bottomrule",
+            r"  \end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as a PNG atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_val_curves(records: dict[str, list[dict[str, Any]]], path: Path, key: str = "ce7454_f") -> None:
+    """Validation `key` per epoch, one line per run."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, recs in records.items():
+        evals = [r for r in recs if r.get("val")]
+        ax.plot([r["epoch"] for r in evals], [r["val"][key] for r in evals], marker=".", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_per_class_f1(per_class: dict[str, dict[str, float | None]], path: Path) -> None:
+    """Grouped bars: per-class F1 (x: classes, one bar per run); classes absent everywhere are blank."""
+    plt = pyplot()
+    runs = list(per_class)
+    classes = list(next(iter(per_class.values())))
+    x = np.arange(len(classes))
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.5 * len(classes) * max(1, len(runs) / 2)), 4.0))
+    for i, run in enumerate(runs):
+        values = [per_class[run].get(c) for c in classes]
+        ax.bar(x - 0.4 + width * (i + 0.5), [np.nan if v is None else v for v in values], width, label=run)
+    ax.set_xticks(x, classes, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 (validation, final epoch)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(runs), 4))
+    save_figure(fig, path)
+
+
+def plot_params_vs_score(rows: Sequence[dict[str, Any]], path: Path, key: str = "ce7454_f") -> None:
+    """Parameters (log scale) against the validation score, each run labelled."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    params = [float(r["params"]) / 1e6 for r in rows]
+    scores = [float(r[key]) for r in rows]
+    ax.scatter(params, scores, s=40, zorder=3)
+    for r, p, s in zip(rows, params, scores, strict=True):
+        ax.annotate(str(r["run"]), (p, s), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ticks = sorted(set(params))
+    ax.set_xticks(ticks, [f"{p:.3g}" for p in ticks])  # label the runs' sizes, not log decades
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters (M, log scale)")
+    ax.set_ylabel(f"validation {key}")
+    ax.grid(alpha=0.3, which="both")
+    save_figure(fig, path)
+
+
+def validation_images(cfg: dict[str, Any]):
+    """The raw (uint8) validation split a run trained against, from its config.yaml as a dict."""
+    from .data.datasets import build_datasets, detect_kind
+
+    data = cfg["data"]
+    kind = detect_kind(data["root"]) if data.get("kind", "auto") == "auto" else data["kind"]
+    label_set = data.get("label_set", "celebamask") if kind == "folder" else None
+    _, val = build_datasets(
+        data["root"], kind, data.get("val_fraction", 0.1), data.get("split_seed", 0), None, None, label_set
+    )
+    return val
+
+
+def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, size: int) -> None:
+    """Rows of validation images: image | ground truth | one prediction per model."""
+    from .data.io import colorize
+    from .demo import predict_mask
+
+    plt = pyplot()
+    n = min(count, len(dataset))
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    for i in range(n):
+        image, truth = dataset.load(i)
+        panels = [image, colorize(truth, dataset.label_set)]
+        panels += [colorize(predict_mask(m, image, size), dataset.label_set) for m in models.values()]
+        for j, (panel, title) in enumerate(zip(panels, ["image", "ground truth", *models], strict=True)):
+            axes[i, j].imshow(panel)
+            axes[i, j].set_axis_off()
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_suite_outputs(
+    suite_dir: Path,
+    rows: list[dict[str, Any]],
+    runs: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    samples: int,
+) -> list[str]:
+    """results.csv/.md/.tex, per_class_f1.csv, curves.png, per_class_f1.png, predictions.png and, when
+    the runs differ in size, params_vs_score.png; returns the file names written."""
+    from .convert import load
+
+    name, description = meta["suite"], meta["description"]
+    write_csv(suite_dir / "results.csv", rows)
+    write_text(suite_dir / "results.md", f"### {name}\n\n" + markdown_table(rows, description))
+    write_text(suite_dir / "results.tex", latex_table(rows, description, f"suite-{name}"))
+    per_class = {
+        run: {c: s["f1"] for c, s in info["scores"]["per_class"].items()} for run, info in runs.items()
+    }
+    classes = list(next(iter(per_class.values())))
+    write_csv(
+        suite_dir / "per_class_f1.csv",
+        [{"class": c, **{r: per_class[r][c] for r in per_class}} for c in classes],
+    )
+    files = ["results.csv", "results.md", "results.tex", "per_class_f1.csv", "curves.png", "per_class_f1.png"]
+    plot_val_curves({run: read_metrics(info["dir"]) for run, info in runs.items()}, suite_dir / "curves.png")
+    plot_per_class_f1(per_class, suite_dir / "per_class_f1.png")
+    if len({r["params"] for r in rows}) > 1:
+        plot_params_vs_score(rows, suite_dir / "params_vs_score.png")
+        files.append("params_vs_score.png")
+    if samples > 0:
+        first = next(iter(runs.values()))["dir"]
+        cfg = yaml.safe_load((first / "config.yaml").read_text())
+        models = {run: load(info["dir"] / "last") for run, info in runs.items()}
+        plot_predictions(
+            models, validation_images(cfg), suite_dir / "predictions.png", samples, cfg["data"]["img_size"]
+        )
+        files.append("predictions.png")
+    return files
+
+
+# -- the report page -------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 14px; }
+th, td { border-bottom: 1px solid #ccc; padding: 3px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { border-bottom: 2px solid #444; }
+img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; }
+figcaption, .caption { color: #555; font-size: 13px; }
+code { background: #f4f4f4; padding: 1px 4px; }
+"""
+
+
+class _Page:
+    """The report under construction: HTML and Markdown side by side, assets copied into ``assets/``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.toc: list[tuple[str, str]] = []
+        self.slugs: set[str] = set()
+
+    def section(self, title: str) -> str:
+        slug = base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        n = 2
+        while slug in self.slugs:
+            slug, n = f"{base}-{n}", n + 1
+        self.slugs.add(slug)
+        self.toc.append((slug, title))
+        self.html.append(f'<section id="{slug}"><h2>{html.escape(title)}</h2>')
+        self.md += [f"## {title}", ""]
+        return slug
+
+    def end_section(self) -> None:
+        self.html.append("</section>")
+
+    def heading(self, text: str) -> None:
+        self.html.append(f"<h3>{html.escape(text)}</h3>")
+        self.md += [f"### {text}", ""]
+
+    def para(self, text: str, cls: str | None = None) -> None:
+        attr = f' class="{cls}"' if cls else ""
+        self.html.append(f"<p{attr}>{html.escape(text)}</p>")
+        self.md += [text, ""]
+
+    def table(self, head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        def cell(tag: str, text: str) -> str:
+            inner = html.escape(text)
+            if text.startswith("**") and text.endswith("**"):
+                inner = f"<b>{html.escape(text[2:-2])}</b>"
+            return f"<{tag}>{inner}</{tag}>"
+
+        self.html.append("<table><thead><tr>" + "".join(cell("th", h) for h in head) + "</tr></thead><tbody>")
+        self.html += ["<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows]
+        self.html.append("</tbody></table>")
+        self.md += ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        self.md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+    def asset(self, src: Path, slug: str) -> str:
+        """Copy `src` into assets/<slug>/ and return its path relative to the page."""
+        rel = f"assets/{slug}/{src.name}"
+        dst = self.out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return rel
+
+    def figure(self, rel: str, text: str) -> None:
+        self.html.append(
+            f'<figure><img src="{html.escape(rel)}" alt="{html.escape(text)}">'
+            f"<figcaption>{html.escape(text)}</figcaption></figure>"
+        )
+        self.md += [f"![{text}]({rel})", "", f"*{text}*", ""]
+
+    def links(self, rels: Sequence[str]) -> None:
+        self.html.append(
+            "<p>"
+            + " · ".join(f'<a href="{html.escape(r)}">{html.escape(Path(r).name)}</a>' for r in rels)
+            + "</p>"
+        )
+        self.md += [" · ".join(f"[{Path(r).name}]({r})" for r in rels), ""]
+
+    def write(self, title: str) -> tuple[Path, Path]:
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        toc = "".join(f'<li><a href="#{s}">{html.escape(t)}</a></li>' for s, t in self.toc)
+        page = (
+            '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+            f'<p class="caption">generated {stamp} by segformer report</p>\n<ul>{toc}</ul>\n'
+            + "\n".join(self.html)
+            + "\n</body></html>\n"
+        )
+        md = "\n".join([f"# {title}", "", f"generated {stamp} by segformer report", "", *self.md])
+        write_text(self.out / "index.html", page)
+        write_text(self.out / "report.md", md)
+        return self.out / "index.html", self.out / "report.md"
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _suite_section(page: _Page, suite_dir: Path) -> None:
+    meta = json.loads((suite_dir / "suite.json").read_text())
+    rows = read_csv(suite_dir / "results.csv")
+    slug = page.section(f"Suite: {meta['suite']}")
+    page.para(meta["description"])
+    page.table(["Run"] + [c[0] for c in COLUMNS], _cells(rows, lambda s: f"**{s}**"))
+    page.para(caption(rows, meta["description"]), "caption")
+    page.links(
+        [
+            page.asset(suite_dir / f, slug)
+            for f in ("results.csv", "results.md", "results.tex", "per_class_f1.csv")
+        ]
+    )
+    figures = {
+        "curves.png": "validation CE7454 F-score per epoch",
+        "params_vs_score.png": "parameters against the final validation CE7454 F-score",
+        "per_class_f1.png": "per-class F1 on the validation split (final epoch)",
+        "predictions.png": "validation images: image | ground truth | prediction of each run (final epoch)",
+    }
+    for name, text in figures.items():
+        if (suite_dir / name).is_file():
+            page.figure(page.asset(suite_dir / name, slug), f"{meta['suite']}: {text}")
+    per_class = read_csv(suite_dir / "per_class_f1.csv")
+    page.heading("Per-class F1 (validation, final epoch)")
+    runs = [k for k in per_class[0] if k != "class"]
+    page.table(
+        ["class", *runs],
+        [[r["class"]] + [_fmt(float(r[k])) if r[k] else "-" for k in runs] for r in per_class],
+    )
+    page.end_section()
+
+
+def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
+    from .convert import load
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    slug = page.section(f"Run: {run_dir.name}")
+    model = load(run_dir / "last")
+    params = sum(p.numel() for p in model.parameters())
+    page.para(
+        f"{summary['model']} ({params:,} parameters), {cfg['data']['img_size']}px, "
+        f"{summary['epochs_completed']} epochs in {summary['minutes']:.1f} min ({summary['stop_reason']}), "
+        f"seed {cfg['train']['seed']}, data {cfg['data']['root']}."
+    )
+    last = summary.get("last_scores") or {}
+    best = (
+        json.loads((run_dir / "best_scores.json").read_text())
+        if (run_dir / "best_scores.json").is_file()
+        else {}
+    )
+    keys = [("CE7454 F", "ce7454_f"), ("mIoU", "miou"), ("mean F1", "mean_f1_fg"), ("pixel acc", "pixel_acc")]
+    table = []
+    if last:
+        table.append([f"final epoch ({summary['epochs_completed']})"] + [_fmt(last.get(k)) for _, k in keys])
+    if best:
+        table.append([f"best epoch ({best['epoch']})"] + [_fmt(best.get(k)) for _, k in keys])
+    page.table(["validation", *(h for h, _ in keys)], table)
+    if (run_dir / "curves.png").is_file():
+        page.figure(
+            page.asset(run_dir / "curves.png", slug), f"{run_dir.name}: training loss, validation scores, lr"
+        )
+    if last.get("per_class"):
+        page.heading("Per-class scores (validation, final epoch)")
+        page.table(
+            ["class", "IoU", "F1", "precision", "recall", "pixels"],
+            [
+                [
+                    c,
+                    _fmt(s["iou"]),
+                    _fmt(s["f1"]),
+                    _fmt(s["precision"]),
+                    _fmt(s["recall"]),
+                    f"{s['support']:,}",
+                ]
+                for c, s in last["per_class"].items()
+            ],
+        )
+    if samples > 0:
+        try:
+            dataset = validation_images(cfg)
+        except SegformerError as err:
+            page.para(f"sample predictions skipped: {err}", "caption")
+        else:
+            path = page.out / "assets" / slug / "predictions.png"
+            plot_predictions({run_dir.name: model}, dataset, path, samples, cfg["data"]["img_size"])
+            page.figure(
+                f"assets/{slug}/predictions.png",
+                f"{run_dir.name}: validation image | ground truth | prediction",
+            )
+    page.end_section()
+
+
+def build_report(
+    inputs: Sequence[str | Path], out: str | Path, title: str = "segformer report", samples: int = 4
+) -> Path:
+    """Gather run folders (``summary.json``) and experiment suite folders (``suite.json``; an experiment
+    folder holding several suites counts as all of them) into ``OUT/index.html`` + ``OUT/report.md``
+    with every image copied into ``OUT/assets/``; returns the HTML path."""
+    sections: list[tuple[str, Path]] = []
+    for item in map(Path, inputs):
+        if (item / "suite.json").is_file():
+            sections.append(("suite", item))
+        elif (item / "summary.json").is_file():
+            sections.append(("run", item))
+        elif item.is_dir() and sorted(p.parent for p in item.glob("*/suite.json")):
+            sections += [("suite", p.parent) for p in sorted(item.glob("*/suite.json"))]
+        else:
+            raise SegformerError(
+                f"{item}: neither a run folder (summary.json) nor an experiment suite folder (suite.json)"
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    page = _Page(out)
+    for kind, path in sections:
+        if kind == "suite":
+            _suite_section(page, path)
+        else:
+            _run_section(page, path, samples)
+    return page.write(title)[0]
