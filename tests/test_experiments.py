@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,6 +140,15 @@ def test_measure_fps_counts_forward_passes(monkeypatch):
     fps = measure_fps(model, 32, warmup=2, min_seconds=0.0, min_iters=5)
     assert calls == [(1, 3, 32, 32)] * 7  # 2 warm-up + 5 timed, batch 1 at the size
     assert fps > 0 and not model.training
+
+    class Sleeper(torch.nn.Module):
+        config = model.config
+
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    assert 25 < measure_fps(Sleeper(), 8, warmup=0, min_seconds=0.0, min_iters=5) <= 50  # 1 / 0.02 s
 
 
 # -- every suite, quick ----------------------------------------------------------------------------

@@ -189,3 +189,24 @@ def test_report_renders_in_headless_chromium_with_its_images(experiment, tmp_pat
     # first line/bar colour (tab:blue, 31 119 180) must be there, so the <img> files were loaded.
     blue = (np.abs(pixels - [31, 119, 180]).sum(1) < 30).sum()
     assert blue > 500, f"only {blue} figure-blue pixels: images not loaded?"
+
+
+def test_report_of_a_run_on_its_own_synthetic_faces_and_after_its_data_is_gone(tmp_path):
+    from segformer.config import RunConfig
+    from segformer.engine.train import train
+
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"name": "microsegformer", "embed_dims": [8, 16, 24, 32], "decoder_dim": 16},
+            "data": {"synthetic": 12, "img_size": 32, "workers": 0, "val_fraction": 0.25},
+            "train": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0},
+        }
+    )
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    build_report([run], tmp_path / "r1", samples=2)
+    links = check_page(tmp_path / "r1")
+    assert [Path(s).name for s in links.images] == ["curves.png", "predictions.png"]
+    shutil.rmtree(run / "data")
+    page = build_report([run], tmp_path / "r2", samples=2).read_text()
+    assert "sample predictions skipped" in page and "predictions.png" not in page

@@ -128,7 +128,7 @@ def _heatmap(image: np.ndarray, attn: Tensor, alpha: float = 0.55) -> np.ndarray
 
 def _peak(attn: Tensor) -> str:
     """The largest weight as a multiple of uniform attention (1.0: the query attends everywhere alike)."""
-    return f"peak {float(attn.max()) * attn.numel():.1f}x uniform"
+    return f"peak {float(attn.max()) * attn.numel():.2f}x uniform"
 
 
 def _mark(ax, point_px: tuple[float, float]) -> None:

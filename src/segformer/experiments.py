@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -229,17 +230,21 @@ def run_variant(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[st
 def measure_fps(
     model: nn.Module, size: int, warmup: int = 3, min_seconds: float = 3.0, min_iters: int = 5
 ) -> float:
-    """Inference images/s on CPU at `size` x `size`, batch 1, after `warmup` untimed passes."""
+    """Inference images/s on CPU at `size` x `size`, batch 1, after `warmup` untimed passes: the inverse
+    of the median time of at least `min_iters` passes over at least `min_seconds` (the median shrugs off
+    passes slowed down by other processes on a shared machine)."""
     model = model.eval().to("cpu")
     x = torch.randn(1, model.config.in_channels, size, size)
+    times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
             model(x)
-        n, start = 0, time.perf_counter()
-        while n < min_iters or time.perf_counter() - start < min_seconds:
+        start = time.perf_counter()
+        while len(times) < min_iters or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
             model(x)
-            n += 1
-        return n / (time.perf_counter() - start)
+            times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
 
 
 def final_scores(run_dir: Path, summary: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
