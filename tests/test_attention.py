@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import segformer
-from conftest import tiny_config
 from segformer import SegformerError, create_model
 from segformer.attention import attention_probs, collect_attention, write_attention_maps
 from segformer.cli import main
 from segformer.data.io import save_image
 from segformer.models import SegFormer
 from segformer.models.mit import EfficientSelfAttention
+
+from conftest import tiny_config
 
 
 def test_probabilities_rebuild_every_attention_output():
