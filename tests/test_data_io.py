@@ -155,3 +155,12 @@ def test_colorize_and_overlay():
     np.testing.assert_array_equal(out[0, 1], [126, 75, 75])  # 0.75 * 100 + 0.25 * (204, 0, 0), rounded
     with pytest.raises(SegformerError, match="sizes differ"):
         overlay(image, mask[:1], "celebamask")
+
+
+def test_images_past_pillows_pixel_limit_are_refused_by_name(tmp_path, monkeypatch):
+    Image.fromarray(_rgb(20, 20)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)  # 400 px: past the warning, under twice the limit
+    assert load_image(tmp_path / "big.png").shape == (20, 20, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 px > 2 x 100: Pillow refuses to decode
+    with pytest.raises(SegformerError, match=r"big\.png: image too large to load safely"):
+        load_image(tmp_path / "big.png")

