@@ -21,34 +21,24 @@ from .data.datasets import FolderDataset
 from .data.io import colorize, load_image, overlay, save_image
 from .data.labels import get_label_set
 from .data.synthetic import write_synthetic_dataset
-from .data.transforms import build_transform
 from .engine.evaluate import evaluate_model
 from .engine.train import STATE_FILE, train
 from .fileio import write_text
-from .inference import predict_probs
+from .inference import Predictor
 from .metrics import format_per_class
-
-
-def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int) -> np.ndarray:
-    """Class ids at the image's size (resize to the working size, then logits back to the image)."""
-    meta = getattr(model, "meta", {})
-    tf = build_transform("none", size, meta.get("label_set", "celebamask"), train=False)
-    x, _ = tf(image, None)
-    with torch.inference_mode():
-        probs = predict_probs(model, x[None], image.shape[:2])
-    return probs.argmax(1)[0].to(torch.uint8).numpy()
 
 
 def write_predictions(model: torch.nn.Module, data: Path, out: Path, size: int, count: int = 8) -> Path:
     """Overlays of `count` validation images (out/predictions/<stem>.png) and a contact sheet
     of rows image | ground truth | prediction (out/predictions.png)."""
     ls = get_label_set("celebamask")
+    predictor = Predictor(model, image_size=size, label_set=ls)
     ds = FolderDataset(data, "val", None, ls)
     rows = []
     for i in range(min(count, len(ds))):
         image = load_image(ds.image_path(i))
         _, truth = ds.load(i)
-        pred = predict_mask(model, image, size)
+        pred = predictor(image)
         save_image(out / "predictions" / f"{ds.stems[i]}.png", overlay(image, pred, ls))
         rows.append(np.concatenate([image, colorize(truth, ls), colorize(pred, ls)], axis=1))
     sheet = out / "predictions.png"

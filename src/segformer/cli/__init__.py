@@ -11,7 +11,10 @@ import sys
 from ..errors import SegformerError
 
 # Modules of this package that define `add_parser(subparsers)`; listed order is the --help order.
-COMMANDS = ["demo", "data", "train", "evaluate", "info", "convert", "experiment", "attention", "report"]
+COMMANDS = [
+    "demo", "data", "train", "evaluate", "predict", "export", "info", "convert", "experiment", "attention",
+    "report",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

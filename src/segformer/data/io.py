@@ -85,6 +85,34 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def to_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An in-memory image as (H, W, 3) uint8 RGB, converted exactly as `load_image` converts files.
+
+    PIL images get their EXIF orientation applied. numpy arrays are taken as RGB (not OpenCV's BGR):
+    (H, W) or (H, W, 1) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB, (H, W, 4) RGBA; uint8, uint16
+    (scaled to 8 bits) or float in [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return np.ascontiguousarray(_to_rgb(image))
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)) or 0 in a.shape[:2]:
+        raise SegformerError(f"image array of shape {a.shape}: expected (H, W), (H, W, 1|2|3|4)")
+    if a.dtype == np.uint16:
+        a = ((a.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # as 16-bit files
+    elif a.dtype.kind == "f":
+        a = (np.nan_to_num(a, nan=0.0).clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise SegformerError(f"image array of dtype {a.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if a.ndim == 3 and a.shape[2] == 3:
+        return np.ascontiguousarray(a)
+    mode = {2: "L", 3: {2: "LA", 4: "RGBA"}.get(a.shape[-1], "")}[a.ndim]
+    return np.ascontiguousarray(_to_rgb(Image.fromarray(np.ascontiguousarray(a), mode)))
+
+
 def load_mask(path: str | Path, label_set: LabelSet | str | None = None) -> np.ndarray:
     """A label map as (H, W) uint8 class ids (see the module docstring for accepted formats)."""
     img = _open(path, "mask")

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -15,8 +13,9 @@ from ..config import DataConfig
 from ..data.datasets import SegmentationDataset, build_datasets
 from ..data.io import image_size
 from ..data.labels import LabelSet
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from ..errors import SegformerError
+from ..inference import Preprocess
 
 
 @dataclass
@@ -26,17 +25,6 @@ class TrainData:
     label_set: LabelSet
     background: int | None
     preprocess: dict[str, Any] = field(default_factory=dict)
-
-
-class FullResolution:
-    """Evaluation transform for sliding-window inference: normalise only, keep every size."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-        self.mean, self.std = mean, std
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, rng=None):
-        m = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
-        return normalize(image, self.mean, self.std), m
 
 
 class CachedDataset(Dataset):
@@ -95,11 +83,8 @@ def build_train_data(dc: DataConfig, seed: int, out: Path, progress: bool = True
     if dc.eval_mode not in ("resize", "slide"):
         raise SegformerError(f"unknown eval_mode {dc.eval_mode!r} (expected resize or slide)")
     train_tf = build_transform(dc.augment, dc.img_size, dc.label_set, train=True)
-    val_tf = (
-        build_transform("none", dc.img_size, dc.label_set, train=False)
-        if dc.eval_mode == "resize"
-        else FullResolution()
-    )
+    # Validation sees what the Predictor feeds the model (`inference.preprocess`).
+    val_tf = Preprocess(dc.img_size if dc.eval_mode == "resize" else None)
     label_set = None if dc.kind in ("ade20k", "cityscapes") else dc.label_set
     train, val = build_datasets(root, dc.kind, dc.val_fraction, dc.split_seed, train_tf, val_tf, label_set)
     train.seed = seed  # augmentation stream of this run

@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.datasets import SegmentationDataset
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SegformerError
-from ..inference import flip_permutation, predict_probs
+from ..inference import Preprocess, flip_permutation, predict_probs
 from ..metrics import SegmentationMetrics
 
 
@@ -87,15 +87,12 @@ def eval_dataset(
     used (same `val_fraction` and `split_seed` give the same images).
     """
     from ..data.datasets import ADE20KDataset, CityscapesDataset, FolderDataset, build_datasets, detect_kind
-    from ..engine.data import FullResolution
 
     kind = detect_kind(root) if kind == "auto" else kind
     if kind == "folder":
         label_set = label_set or "celebamask"
-    if eval_mode == "slide":
-        tf = FullResolution(mean, std)
-    else:
-        tf = build_transform("none", img_size, label_set or kind, train=False, mean=mean, std=std)
+    # The Predictor's preprocessing, so that scores describe what `segformer predict` writes.
+    tf = Preprocess(None if eval_mode == "slide" else img_size, mean, std)
     if split == "val":
         ls = label_set if kind == "folder" else None
         return build_datasets(root, kind, val_fraction, split_seed, None, tf, ls)[1]

@@ -1,0 +1,60 @@
+"""`segformer export MODEL --format onnx|ce7454 --out PATH`: ONNX graphs and the CE7454 submission."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..export import CE7454_BUDGET, EXPORTERS, FORMATS
+from ..inference import MODES, TTA_MODES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or as a CE7454 submission (solution/{ckpt.pth,requirements.txt,run.py})",
+        description="--format onnx writes an ONNX graph (dynamic batch/height/width; logits at the input "
+        "size) after checking it with the ONNX checker and against ONNX Runtime at two input sizes; the "
+        "inference settings travel in its metadata, so `segformer predict model.onnx ...` works. "
+        "--format ce7454 writes OUT/solution/{ckpt.pth, requirements.txt, run.py}: run.py needs only "
+        "torch, numpy and Pillow and reproduces `segformer predict`; models with "
+        f"{CE7454_BUDGET:,} parameters or more are refused unless --no-budget-check.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best), HF directory or .pth")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or ce7454")
+    p.add_argument("--out", required=True, metavar="PATH", help="model.onnx, or the folder to hold solution/")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation baked into the export's settings")
+    p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
+    p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
+    p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
+    p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="ONNX exporter (torch's)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+    p.add_argument(
+        "--no-budget-check",
+        action="store_true",
+        help=f"export a CE7454 package with {CE7454_BUDGET:,} parameters or more (not a valid submission)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    settings = {"tta": args.tta, "image_size": args.img_size, "mode": args.mode, "label_set": args.label_set}
+    if args.format == "onnx":
+        options = {"exporter": args.exporter, "opset": args.opset, "check": not args.no_check}
+    else:
+        options = {"budget": None if args.no_budget_check else CE7454_BUDGET}
+    result = export_model(args.model, args.out, args.format, **settings, **options)
+    if args.format == "onnx":
+        checks = ", ".join(f"{k}: {v:.2g}" for k, v in result["max_abs_diff"].items()) or "not checked"
+        print(
+            f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['exporter']} exporter, "
+            f"opset {result['opset']}); max |logit difference| vs ONNX Runtime: {checks}"
+        )
+    else:
+        print(
+            f"wrote {result['dir']}/{{ckpt.pth, requirements.txt, run.py}}: {result['params']:,} parameters"
+            + (f" (budget < {result['budget']:,})" if result["budget"] else " (budget not checked)")
+        )
+    return 0

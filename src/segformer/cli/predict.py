@@ -1,0 +1,74 @@
+"""`segformer predict MODEL INPUT... --out DIR`: label maps, overlays and probabilities of images/videos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..inference import BACKENDS, MODES, TTA_MODES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images, folders, globs and videos: label PNGs, overlays, probabilities",
+        description="Segment every INPUT (image files, folders of images, glob patterns such as "
+        "'photos/**/*.jpg', video files) with MODEL (a model directory, an HF directory, an NVlabs .pth, "
+        "or an .onnx file from `segformer export`) and write DIR/<stem>.png: a palette PNG whose pixel "
+        "values are class ids. A video writes DIR/<stem>/<frame:06d>.png. Unreadable inputs are "
+        "reported and skipped; the exit code is 1 if any input failed.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best), .pth or .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders or glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
+    p.add_argument("--probs", action="store_true", help="also write (K, H, W) float16 DIR/probs/<stem>.npy")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none, or the export's)")
+    p.add_argument(
+        "--scales", type=lambda s: [float(v) for v in s.split(",")], help="TTA scales, e.g. 0.75,1,1.25"
+    )
+    p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
+    p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
+    p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="run the model with PyTorch (default) or ONNX Runtime (exported in memory; .onnx models "
+        "always use ONNX Runtime; needs `pip install segformer[onnx]`)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import Predictor
+    from ..predict import predict_files
+
+    predictor = Predictor(
+        args.model,
+        device=args.device,
+        image_size=args.img_size,
+        mode=args.mode,
+        tta=args.tta,
+        scales=args.scales,
+        label_set=args.label_set,
+        batch_size=args.batch_size,
+        backend=args.backend,
+    )
+    report = predict_files(
+        predictor,
+        args.inputs,
+        args.out,
+        overlay_images=args.overlay,
+        probs=args.probs,
+        progress=not args.quiet,
+    )
+    failed = f"; {len(report.failed)} input(s) failed (listed above)" if report.failed else ""
+    print(
+        f"wrote {report.written} label map(s) to {report.out}{failed}",
+        file=sys.stderr if failed else sys.stdout,
+    )
+    return 1 if report.failed else 0

@@ -1,0 +1,170 @@
+"""Predict on files, folders, globs and videos, writing label maps, overlays and probabilities (SPEC.md §5).
+
+For an input ``<stem>.<ext>`` the output folder OUT gets:
+
+- ``OUT/<stem>.png``: the label map, a mode-P PNG whose pixel values are class ids and whose palette is
+  the label set's colours (a viewer shows colours, a scorer reads ids);
+- ``OUT/overlays/<stem>.png`` (`overlay`): the colours blended over the image (a folder of its own, so
+  that OUT holds label maps only);
+- ``OUT/probs/<stem>.npy`` (`probs`): ``(K, H, W)`` float16 class probabilities.
+
+A video (``.mp4``, ``.avi``, ... read with OpenCV) gives one of each per frame:
+``OUT/<stem>/<frame:06d>.png`` (and ``OUT/overlays/<stem>/...``, ``OUT/probs/<stem>/...``).
+An unreadable input is reported by name on stderr and skipped; the report counts the failures.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .data.io import IMAGE_EXTENSIONS, load_image, overlay, save_image, save_mask
+from .errors import SegformerError
+from .fileio import atomic_path
+from .inference import Predictor
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+@dataclass
+class PredictReport:
+    out: Path
+    written: int = 0
+    """Label maps written (one per image, one per video frame)."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(input, reason) of every input that was skipped."""
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files named by `inputs` -- files, folders (the images and videos directly inside, sorted)
+    and glob patterns (sorted) -- and the inputs that named nothing, with the reason."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in media)
+            if not found:
+                missing.append((str(item), "folder holds no images or videos"))
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                missing.append((str(item), "no such file or folder, and no file matches it as a pattern"))
+        files.extend(p for p in found if p not in files)
+    return files, missing
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a video as (H, W, 3) uint8 RGB."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise SegformerError(f"{path}: cannot open as a video")
+    count = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    if count == 0:
+        raise SegformerError(f"{path}: no video frame could be decoded")
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    overlay_images: bool = False,
+    probs: bool = False,
+    progress: bool = True,
+) -> PredictReport:
+    """Label maps (and overlays / probabilities) of every image and video frame named by `inputs`
+    into `out` (see the module docstring). Files that cannot be read are reported on stderr and
+    skipped; an input naming nothing is a failure too. Raises `SegformerError` when no input names
+    any file, or when two inputs would write the same output."""
+    out = Path(out)
+    files, missing = collect_inputs(inputs)
+    if not files:
+        reasons = "; ".join(f"{item}: {why}" for item, why in missing)
+        raise SegformerError(f"no input images found ({reasons})")
+    seen: dict[str, Path] = {}
+    for path in files:
+        key = f"{path.stem}/" if _is_video(path) else path.stem
+        if key in seen:
+            raise SegformerError(
+                f"{seen[key]} and {path} would both write {out / path.stem}.png; predict them into "
+                "different --out folders"
+            )
+        seen[key] = path
+    report = PredictReport(out)
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
+
+    def fail(item: str, reason: str) -> None:
+        report.failed.append((item, reason))
+        bar.write(f"skipped {reason if reason.startswith(item) else f'{item}: {reason}'}", file=sys.stderr)
+
+    for item, why in missing:
+        fail(item, why)
+    pending: list[tuple[str, np.ndarray]] = []  # (output name without .png, image)
+
+    def flush() -> None:
+        results = predictor.predict_arrays([image for _, image in pending], return_probs=probs)
+        for (name, image), result in zip(pending, results, strict=True):
+            mask, prob = result if probs else (result, None)
+            try:
+                save_mask(out / f"{name}.png", mask, predictor.label_set)
+                if overlay_images:
+                    save_image(out / "overlays" / f"{name}.png", overlay(image, mask, predictor.label_set))
+                if prob is not None:
+                    with atomic_path(out / "probs" / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+                        np.save(f, prob.astype(np.float16))
+            except (OSError, SegformerError) as err:
+                fail(name, str(err))
+                continue
+            report.written += 1
+        pending.clear()
+
+    for path in files:
+        if not _is_video(path):
+            try:
+                pending.append((path.stem, load_image(path)))
+            except SegformerError as err:
+                fail(str(path), str(err))
+            bar.update(1)
+            if len(pending) >= predictor.batch_size:
+                flush()
+            continue
+        flush()
+        frames = 0
+        try:
+            for frames, frame in enumerate(_video_frames(path), start=1):
+                pending.append((f"{path.stem}/{frames - 1:06d}", frame))
+                if len(pending) >= predictor.batch_size:
+                    flush()
+                    bar.set_postfix_str(f"{path.name} frame {frames}")
+            flush()
+        except SegformerError as err:
+            flush()  # the frames decoded before a broken one are still written
+            fail(str(path), str(err) + (f" after {frames} frames" if frames else ""))
+        bar.update(1)
+    flush()
+    bar.close()
+    return report

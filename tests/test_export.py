@@ -1,0 +1,217 @@
+"""ONNX export against onnxruntime, and the CE7454 submission run standalone in a clean folder."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, tiny_config
+from segformer import Predictor, SegformerError, create_model, load
+from segformer.checkpoint import save_model
+from segformer.cli import main
+from segformer.data.io import load_mask
+from segformer.data.labels import CELEBAMASK
+from segformer.export import (
+    CE7454_BUDGET,
+    OnnxRuntimeModel,
+    export_ce7454,
+    export_onnx,
+    min_input_size,
+    run_py_source,
+    standalone_source,
+)
+from segformer.inference import predict_batch
+from segformer.models.segformer import SegFormer
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.export
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    model = create_model(tiny_config("micro", num_classes=19))
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(model, out, meta={"label_set": "celebamask", "image_size": 48})
+    return out
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, h // 6), max(2, w // 6), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def _equal_but_ties(a: np.ndarray, b: np.ndarray, probs: np.ndarray, gap: float = 1e-5) -> None:
+    """Masks from two runtimes agree wherever the winning class leads by more than `gap`."""
+    top2 = np.sort(probs, axis=0)[-2:]
+    clear = top2[1] - top2[0] > gap
+    np.testing.assert_array_equal(a[clear], b[clear])
+
+
+@pytest.mark.parametrize("decoder", ["micro", "mlp"])
+def test_onnx_matches_pytorch_at_any_size(decoder, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(tiny_config(decoder)).eval()
+    result = export_onnx(model, tmp_path / "m.onnx")
+    assert result["exporter"] == "torchscript" and set(result["max_abs_diff"]) == {"2x3x64x64", "1x3x97x131"}
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for shape in [(2, 3, 64, 64), (1, 3, 97, 131), (3, 3, 40, 72)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == expected.shape == (shape[0], 5, *shape[2:])
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnx_file_predicts_like_the_model(model_dir, tmp_path):
+    export_onnx(model_dir, tmp_path / "m.onnx")
+    torch_p, onnx_p = Predictor(model_dir), Predictor(tmp_path / "m.onnx")
+    assert onnx_p.backend == "onnxruntime" and onnx_p.settings() == torch_p.settings()
+    assert onnx_p.label_set == CELEBAMASK and onnx_p.image_size == (48, 48)
+    image = _image(61, 83)
+    ids, probs = torch_p(image, return_probs=True)
+    _equal_but_ties(onnx_p(image), ids, probs)
+    in_memory = Predictor(model_dir, backend="onnxruntime")  # exported on the fly
+    assert isinstance(in_memory.model, OnnxRuntimeModel)
+    _equal_but_ties(in_memory(image), ids, probs)
+
+
+def test_onnx_errors(model_dir, tmp_path, monkeypatch):
+    runtime = OnnxRuntimeModel(export_onnx(model_dir, tmp_path / "m.onnx")["path"])
+    side = min_input_size(runtime.config)
+    # tiny_config: stage 3 has stride 16 and sr 2, so it needs a 2x2 map: more than 16 px
+    assert side == 17 and min_input_size(create_model("microsegformer").config) == 29
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        expected = load(model_dir)(x)
+    assert (runtime(x) - expected).abs().max() <= 1e-4
+    with pytest.raises(SegformerError, match=f"smaller than the {side} px"):
+        runtime(torch.zeros(1, 3, side - 1, 40))
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(SegformerError, match=r"junk\.onnx: cannot load as an ONNX model"):
+        Predictor(tmp_path / "junk.onnx")
+    bare = onnx.load(str(tmp_path / "m.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(SegformerError, match="no segformer metadata"):
+        Predictor(tmp_path / "bare.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    with pytest.raises(SegformerError, match=r"pip install segformer\[onnx\]"):
+        Predictor(tmp_path / "m.onnx")
+
+
+@pytest.mark.slow
+def test_dynamo_exporter(tmp_path):
+    model = create_model(tiny_config("micro")).eval()
+    result = export_onnx(model, tmp_path / "m.onnx", exporter="dynamo")
+    assert max(result["max_abs_diff"].values()) <= 1e-4
+
+
+# -- CE7454 --
+
+
+def _run_standalone(solution: Path, image: Path, output: Path) -> subprocess.CompletedProcess:
+    """run.py in a folder outside the repository, without PYTHONPATH, with `import segformer` blocked
+    (the package may be installed in site-packages, so its absence has to be enforced)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = ["run.py", "--input", str(image), "--output", str(output), "--weights", "ckpt.pth"]
+    blocker = (
+        f"import runpy, sys; sys.modules['segformer'] = None; sys.argv = {argv!r}; "
+        "runpy.run_path('run.py', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", blocker], cwd=solution, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_path):
+    assert main(["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "sub")]) == 0
+    solution = tmp_path / "sub" / "solution"
+    assert sorted(p.name for p in solution.iterdir()) == ["ckpt.pth", "requirements.txt", "run.py"]
+    ckpt = torch.load(solution / "ckpt.pth", weights_only=True)
+    assert set(ckpt) == {"state_dict", "config", "meta"} and isinstance(ckpt["config"], dict)
+    assert ckpt["state_dict"].keys() == create_model(tiny_config("micro", num_classes=19)).state_dict().keys()
+    pins = (solution / "requirements.txt").read_text().split()
+    assert [p.split("==")[0] for p in pins] == ["torch", "numpy", "pillow"] and all("==" in p for p in pins)
+    tree = ast.parse((solution / "run.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "argparse", "collections", "dataclasses", "math", "pathlib", "sys",
+                        "types", "typing", "warnings", "numpy", "torch", "PIL"}  # fmt: skip
+
+    # An odd-sized RGB JPEG and an EXIF-rotated grey PNG, in a clean folder outside the repository.
+    clean = tmp_path / "clean"
+    shutil.copytree(solution, clean / "solution")
+    assert ROOT not in clean.parents
+    Image.fromarray(_image(77, 101)).save(clean / "odd.jpg", quality=90)
+    grey = Image.fromarray(_image(40, 66)[..., 0], "L")
+    exif = grey.getexif()
+    exif[0x0112] = 6
+    grey.save(clean / "rotated.png", exif=exif.tobytes())
+    assert main(["predict", str(model_dir), str(clean / "odd.jpg"), str(clean / "rotated.png"),
+                 "--out", str(tmp_path / "pred"), "--quiet"]) == 0  # fmt: skip
+    for name, size in (("odd", (101, 77)), ("rotated", (40, 66))):
+        proc = _run_standalone(clean / "solution", clean / f"{name}{'.jpg' if name == 'odd' else '.png'}",
+                               clean / f"{name}.png")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        ours, theirs = Image.open(tmp_path / "pred" / f"{name}.png"), Image.open(clean / f"{name}.png")
+        assert theirs.mode == "P" and theirs.size == size
+        np.testing.assert_array_equal(np.asarray(theirs), np.asarray(ours))
+        assert theirs.getpalette() == ours.getpalette()
+        np.testing.assert_array_equal(load_mask(clean / f"{name}.png"), np.asarray(ours))
+    proc = _run_standalone(clean / "solution", clean / "missing.jpg", clean / "x.png")
+    assert proc.returncode == 1 and "missing.jpg: image not found" in proc.stderr
+
+
+def test_run_py_is_generated_from_the_package_source():
+    source = run_py_source(create_model(tiny_config("micro")))
+    # the definitions are copied verbatim (with comments), not re-written: no second copy to drift
+    for obj in (SegFormer, predict_batch):
+        lines = inspect.getsource(obj).splitlines()
+        assert "\n".join(line for line in lines if not line.startswith("@register")) in source
+    assert "register_model" not in source and "@register_arch" not in source
+    compile(source, "run.py", "exec")
+    ruff = shutil.which("ruff")
+    if ruff:  # undefined names, unused imports and import order, statically
+        proc = subprocess.run(
+            [ruff, "check", "--isolated", "--select", "F,I", "--stdin-filename", "run.py", "-"],
+            input=source, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout
+    with pytest.raises(SegformerError, match="not a top-level definition"):
+        standalone_source([("segformer.inference", "no_such_function")])
+
+
+def test_ce7454_parameter_budget(model_dir, tmp_path):
+    micro = create_model("microsegformer", num_classes=19)
+    assert sum(p.numel() for p in micro.parameters()) == 1_721_939 < CE7454_BUDGET
+    result = export_ce7454(micro, tmp_path / "micro", verify=False)
+    assert result["params"] == 1_721_939
+    with pytest.raises(SegformerError, match=r"40,107 parameters.*fewer than 1,000.*--no-budget-check"):
+        export_ce7454(model_dir, tmp_path / "over", budget=1000)
+    assert not (tmp_path / "over").exists()
+    args = ["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "b0")]
+    b0 = create_model("segformer-b0", num_classes=19)
+    save_model(b0, tmp_path / "b0-model", meta={"image_size": 64})
+    args[1] = str(tmp_path / "b0-model")
+    assert main(args) == 1  # 3,719,027 parameters
+    assert main([*args, "--no-budget-check"]) == 0
+    assert (tmp_path / "b0" / "solution" / "run.py").is_file()

@@ -1,0 +1,231 @@
+"""The Predictor: masks at the input's size for every kind of image, a naive reference, batching,
+probabilities, flip TTA with left/right swap, sliding windows, label sets and settings from meta."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from conftest import tiny_config
+from segformer import Predictor, SegformerError, create_model, load
+from segformer.checkpoint import save_model
+from segformer.data.io import load_image, to_rgb
+from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
+from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from segformer.inference import Preprocess, preprocess, resolve_label_set
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = create_model(tiny_config("micro", num_classes=19)).eval()
+    m.meta = {"label_set": "celebamask", "image_size": 48}
+    return m
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    # Smooth blobs rather than noise, so that resizing matters and classes vary over the image.
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def reference_ids(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
+    """The recipe written out: scale to [0, 1], ImageNet-normalise, bilinear to the working size,
+    forward, bilinear back to the image, argmax."""
+    x = (image.astype(np.float64) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    x = torch.from_numpy(x.transpose(2, 0, 1)[None]).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        logits = F.interpolate(model(x), size=image.shape[:2], mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].numpy()
+
+
+def test_predictor_matches_a_naive_reference(model):
+    image = _image(37, 53)
+    ids = Predictor(model)(image)
+    assert ids.shape == (37, 53) and ids.dtype == np.uint8
+    ref = reference_ids(model, image, 48)
+    assert len(np.unique(ref)) > 1  # a mask worth comparing
+    # float64 vs float32 normalisation: only exact near-ties may differ
+    assert (ids != ref).mean() < 1e-3
+
+
+def test_every_image_kind_gives_a_mask_of_the_displayed_size(model, tmp_path):
+    predictor = Predictor(model)
+    rgb = _image(29, 41)
+    files = {}
+    Image.fromarray(rgb).save(files.setdefault("odd", tmp_path / "odd.png"))
+    Image.fromarray(rgb[..., 0], "L").save(files.setdefault("grey", tmp_path / "grey.png"))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(files.setdefault("rgba", tmp_path / "rgba.png"))
+    Image.fromarray(np.dstack([rgb[..., 1], rgba[..., 3]]), "LA").save(
+        files.setdefault("la", tmp_path / "la.png")
+    )
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(files.setdefault("16bit", tmp_path / "16.png"))
+    assert Image.open(files["16bit"]).mode.startswith("I")
+    for orientation in (6, 8):  # stored sideways: displayed 41 high x 29 wide
+        img = Image.fromarray(rgb)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(
+            files.setdefault(f"exif{orientation}", tmp_path / f"exif{orientation}.png"), exif=exif.tobytes()
+        )
+    masks = predictor(list(files.values()))
+    for (name, path), mask in zip(files.items(), masks, strict=True):
+        expected = (41, 29) if name.startswith("exif") else (29, 41)
+        assert mask.shape == expected, name
+        # a file predicts like the pixels a viewer shows
+        np.testing.assert_array_equal(mask, predictor(load_image(path)), err_msg=name)
+    # grey and 16-bit grey are the same picture: the same mask
+    np.testing.assert_array_equal(masks[1], masks[4])
+    # EXIF 6 / 8 = rotate 90 degrees clockwise / counter-clockwise for display: masks of rotated pixels
+    np.testing.assert_array_equal(masks[5], predictor(np.rot90(rgb, k=-1)))
+    np.testing.assert_array_equal(masks[6], predictor(np.rot90(rgb, k=1)))
+
+
+def test_arrays_and_pil_images_convert_like_files(tmp_path):
+    rgb = _image(9, 11)
+    grey16 = (rgb[..., 0].astype(np.uint16) * 250).astype(np.uint16)
+    rgba = np.dstack([rgb, np.arange(99, dtype=np.uint8).reshape(9, 11) * 2])
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(to_rgb(grey16), load_image(tmp_path / "g16.png"))
+    np.testing.assert_array_equal(to_rgb(rgba), load_image(tmp_path / "rgba.png"))
+    np.testing.assert_array_equal(
+        to_rgb(Image.open(tmp_path / "rgba.png")), load_image(tmp_path / "rgba.png")
+    )
+    np.testing.assert_array_equal(to_rgb(rgb[..., :1]), np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(to_rgb(rgb.astype(np.float32) / 255), rgb)
+    with pytest.raises(SegformerError, match="dtype int64"):
+        to_rgb(rgb.astype(np.int64))
+    with pytest.raises(SegformerError, match="shape"):
+        to_rgb(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_batches_give_the_masks_of_single_images(model):
+    predictor = Predictor(model, batch_size=2)
+    images = [_image(40, 40, 1), _image(23, 57, 2), _image(40, 40, 3), _image(40, 40, 4), _image(23, 57, 5)]
+    batched = predictor(images)
+    for image, mask in zip(images, batched, strict=True):
+        np.testing.assert_array_equal(mask, Predictor(model, batch_size=1)(image))
+    stacked = predictor(np.stack([images[0], images[2]]))  # a 4-D array is a batch
+    np.testing.assert_array_equal(stacked[1], batched[2])
+
+
+def test_probabilities(model):
+    image = _image(31, 45)
+    ids, probs = Predictor(model)(image, return_probs=True)
+    assert probs.shape == (19, 31, 45) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), ids)
+
+
+class SidedModel(nn.Module):
+    """Logits that depend only on position: l_eye (4) on the image's right half, r_eye (5) on its left
+    half, l_brow (6) in the top rows, so that a mirror image changes which class a pixel gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = tiny_config("micro", num_classes=19)
+        self.meta = {"label_set": "celebamask", "image_size": 32}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        out = torch.zeros(b, 19, h, w)
+        col = torch.arange(w).float()
+        out[:, 4] = (col >= w / 2).float().expand(h, w)
+        out[:, 5] = (col < w / 2).float().expand(h, w)
+        out[:, 6, : h // 4] = 2.0
+        return out
+
+
+def test_flip_tta_swaps_left_and_right_classes():
+    model = SidedModel()
+    image = _image(32, 32)
+    plain = Predictor(model, tta="none")(image)
+    assert set(np.unique(plain)) == {4, 5, 6}
+    # The mirrored view calls the left half l_eye; flipping back and swapping 4 <-> 5 undoes that, so
+    # the average is the plain prediction.
+    np.testing.assert_array_equal(Predictor(model, tta="flip")(image), plain)
+    # Without the swap every eye pixel is an exact 4/5 tie, which argmax gives to 4.
+    no_pairs = LabelSet("no-pairs", CELEBAMASK.class_names, CELEBAMASK.palette)
+    unswapped = Predictor(model, tta="flip", label_set=no_pairs)(image)
+    assert 5 not in unswapped and (unswapped != plain).mean() > 0.3
+
+
+def test_scales_tta_and_sliding_windows_keep_the_input_size(model):
+    image = _image(70, 90)
+    assert Predictor(model, tta="flip+scales", scales=(0.5, 1.0))(image).shape == (70, 90)
+    slide = Predictor(model, mode="slide", image_size=32)
+    assert slide(image).shape == (70, 90)
+    # a window at least as large as the image runs the model once on the full-resolution image
+    small = _image(30, 20)
+    x = preprocess(small, None)[None]
+    with torch.no_grad():
+        expected = model(x).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(Predictor(model, mode="slide", image_size=32)(small), expected)
+    with pytest.raises(SegformerError, match="square"):
+        Predictor(model, mode="slide", image_size=(32, 48))(small)
+
+
+def test_evaluation_transform_is_the_predictors_preprocessing():
+    image = _image(50, 70)
+    x, mask = Preprocess(48)(image, np.zeros((50, 70), np.uint8))
+    torch.testing.assert_close(x, preprocess(image, 48), rtol=0, atol=0)
+    assert mask.shape == (50, 70) and mask.dtype == torch.int64
+    # the OpenCV resize of the training transform samples the same points (< 1 grey level apart)
+    cv2_x, _ = build_transform("none", 48, train=False)(image, None)
+    assert (cv2_x - x).abs().max() < 1.0 / 255 / min(IMAGENET_STD)
+
+
+def test_settings_come_from_meta_or_defaults(model, tmp_path):
+    save_model(
+        model, tmp_path / "m", meta={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "eval_mode": "slide"}
+    )
+    p = Predictor(tmp_path / "m")
+    assert p.image_size == (48, 48) and p.mean == (0.5, 0.5, 0.5) and p.mode == "slide" and p.tta == "none"
+    assert p.label_set is CELEBAMASK and p.device == torch.device("cpu")
+    bare = create_model(tiny_config("micro", num_classes=19))  # e.g. loaded from an HF dir: no meta
+    q = Predictor(bare, tta="flip")
+    assert q.image_size == (512, 512) and q.mean == IMAGENET_MEAN and q.std == IMAGENET_STD
+    assert q.mode == "resize" and q.tta == "flip" and q.label_set is CELEBAMASK
+    # settings round-trip through plain data (what exports store)
+    bare.meta = q.settings()
+    r = Predictor(bare)
+    assert r.settings() == q.settings() and r.label_set == CELEBAMASK
+
+
+def test_label_sets_are_chosen_by_names_then_count():
+    cfg = tiny_config("micro")
+    assert resolve_label_set(None, cfg.replace(num_classes=19)) is CELEBAMASK
+    assert resolve_label_set(None, cfg.replace(num_classes=150)) is ADE20K
+    names = tuple(n.title() for n in CITYSCAPES.class_names)  # HF id2label spelling varies in case
+    assert resolve_label_set(None, cfg.replace(num_classes=19, class_names=names)) is CITYSCAPES
+    custom = resolve_label_set(None, cfg.replace(num_classes=3, class_names=("bg", "cat", "dog")))
+    assert custom.class_names == ("bg", "cat", "dog") and custom.palette == bit_palette(3)
+    assert resolve_label_set(None, cfg.replace(num_classes=4)).class_names[3] == "class_3"
+    with pytest.raises(SegformerError, match="19 classes but the model predicts 5"):
+        resolve_label_set("celebamask", cfg)
+
+
+def test_bad_inputs(model, tmp_path):
+    predictor = Predictor(model)
+    with pytest.raises(SegformerError, match=r"missing\.png: image not found"):
+        predictor(tmp_path / "missing.png")
+    with pytest.raises(SegformerError, match="cannot predict on a int"):
+        predictor([_image(8, 8), 3])
+    with pytest.raises(SegformerError, match="unknown TTA"):
+        Predictor(model, tta="mirror")
+    with pytest.raises(SegformerError, match="unknown backend"):
+        Predictor(model, backend="tensorrt")
+
+
+def test_loads_model_directories(model, tmp_path):
+    save_model(model, tmp_path / "m")
+    image = _image(33, 44)
+    np.testing.assert_array_equal(Predictor(tmp_path / "m")(image), Predictor(load(tmp_path / "m"))(image))
