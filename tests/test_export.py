@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, tiny_config
 from segformer import Predictor, SegformerError, create_model, load
 from segformer.checkpoint import save_model
 from segformer.cli import main
@@ -32,6 +31,8 @@ from segformer.export import (
 )
 from segformer.inference import predict_batch
 from segformer.models.segformer import SegFormer
+
+from conftest import ROOT, tiny_config
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

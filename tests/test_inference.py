@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from conftest import tiny_config
 from segformer import Predictor, SegformerError, create_model, load
 from segformer.checkpoint import save_model
 from segformer.data.io import load_image, to_rgb
 from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from segformer.inference import Preprocess, preprocess, resolve_label_set
+
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
