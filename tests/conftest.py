@@ -30,6 +30,19 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> 
     )
 
 
+def run_solution(solution: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a CE7454 ``solution/run.py ARGS`` as a grader would: in its folder, without PYTHONPATH, and
+    with ``import segformer`` made to fail (the package may be installed in site-packages)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = (
+        f"import runpy, sys; sys.modules['segformer'] = None; sys.argv = {['run.py', *args]!r}; "
+        "runpy.run_path('run.py', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=solution, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def tiny_config(decoder: str = "mlp", **changes) -> ModelConfig:
     """A 4-stage SegFormer a few thousand parameters big, with every feature switched on."""
     base = ModelConfig(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from segformer.export import (
 from segformer.inference import predict_batch
 from segformer.models.segformer import SegFormer
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, run_solution, tiny_config
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -129,20 +128,6 @@ def test_dynamo_exporter(tmp_path):
 # -- CE7454 --
 
 
-def _run_standalone(solution: Path, image: Path, output: Path) -> subprocess.CompletedProcess:
-    """run.py in a folder outside the repository, without PYTHONPATH, with `import segformer` blocked
-    (the package may be installed in site-packages, so its absence has to be enforced)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    argv = ["run.py", "--input", str(image), "--output", str(output), "--weights", "ckpt.pth"]
-    blocker = (
-        f"import runpy, sys; sys.modules['segformer'] = None; sys.argv = {argv!r}; "
-        "runpy.run_path('run.py', run_name='__main__')"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", blocker], cwd=solution, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_path):
     assert main(["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "sub")]) == 0
     solution = tmp_path / "sub" / "solution"
@@ -170,15 +155,17 @@ def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_pa
     assert main(["predict", str(model_dir), str(clean / "odd.jpg"), str(clean / "rotated.png"),
                  "--out", str(tmp_path / "pred"), "--quiet"]) == 0  # fmt: skip
     for name, size in (("odd", (101, 77)), ("rotated", (40, 66))):
-        proc = _run_standalone(clean / "solution", clean / f"{name}{'.jpg' if name == 'odd' else '.png'}",
-                               clean / f"{name}.png")  # fmt: skip
+        source = clean / f"{name}{'.jpg' if name == 'odd' else '.png'}"
+        proc = run_solution(
+            clean / "solution", "--input", str(source), "--output", str(clean / f"{name}.png")
+        )
         assert proc.returncode == 0, proc.stderr
         ours, theirs = Image.open(tmp_path / "pred" / f"{name}.png"), Image.open(clean / f"{name}.png")
         assert theirs.mode == "P" and theirs.size == size
         np.testing.assert_array_equal(np.asarray(theirs), np.asarray(ours))
         assert theirs.getpalette() == ours.getpalette()
         np.testing.assert_array_equal(load_mask(clean / f"{name}.png"), np.asarray(ours))
-    proc = _run_standalone(clean / "solution", clean / "missing.jpg", clean / "x.png")
+    proc = run_solution(clean / "solution", "--input", str(clean / "missing.jpg"), "--output", "x.png")
     assert proc.returncode == 1 and "missing.jpg: image not found" in proc.stderr
 
 
