@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import runpy
 import shutil
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_dynamo_exporter(tmp_path):
 # -- CE7454 --
 
 
-def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_path):
+def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_path, monkeypatch, capsys):
     assert main(["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "sub")]) == 0
     solution = tmp_path / "sub" / "solution"
     assert sorted(p.name for p in solution.iterdir()) == ["ckpt.pth", "requirements.txt", "run.py"]
@@ -148,25 +149,34 @@ def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_pa
     shutil.copytree(solution, clean / "solution")
     assert ROOT not in clean.parents
     Image.fromarray(_image(77, 101)).save(clean / "odd.jpg", quality=90)
-    grey = Image.fromarray(_image(40, 66)[..., 0], "L")
+    grey = Image.fromarray(_image(41, 67)[..., 0], "L")
     exif = grey.getexif()
     exif[0x0112] = 6
     grey.save(clean / "rotated.png", exif=exif.tobytes())
-    assert main(["predict", str(model_dir), str(clean / "odd.jpg"), str(clean / "rotated.png"),
-                 "--out", str(tmp_path / "pred"), "--quiet"]) == 0  # fmt: skip
-    for name, size in (("odd", (101, 77)), ("rotated", (40, 66))):
-        source = clean / f"{name}{'.jpg' if name == 'odd' else '.png'}"
-        proc = run_solution(
-            clean / "solution", "--input", str(source), "--output", str(clean / f"{name}.png")
-        )
-        assert proc.returncode == 0, proc.stderr
-        ours, theirs = Image.open(tmp_path / "pred" / f"{name}.png"), Image.open(clean / f"{name}.png")
+    inputs = [str(clean / "odd.jpg"), str(clean / "rotated.png")]
+    assert main(["predict", str(model_dir), *inputs, "--out", str(tmp_path / "pred"), "--quiet"]) == 0
+    # A real standalone run (subprocess, no PYTHONPATH, segformer unimportable) for one image, and the
+    # same file run in this process for the other input and for a missing one.
+    argv = ["--input", str(clean / "rotated.png"), "--output", str(clean / "rotated.png.out.png")]
+    proc = run_solution(clean / "solution", *argv)
+    assert proc.returncode == 0, proc.stderr
+
+    def run_in_process(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["run.py", *args, "--weights", str(clean / "solution" / "ckpt.pth")])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(clean / "solution" / "run.py"), run_name="__main__")
+        return exit_.value.code
+
+    assert run_in_process("--input", str(clean / "odd.jpg"), "--output", str(clean / "odd.jpg.out.png")) == 0
+    for name, size in (("odd.jpg", (101, 77)), ("rotated.png", (41, 67))):
+        stem = name.split(".")[0]
+        ours, theirs = Image.open(tmp_path / "pred" / f"{stem}.png"), Image.open(clean / f"{name}.out.png")
         assert theirs.mode == "P" and theirs.size == size
         np.testing.assert_array_equal(np.asarray(theirs), np.asarray(ours))
         assert theirs.getpalette() == ours.getpalette()
-        np.testing.assert_array_equal(load_mask(clean / f"{name}.png"), np.asarray(ours))
-    proc = run_solution(clean / "solution", "--input", str(clean / "missing.jpg"), "--output", "x.png")
-    assert proc.returncode == 1 and "missing.jpg: image not found" in proc.stderr
+        np.testing.assert_array_equal(load_mask(clean / f"{name}.out.png"), np.asarray(ours))
+    assert run_in_process("--input", str(clean / "missing.jpg"), "--output", str(clean / "x.png")) == 1
+    assert "missing.jpg: image not found" in capsys.readouterr().err
 
 
 def test_run_py_is_generated_from_the_package_source():
