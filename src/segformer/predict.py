@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ class PredictReport:
     out: Path
     written: int = 0
     """Label maps written (one per image, one per video frame)."""
+    seconds: float = 0.0
+    """Wall-clock time of reading, predicting and writing (model loading excluded)."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     """(input, reason) of every input that was skipped."""
 
@@ -115,6 +118,7 @@ def predict_files(
             )
         seen[key] = path
     report = PredictReport(out)
+    start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
 
     def fail(item: str, reason: str) -> None:
@@ -167,4 +171,5 @@ def predict_files(
         bar.update(1)
     flush()
     bar.close()
+    report.seconds = time.perf_counter() - start
     return report

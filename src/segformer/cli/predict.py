@@ -8,6 +8,13 @@ import sys
 from ..inference import BACKENDS, MODES, TTA_MODES
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
@@ -24,9 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
     p.add_argument("--probs", action="store_true", help="also write (K, H, W) float16 DIR/probs/<stem>.npy")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none, or the export's)")
-    p.add_argument(
-        "--scales", type=lambda s: [float(v) for v in s.split(",")], help="TTA scales, e.g. 0.75,1,1.25"
-    )
+    p.add_argument("--scales", type=_floats, help="TTA scales, e.g. 0.75,1,1.25 (default 0.75,1,1.25,1.5)")
     p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
     p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
@@ -66,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         probs=args.probs,
         progress=not args.quiet,
     )
+    rate = f" in {report.seconds:.1f} s ({report.written / max(report.seconds, 1e-9):.2f} images/s)"
     failed = f"; {len(report.failed)} input(s) failed (listed above)" if report.failed else ""
     print(
-        f"wrote {report.written} label map(s) to {report.out}{failed}",
+        f"wrote {report.written} label map(s) to {report.out}{rate}{failed}",
         file=sys.stderr if failed else sys.stdout,
     )
     return 1 if report.failed else 0
