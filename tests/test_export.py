@@ -198,18 +198,18 @@ def test_run_py_is_generated_from_the_package_source():
         standalone_source([("segformer.inference", "no_such_function")])
 
 
-def test_ce7454_parameter_budget(model_dir, tmp_path):
+def test_ce7454_parameter_budget(model_dir, tmp_path, monkeypatch):
     micro = create_model("microsegformer", num_classes=19)
     assert sum(p.numel() for p in micro.parameters()) == 1_721_939 < CE7454_BUDGET
-    result = export_ce7454(micro, tmp_path / "micro", verify=False)
-    assert result["params"] == 1_721_939
-    with pytest.raises(SegformerError, match=r"40,107 parameters.*fewer than 1,000.*--no-budget-check"):
-        export_ce7454(model_dir, tmp_path / "over", budget=1000)
-    assert not (tmp_path / "over").exists()
-    args = ["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "b0")]
+    assert export_ce7454(micro, tmp_path / "micro", verify=False)["params"] == 1_721_939
     b0 = create_model("segformer-b0", num_classes=19)
-    save_model(b0, tmp_path / "b0-model", meta={"image_size": 64})
-    args[1] = str(tmp_path / "b0-model")
-    assert main(args) == 1  # 3,719,027 parameters
+    refused = r"3,719,027 parameters.*fewer than 1,821,085.*--no-budget-check"
+    with pytest.raises(SegformerError, match=refused):
+        export_ce7454(b0, tmp_path / "b0")
+    assert not (tmp_path / "b0").exists()
+    # the CLI flag, with a budget the tiny model (40,107 parameters) exceeds
+    monkeypatch.setattr("segformer.cli.export.CE7454_BUDGET", 40_000)
+    args = ["export", str(model_dir), "--format", "ce7454", "--out", str(tmp_path / "tiny")]
+    assert main(args) == 1 and not (tmp_path / "tiny").exists()
     assert main([*args, "--no-budget-check"]) == 0
-    assert (tmp_path / "b0" / "solution" / "run.py").is_file()
+    assert (tmp_path / "tiny" / "solution" / "run.py").is_file()
