@@ -15,7 +15,7 @@ from segformer.checkpoint import save_model
 from segformer.data.io import load_image, to_rgb
 from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from segformer.inference import Preprocess, preprocess, resolve_label_set
+from segformer.inference import Preprocess, class_ids, preprocess, resolve_label_set
 
 from conftest import tiny_config
 
@@ -230,3 +230,12 @@ def test_loads_model_directories(model, tmp_path):
     save_model(model, tmp_path / "m")
     image = _image(33, 44)
     np.testing.assert_array_equal(Predictor(tmp_path / "m")(image), Predictor(load(tmp_path / "m"))(image))
+
+
+def test_class_ids_is_argmax_with_ties_to_the_lowest_id():
+    probs = torch.rand(2, 7, 9, 11)
+    probs[0, :, 0, 0] = 0.5  # all tied
+    probs[0, 3, 1, 1] = probs[0, 5, 1, 1] = 2.0  # a two-way tie at the top
+    ids = class_ids(probs)
+    assert ids.dtype == torch.int64 and ids[0, 0, 0] == 0 and ids[0, 1, 1] == 3
+    torch.testing.assert_close(ids, probs.argmax(1), rtol=0, atol=0)

@@ -26,7 +26,7 @@ from torch import nn
 from .data.io import load_image
 from .data.labels import LabelSet
 from .errors import SegformerError
-from .inference import flip_permutation, predict_batch
+from .inference import class_ids, flip_permutation, predict_batch
 from .models.segformer import SegFormer
 
 
@@ -56,7 +56,7 @@ def predict(model: nn.Module, meta: dict[str, Any], image: np.ndarray, device: s
             scales=meta["scales"],
             device=device,
         )
-    return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return class_ids(probs)[0].to(torch.uint8).cpu().numpy()
 
 
 def save_label_png(path: str | Path, mask: np.ndarray, meta: dict[str, Any]) -> None:

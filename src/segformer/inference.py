@@ -128,7 +128,20 @@ def predict_probs(
             total = total + flipped
             n += 1
     assert total is not None
-    return total / n
+    return total if n == 1 else total / n
+
+
+def class_ids(probs: Tensor) -> Tensor:
+    """``probs.argmax(1)`` (int64, ties to the lowest id), computed class by class: the same ids at a
+    fraction of the time, since torch reduces over the strided channel axis slowly (35 -> 15 ms for
+    19 x 512 x 512 on CPU)."""
+    best = probs[:, 0]
+    ids = torch.zeros(best.shape, dtype=torch.long, device=probs.device)
+    for k in range(1, probs.shape[1]):
+        better = probs[:, k] > best  # strictly: an exact tie keeps the lower id, as argmax does
+        ids.masked_fill_(better, k)
+        best = torch.where(better, probs[:, k], best)
+    return ids
 
 
 def hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -417,7 +430,7 @@ class Predictor:
                         scales=self.scales,
                         device=self.device,
                     )
-                    ids = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                    ids = class_ids(probs).to(torch.uint8).cpu().numpy()
                     probs_np = probs.float().cpu().numpy() if return_probs else None
                 for j, i in enumerate(chunk):
                     results[i] = (ids[j], probs_np[j]) if probs_np is not None else ids[j]

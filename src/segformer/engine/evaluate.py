@@ -15,7 +15,7 @@ from .. import distributed
 from ..data.datasets import SegmentationDataset
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SegformerError
-from ..inference import Preprocess, flip_permutation, predict_probs
+from ..inference import Preprocess, class_ids, flip_permutation, predict_probs
 from ..metrics import SegmentationMetrics
 
 
@@ -62,7 +62,7 @@ def evaluate(
         for x, y in groups:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 probs = predict_probs(model, x, y.shape[-2:], tta=tta, flip_perm=flip_perm, window=window)
-            metrics.update(probs.argmax(1), y.to(device))
+            metrics.update(class_ids(probs), y.to(device))
     distributed.all_reduce_sum(metrics.state_tensors())
     model.train(was_training)
     return metrics.compute()
