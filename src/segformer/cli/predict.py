@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
     p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 1 on CPU, 8 on CUDA)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(
         "--backend",
