@@ -162,8 +162,8 @@ def preprocess(
 
     The resize works on the normalised float tensor (`resize`: bilinear, half-pixel centres, no
     antialiasing -- the sampling of `cv2.INTER_LINEAR`, which training uses). Bilinear interpolation
-    treats every image of a batch alike, so this per-image result is what `predict_batch` feeds the
-    model for the same image in any batch.
+    treats every image of a batch alike, so this per-image result is bit for bit what `predict_batch`
+    feeds the model for the same image in any batch.
     """
     x = normalize(image, mean, std)[None]  # (1, 3, H, W)
     return (x if size is None else resize(x, hw(size)))[0]
@@ -300,7 +300,8 @@ class Predictor:
     ``mean``/``std``, ``eval_mode``, ``label_set``; an export adds ``tta``/``scales``), otherwise the
     defaults: working size 512, ImageNet mean/std, ``resize`` mode, no TTA, and the label set
     `resolve_label_set` picks. Images are grouped by size and run `batch_size` at a time (default 1 on
-    a CPU, 8 on a GPU) under `torch.inference_mode`; an image's result does not depend on its batch.
+    a CPU, 8 on a GPU) under `torch.inference_mode`. The batch size can move logits by float rounding
+    (~1e-7: convolution kernels are chosen per batch shape), which only matters at near-tied pixels.
     ``backend="onnxruntime"`` exports the model to ONNX (in memory) and runs that instead.
     `device` defaults to the model's own device (CPU for files); ``"auto"`` picks CUDA when present.
     """
