@@ -213,3 +213,23 @@ def test_ce7454_parameter_budget(model_dir, tmp_path, monkeypatch):
     assert main(args) == 1 and not (tmp_path / "tiny").exists()
     assert main([*args, "--no-budget-check"]) == 0
     assert (tmp_path / "tiny" / "solution" / "run.py").is_file()
+
+
+def test_unet_exports_to_onnx_at_any_size(tmp_path):
+    model = create_model("unet", num_classes=5, unet_width=4).eval()
+    assert min_input_size(model.config) == 1
+    export_onnx(model, tmp_path / "unet.onnx")
+    runtime = OnnxRuntimeModel(tmp_path / "unet.onnx")
+    for shape in [(1, 3, 33, 17), (2, 3, 48, 80)]:  # padded to multiples of 16 inside the graph
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert (runtime(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_ce7454_package_of_a_unet(tmp_path):
+    # the parameter-matched U-Net baseline is a valid submission too (width 15: 1,707,844 parameters)
+    model = create_model("unet", num_classes=19, unet_width=4)
+    model.meta = {"image_size": 40}
+    result = export_ce7454(model, tmp_path)  # verify=True: run.py must reproduce the Predictor
+    source = (tmp_path / "solution" / "run.py").read_text()
+    assert result["params"] < CE7454_BUDGET and "class UNet(nn.Module):" in source

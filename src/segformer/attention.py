@@ -151,7 +151,8 @@ def write_attention_maps(
     (0.35, 0.42) and (0.65, 0.42) of the width and height, roughly the eyes of an aligned face).
     """
     from .data.io import load_image
-    from .data.transforms import build_transform
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .inference import preprocess
     from .report import pyplot, save_figure
 
     image = load_image(image_path)
@@ -165,8 +166,7 @@ def write_attention_maps(
             )
     meta = getattr(model, "meta", {}) or {}
     size = size or meta.get("image_size", 512)
-    tf = build_transform("none", size, meta.get("label_set", "celebamask"), train=False)
-    tensor, _ = tf(image, None)
+    tensor = preprocess(image, size, meta.get("mean", IMAGENET_MEAN), meta.get("std", IMAGENET_STD))
     fractions = [(x / width, y / height) for x, y in points]
     blocks = collect_attention(model, tensor, fractions)
     last = {b.stage: b for b in blocks}  # the last block of each stage

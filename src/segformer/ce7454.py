@@ -28,13 +28,17 @@ from .data.labels import LabelSet
 from .errors import SegformerError
 from .inference import class_ids, flip_permutation, predict_batch
 from .models.segformer import SegFormer
+from .models.unet import UNet
+
+ARCHS = {"segformer": SegFormer, "unet": UNet}  # ModelConfig.arch -> model class
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model of a submission checkpoint, in eval mode, and its inference settings."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    # SegFormer only reads attributes of its config: the plain dict stands in for a ModelConfig.
-    model = SegFormer(SimpleNamespace(**ckpt["config"]))
+    # The models only read attributes of their config: the plain dict stands in for a ModelConfig.
+    config = SimpleNamespace(**ckpt["config"])
+    model = ARCHS[config.arch](config)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt["meta"]
 

@@ -66,7 +66,10 @@ def min_input_size(config: ModelConfig) -> int:
 
     A sequence-reduction convolution needs a map of at least sr x sr; the model pads smaller maps, but
     that branch is a Python `if` on the shape, fixed when the graph is traced for larger inputs.
+    The U-Net pads every input in the graph and takes any size.
     """
+    if config.arch != "segformer":
+        return 1
     side = 1
     while True:
         n, fits = side, True
@@ -173,7 +176,13 @@ class OnnxRuntimeModel:
                 f"{self.source}: input {tuple(x.shape[-2:])} is smaller than the {self.min_size} px the "
                 "exported graph supports; use the torch backend for tiny inputs"
             )
-        out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
+        try:
+            out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
+        except Exception as err:  # onnxruntime's own exception types
+            message = str(err).strip().splitlines()[-1]
+            raise SegformerError(
+                f"{self.source}: ONNX Runtime failed on input {tuple(x.shape)}: {message}"
+            ) from None
         return torch.from_numpy(out).to(x.device)
 
 
@@ -482,8 +491,6 @@ def export_ce7454(
     """
     predictor, torch_model = _torch_model(model)
     config: ModelConfig = torch_model.config
-    if config.arch != "segformer":
-        raise SegformerError(f"the CE7454 export supports SegFormer models, not {config.arch!r}")
     params = sum(p.numel() for p in torch_model.parameters())
     if budget is not None and params >= budget:
         raise SegformerError(

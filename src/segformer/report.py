@@ -231,16 +231,17 @@ def validation_images(run_dir: Path):
 def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, size: int) -> None:
     """Rows of validation images: image | ground truth | one prediction per model."""
     from .data.io import colorize
-    from .demo import predict_mask
+    from .inference import Predictor
 
     plt = pyplot()
+    predictors = [Predictor(m, image_size=size, label_set=dataset.label_set) for m in models.values()]
     n = min(count, len(dataset))
     cols = 2 + len(models)
     fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
     for i in range(n):
         image, truth = dataset.load(i)
         panels = [image, colorize(truth, dataset.label_set)]
-        panels += [colorize(predict_mask(m, image, size), dataset.label_set) for m in models.values()]
+        panels += [colorize(predictor(image), dataset.label_set) for predictor in predictors]
         for j, (panel, title) in enumerate(zip(panels, ["image", "ground truth", *models], strict=True)):
             axes[i, j].imshow(panel)
             axes[i, j].set_axis_off()

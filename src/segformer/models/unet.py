@@ -113,9 +113,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         multiple = 2**DEPTH
-        pad_h, pad_w = -h % multiple, -w % multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        # Padded unconditionally (zero padding is a no-op) so that the padding stays in traced and
+        # exported graphs: an `if` on the shape would be fixed at the example input's size.
+        x = F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
         logits = self.classifier(self.decoder(self.encoder(x)))
         return logits[..., :h, :w]
 
