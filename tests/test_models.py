@@ -261,6 +261,18 @@ def test_invalid_configs_are_rejected(changes, message):
         tiny_config(**changes)
 
 
+def test_float_fields_accept_yaml_exponent_strings():
+    # YAML 1.1 reads 3e-3 (no dot) as a string; recipes and --set must still accept it.
+    from segformer.config import RunConfig, parse_overrides
+
+    cfg = RunConfig.from_dict({"train": {"lr": "3e-3"}}).override(
+        parse_overrides(["train.weight_decay=1e-2"])
+    )
+    assert cfg.train.lr == 3e-3 and cfg.train.weight_decay == 1e-2
+    with pytest.raises(SegformerError, match="expected float"):
+        RunConfig.from_dict({"train": {"lr": "fast"}})
+
+
 def test_config_round_trips_through_a_plain_dict():
     config = get_config("microsegformer", class_names=tuple(f"c{i}" for i in range(19)))
     assert ModelConfig.from_dict(config.to_dict()) == config

@@ -335,6 +335,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return tuple(_coerce(name, v, item) for v in value)
         if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if hint is float and isinstance(value, str):
+            # YAML 1.1 reads "3e-3" (no dot) as a string; accept what Python accepts as a float.
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"expected float, got {value!r}") from None
         if hint is int and isinstance(value, float) and value.is_integer():
             return int(value)
         if hint in (int, float, str, bool) and not isinstance(value, hint):
