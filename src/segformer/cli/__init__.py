@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before the first large tensor (see segformer.runtime)
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"

@@ -28,33 +28,49 @@ def _match_size(logits: Tensor, target: Tensor) -> Tensor:
     return logits
 
 
+def classes_last(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits resized to the labels' size as float ``(B, H*W, K)`` and labels as ``(B, H*W)``.
+
+    Softmax, gathers and sums over classes run several times faster with the classes contiguous;
+    the model's channels-last logits give this layout without a copy.
+    """
+    logits = _match_size(logits, target).float()
+    b, k = logits.shape[:2]
+    return logits.permute(0, 2, 3, 1).reshape(b, -1, k), target.reshape(b, -1)  # (B, N, K), (B, N)
+
+
+def _dice(probs: Tensor, target: Tensor, ignore_index: int, eps: float) -> Tensor:
+    """Dice loss of probabilities ``(B, N, K)`` against labels ``(B, N)`` (see `dice_loss`)."""
+    valid = target != ignore_index  # (B, N)
+    weight = valid.to(probs.dtype)
+    labels = torch.where(valid, target, 0).long()
+    # sum_pixels p_c * y_c is the probability of the true class summed per (image, class): gather +
+    # scatter-add instead of materialising a (B, N, K) one-hot tensor; ignored pixels add zeros.
+    p_true = probs.gather(2, labels.unsqueeze(2)).squeeze(2) * weight  # (B, N)
+    inter = torch.zeros_like(probs[:, 0]).scatter_add(1, labels, p_true)  # (B, K)
+    label_count = torch.zeros_like(probs[:, 0]).scatter_add(1, labels, weight)
+    prob_sum = torch.bmm(weight.unsqueeze(1), probs).squeeze(1)  # sum over valid pixels, (B, K)
+    dice = (2.0 * inter + eps) / (prob_sum + label_count + eps)
+    return 1.0 - dice.mean()
+
+
 def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, eps: float = 1.0) -> Tensor:
     """Soft multi-class Dice loss over the softmax: per image, averaged over classes, then images.
 
     Per-image sums (the seed's formula) make the loss of a batch the mean of its images' losses, so
     data-parallel training on equal shards computes exactly the single-process gradient.
     """
-    b, k = logits.shape[:2]
-    probs = logits.float().softmax(1)
-    valid = target != ignore_index  # (B, H, W)
-    labels = torch.where(valid, target, 0).long()
-    # sum_pixels p_c * y_c is the probability of the true class summed per (image, class): gather +
-    # scatter-add instead of materialising a (B, K, H, W) one-hot tensor.
-    p_true = probs.gather(1, labels.unsqueeze(1)).squeeze(1)[valid]
-    slot = (torch.arange(b, device=labels.device)[:, None, None] * k + labels)[valid]  # image * K + class
-    inter = torch.zeros(b * k, dtype=probs.dtype, device=probs.device).index_add(0, slot, p_true)
-    label_count = torch.bincount(slot, minlength=b * k).to(probs.dtype)
-    prob_sum = (probs * valid.unsqueeze(1)).sum((2, 3))  # (B, K)
-    dice = (2.0 * inter.view(b, k) + eps) / (prob_sum + label_count.view(b, k) + eps)
-    return 1.0 - dice.mean()
+    flat, target = classes_last(logits, target)
+    return _dice(flat.softmax(-1), target, ignore_index, eps)
 
 
 def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: float = 2.0) -> Tensor:
     """Focal loss averaged over valid pixels (0 when there are none)."""
-    logp = F.log_softmax(logits.float(), 1)
+    flat, target = classes_last(logits, target)
+    logp = F.log_softmax(flat, -1)
     valid = target != ignore_index
-    safe = torch.where(valid, target, 0).long().unsqueeze(1)
-    logp_t = logp.gather(1, safe).squeeze(1)
+    safe = torch.where(valid, target, 0).long().unsqueeze(2)
+    logp_t = logp.gather(2, safe).squeeze(2)
     loss = -((1.0 - logp_t.exp()) ** gamma) * logp_t
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
@@ -79,26 +95,29 @@ class SegmentationLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.label_smoothing = label_smoothing
 
-    def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not (target != self.ignore_index).any():  # F.cross_entropy would return NaN (0 / 0)
-            return logits.sum() * 0.0
+    def cross_entropy(self, flat: Tensor, target: Tensor, logp: Tensor | None = None) -> Tensor:
+        """Cross entropy of ``(B, N, K)`` logits (or their log-softmax `logp`) against ``(B, N)``."""
+        if not (target != self.ignore_index).any():  # the mean over no pixels would be NaN (0 / 0)
+            return flat.sum() * 0.0
+        k, target = flat.shape[-1], target.reshape(-1).long()
+        if logp is not None and self.label_smoothing == 0:
+            return F.nll_loss(logp.reshape(-1, k), target, ignore_index=self.ignore_index)
         return F.cross_entropy(
-            logits.float(),
-            target.long(),
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
+            flat.reshape(-1, k), target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
         )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        logits = _match_size(logits, target)
-        if self.name == "ce":
-            return self.cross_entropy(logits, target)
         if self.name == "dice":
             return dice_loss(logits, target, self.ignore_index)
         if self.name == "focal":
             return focal_loss(logits, target, self.ignore_index, self.focal_gamma)
-        ce = self.cross_entropy(logits, target)
-        return ce + self.dice_weight * dice_loss(logits, target, self.ignore_index)
+        flat, target = classes_last(logits, target)
+        if self.name == "ce":
+            return self.cross_entropy(flat, target)
+        # One log-softmax serves both terms: the Dice probabilities are its exponential.
+        logp = F.log_softmax(flat, -1)
+        ce = self.cross_entropy(flat, target, logp)
+        return ce + self.dice_weight * _dice(logp.exp(), target, self.ignore_index, 1.0)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dice_weight={self.dice_weight}, ignore_index={self.ignore_index}"

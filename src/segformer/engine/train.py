@@ -46,6 +46,7 @@ from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
 from ..inference import flip_permutation
 from ..models import create_model
+from ..runtime import tune_cpu_allocator
 from .data import TrainData, build_train_data
 from .evaluate import collate_eval, evaluate
 from .losses import SegmentationLoss
@@ -204,6 +205,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a model as `cfg` says, writing the run folder `out`; returns the summary."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    tune_cpu_allocator()
     try:
         return _train(cfg, out, resume, progress)
     finally:

@@ -8,11 +8,23 @@
 
 Projections are `ChannelLinear`: `nn.Linear` parameters (the layout of the released checkpoints)
 applied to NCHW maps as 1x1 convolutions, the same function without transposing token sequences.
+
+Both heads compute the same function in a cheaper order (SPEC.md 1.5). A 1x1 convolution over a
+concatenation is the sum of its column blocks applied to the parts, ``W [a; b] = W_a a + W_b b``,
+and bilinear resizing acts on each channel alone, so it commutes with any per-pixel linear map. So
+instead of resizing four D-channel maps to stride 4, concatenating 4D channels and fusing them there,
+each stage is projected straight to the fused space with the product ``W_fuse,i @ W_c,i`` at its own
+low resolution, and the D-channel results are resized and added. The products are computed on the
+fly from the unchanged parameters (so training, checkpoints and converters see the usual layout);
+BatchNorm / GELU come after the sum, so this holds in training too. `segformer.models.fuse` goes
+further for inference by precomputing the products and folding BatchNorm. The literal formulation
+stays available (`literal_decoders`): FLOP counts follow it, as the papers' figures do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +38,54 @@ class ChannelLinear(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
+def resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize (align_corners=False) to `size`, a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def project_to(linears: nn.ModuleList, features: Sequence[Tensor], size: Sequence[int]) -> list[Tensor]:
     """Project each map to D channels and resize it bilinearly to `size` (stride 4)."""
-    out = []
-    for linear, f in zip(linears, features, strict=True):
-        y = linear(f)
-        if y.shape[-2:] != tuple(size):
-            y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
-        out.append(y)
+    return [resize_to(linear(f), size) for linear, f in zip(linears, features, strict=True)]
+
+
+def fused_projections(
+    linears: Sequence[nn.Linear], fuse_weight: Tensor, order: Sequence[int]
+) -> tuple[list[Tensor], Tensor]:
+    """Per-stage weights ``W_fuse[:, block_i] @ W_c,i`` (D_out, C_i) and the summed bias (D_out,).
+
+    `fuse_weight` (D_out, S * D) acts on the concatenation of the projected maps; ``order[j]`` is the
+    stage whose map is the j-th block of that concatenation.
+    """
+    d = linears[0].out_features
+    weights: list[Tensor] = [fuse_weight] * len(linears)
+    bias = fuse_weight.new_zeros(fuse_weight.shape[0])
+    for j, i in enumerate(order):
+        block = fuse_weight[:, j * d : (j + 1) * d]  # (D_out, D)
+        weights[i] = block @ linears[i].weight  # (D_out, C_i)
+        if linears[i].bias is not None:
+            bias = bias + block @ linears[i].bias
+    return weights, bias
+
+
+def project_and_sum(features: Sequence[Tensor], weights: Sequence[Tensor], bias: Tensor) -> Tensor:
+    """``bias + sum_i resize(W_i f_i)`` at the size of the first (stride-4) map.
+
+    Each stage is projected at its own resolution and only D-channel maps are resized; the bias is
+    added once, at stride 4, by the first stage's convolution (resizing preserves constants).
+    """
+    size = features[0].shape[-2:]
+    out = F.conv2d(features[0], weights[0][:, :, None, None], bias)
+    for f, w in zip(features[1:], weights[1:], strict=True):
+        out = out + resize_to(F.conv2d(f, w[:, :, None, None]), size)
     return out
+
+
+def classifier_after(linear: nn.Linear, classifier: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight (K, C) and bias (K,) of ``classifier(linear(x))``, a 1x1 classifier after a linear map."""
+    w = classifier.weight.flatten(1)  # (K, D)
+    return w @ linear.weight, w @ linear.bias + classifier.bias
 
 
 class MLPDecoder(nn.Module):
@@ -49,9 +100,17 @@ class MLPDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
+    literal = False  # True: concatenate as SPEC.md 1.2 writes it (see `literal_decoders`)
+
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        maps = project_to(self.linear_c, features, features[0].shape[-2:])
-        x = self.linear_fuse(torch.cat(maps[::-1], dim=1))  # concat order [c4, c3, c2, c1]
+        if self.literal:
+            maps = project_to(self.linear_c, features, features[0].shape[-2:])
+            x = self.linear_fuse(torch.cat(maps[::-1], dim=1))  # concat order [c4, c3, c2, c1]
+            return self.classifier(self.dropout(self.act(self.norm(x))))
+        # linear_fuse(cat([c4, c3, c2, c1])) computed as a sum of per-stage products (module docstring).
+        order = range(len(features) - 1, -1, -1)
+        weights, bias = fused_projections(self.linear_c, self.linear_fuse.weight.flatten(1), order)
+        x = project_and_sum(features, weights, bias)  # the fuse conv has no bias: `bias` is 0
         x = self.dropout(self.act(self.norm(x)))
         return self.classifier(x)
 
@@ -85,7 +144,33 @@ class MicroDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
+    literal = False  # True: concatenate as SPEC.md 1.3 writes it (see `literal_decoders`)
+
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        maps = project_to(self.linear_c, features, features[0].shape[-2:])
-        x = self.linear_fuse(torch.cat(maps, dim=1))  # concat order [f1, f2, f3, f4]
-        return self.classifier(self.dropout(x))
+        if self.literal:
+            maps = project_to(self.linear_c, features, features[0].shape[-2:])
+            x = self.linear_fuse(torch.cat(maps, dim=1))  # concat order [f1, f2, f3, f4]
+            return self.classifier(self.dropout(x))
+        # fc1(cat([f1, f2, f3, f4])) computed as a sum of per-stage products (module docstring).
+        fc1, fc2 = self.linear_fuse.fc1, self.linear_fuse.fc2
+        weights, bias = fused_projections(self.linear_c, fc1.weight, range(len(features)))
+        x = self.linear_fuse.act(project_and_sum(features, weights, bias + fc1.bias))
+        if self.training and self.dropout.p > 0:
+            return self.classifier(self.dropout(fc2(x)))
+        # Without dropout between them, fc2 and the classifier are one affine map (D -> K).
+        w, b = classifier_after(fc2, self.classifier)
+        return F.conv2d(x, w[:, :, None, None], b)
+
+
+@contextmanager
+def literal_decoders(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the decoder heads of `model` run the literal concatenating formulation
+    (the architecture as specified, e.g. for counting its FLOPs); the faster exact one afterwards."""
+    heads = [m for m in model.modules() if isinstance(m, (MLPDecoder, MicroDecoder))]
+    for m in heads:
+        m.literal = True
+    try:
+        yield model
+    finally:
+        for m in heads:
+            del m.literal  # back to the class default

@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
+    """Tokens ``(B, h*w, C)`` as an NCHW map without copying: a channels-last view.
+
+    Convolutions, bilinear resizing and the next stage's tokens all prefer that layout on CPU (channels
+    are contiguous), and it turns back into tokens with ``flatten(2).transpose(1, 2)`` for free.
+    """
+    b, _, c = x.shape
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last strides
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability `p`."""
 
@@ -45,6 +55,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         x = self.proj(x)
         _, _, h, w = x.shape
+        # A channels-last map flattens into contiguous tokens without a copy.
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         return self.norm(x), h, w
 
@@ -84,7 +95,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).reshape(b, n, heads, c // heads).transpose(1, 2)  # (B, heads, N, d)
         if self.sr_ratio > 1:
             r = self.sr_ratio
-            y = x.transpose(1, 2).reshape(b, c, h, w)
+            y = tokens_to_map(x, h, w)
             if h < r or w < r:
                 # Maps smaller than one reduction window (inputs under ~8*sr px) still give one
                 # key/value token instead of failing inside the convolution.
@@ -121,8 +132,7 @@ class MixFFN(nn.Module):
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         x = self.fc1(x)
         if self.dwconv is not None:
-            b, _, c = x.shape
-            x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            x = self.dwconv(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2)
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
 
@@ -178,8 +188,7 @@ class Stage(nn.Module):
         x, h, w = self.patch_embed(x)
         for block in self.blocks:
             x = block(x, h, w)
-        x = self.norm(x)
-        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, C, H, W)
+        return tokens_to_map(self.norm(x), h, w)
 
 
 class MixTransformer(nn.Module):
