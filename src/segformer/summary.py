@@ -8,6 +8,7 @@ half of our figure: the table prints both.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +63,15 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def count_flops(model: nn.Module, size: int | tuple[int, int] = 512, batch: int = 1) -> dict[str, int]:
+def count_flops(
+    model: nn.Module, size: int | tuple[int, int] = 512, batch: int = 1, literal: bool = True
+) -> dict[str, int]:
     """FLOPs of one forward pass at `size`, per module path ("" is the whole model).
 
-    SegFormer decoders are counted in their literal formulation (concatenate, then fuse), the
-    architecture the papers' figures describe; the exact rewrite the model runs costs less
-    (`segformer.models.fuse`), and counting a fused model counts what it runs.
+    With `literal` (the default) SegFormer decoders are counted in their literal formulation
+    (concatenate, then fuse), the architecture the papers' figures describe; ``literal=False`` counts
+    the cheaper exact rewrite the model runs (`segformer.models.decoder`), and counting a fused model
+    (`segformer.models.fuse`) counts what it runs.
     """
     h, w = (size, size) if isinstance(size, int) else size
     in_channels = getattr(getattr(model, "config", None), "in_channels", 3)
@@ -79,7 +83,7 @@ def count_flops(model: nn.Module, size: int | tuple[int, int] = 512, batch: int 
     try:
         with (
             torch.no_grad(),
-            literal_decoders(model),
+            literal_decoders(model) if literal else nullcontext(),
             FlopCounterMode(display=False, custom_mapping=custom) as counter,
         ):
             model(x)

@@ -1,0 +1,64 @@
+"""`segformer bench MODEL`: inference or training speed, side by side with a reference implementation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train
+from ..errors import SegformerError
+from ..models import list_models
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time a model against HF transformers or the seed formulation (same weights)",
+        description="Time MODEL with fresh weights against a reference implementation holding the same "
+        "weights, both in this process, interleaved: latency, images/s, peak memory (a fresh process "
+        "per side) and FLOP utilisation, then the ratios and a logit/argmax check. References: hf "
+        "(transformers' SegformerForSemanticSegmentation, needs the [hf] extra), seed (MicroSegFormer "
+        f"as the CE7454 seed writes it), none, or module:function. Models: {', '.join(list_models())}.",
+    )
+    p.add_argument("model", metavar="MODEL", help="registered model name, e.g. segformer-b0")
+    p.add_argument(
+        "--mode",
+        choices=("infer", "train"),
+        default="infer",
+        help="inference (eval, no grad) or a training step: forward + CE + backward + AdamW",
+    )
+    p.add_argument("--size", type=int, nargs="+", default=[512], metavar="S",
+                   help="input size: S for S x S or H W (default 512)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=None, help="images per call (default 1 infer, 2 train)")
+    p.add_argument("--compare", default="none", metavar="REF",
+                   help=f"reference: {', '.join(REFERENCES)} or module:function (default none)")  # fmt: skip
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="our inference path (default torch)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="timed calls per side (default 10 / 6)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per side first (default 3 / 2)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="keep glibc's malloc defaults (see segformer.runtime)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.size) > 2 or min(args.size) < 1:
+        raise SegformerError(f"--size takes S or H W (positive), got {' '.join(map(str, args.size))}")
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    common = {"num_classes": args.num_classes, "threads": args.threads, "memory": args.memory,
+              "tune": args.tune}  # fmt: skip
+    if args.rounds is not None:
+        common["rounds"] = args.rounds
+    if args.warmup is not None:
+        common["warmup"] = args.warmup
+    if args.mode == "infer":
+        batch = args.batch_size or 1
+        report = bench_inference(args.model, size, batch, args.compare, backend=args.backend, **common)
+    else:
+        batch = args.batch_size or 2
+        report = bench_train(args.model, size, batch, args.compare, **common)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0
