@@ -59,6 +59,19 @@ def tiny_config(decoder: str = "mlp", **changes) -> ModelConfig:
     return base.replace(**changes)
 
 
+def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Affine parameters and BatchNorm statistics far from their identity initialisation."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

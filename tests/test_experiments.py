@@ -250,6 +250,12 @@ def test_suite_resumes_interrupted_runs_and_reuses_finished_ones(faces, tmp_path
     again = run_suite("schedule", faces, tmp_path, QUICK, progress=False)["rows"]
     assert again == first  # scores from the runs, measurements from their cache
 
+    timed = []
+    monkeypatch.setattr(experiments, "measure_fps", lambda model, *a, **k: timed.append(model) or 123.0)
+    remeasured = run_suite("schedule", faces, tmp_path, QUICK, progress=False, remeasure=True)["rows"]
+    assert len(timed) == 3 and [r["fps"] for r in remeasured] == [123.0] * 3
+    assert [r["ce7454_f"] for r in remeasured] == [r["ce7454_f"] for r in first]
+
     # Killed after the last checkpoint but before the summary: resumed (nothing left to train) and scored
     # from last/ by evaluation, which must reproduce the training-time score.
     (tmp_path / "schedule" / "step" / "summary.json").unlink()

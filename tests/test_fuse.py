@@ -15,22 +15,9 @@ from segformer.models.decoder import MicroDecoder, MLPDecoder
 from segformer.models.fuse import FusedSegFormer, fuse, maybe_fuse
 from segformer.summary import count_flops
 
-from conftest import tiny_config
+from conftest import randomize_norms, tiny_config
 
 SEGFORMERS = [n for n in list_models() if get_config(n).arch == "segformer"]
-
-
-def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """Affine parameters and BatchNorm statistics far from their identity initialisation."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def concat_decoder(decoder: MLPDecoder | MicroDecoder, features: list[torch.Tensor]) -> torch.Tensor:

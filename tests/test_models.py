@@ -14,7 +14,7 @@ from segformer import ModelConfig, SegformerError, create_model, list_models
 from segformer.models import SegFormer, get_config
 from segformer.models.mit import DropPath
 
-from conftest import tiny_config
+from conftest import randomize_norms, tiny_config
 
 # SPEC.md section 1.1 (equal to HF transformers' SegformerForSemanticSegmentation) and 1.3.
 EXPECTED_PARAMS = {
@@ -351,15 +351,7 @@ def naive_forward(model: SegFormer, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("decoder", ["mlp", "micro"])
 @pytest.mark.parametrize("size", [(64, 64), (97, 131)])
 def test_matches_a_naive_reference_implementation(decoder, size):
-    model = SegFormer(tiny_config(decoder)).eval()
-    with torch.no_grad():  # non-trivial norm statistics and affine parameters
-        for m in model.modules():
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    model = randomize_norms(SegFormer(tiny_config(decoder)).eval())
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         expected = naive_forward(model, x)

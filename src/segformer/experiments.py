@@ -339,14 +339,16 @@ def run_suite(
 
     suite = get_suite(name)
     suite_dir = Path(out) / suite.name
-    rows, runs = [], {}
+    rows, runs, trained = [], {}, []
     for i, variant in enumerate(suite.variants):
         cfg = run_config(settings, data, variant)
         run_dir = suite_dir / variant.name
         if progress:
             where = f"[{suite.name} {i + 1}/{len(suite.variants)}] {variant.name}"
             print(f"{where}: {variant.overrides} -> {run_dir}")
-        summary = run_variant(cfg, run_dir, progress)
+        trained.append((variant, cfg, run_dir, run_variant(cfg, run_dir, progress)))
+    # Speed is measured once every run has trained, none of them competing with a training process.
+    for variant, cfg, run_dir, summary in trained:
         scores = final_scores(run_dir, summary)
         measured = measure_run(run_dir, settings, remeasure)
         rows.append(result_row(suite, variant, cfg, summary, scores, measured))
@@ -369,9 +371,11 @@ def run_experiments(
     settings: ExperimentSettings = ExperimentSettings(),
     synthetic: int | None = None,
     progress: bool = True,
+    remeasure: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the suites `names` in turn. Without `data`, `synthetic` faces are generated once into
-    ``OUT/data`` (at the suites' image size, 10% for validation) and shared by every run."""
+    ``OUT/data`` (at the suites' image size, 10% for validation) and shared by every run. Finished
+    runs are reused; `remeasure` times their inference speed again (e.g. on a quieter machine)."""
     for name in names:
         get_suite(name)  # fail on a typo before hours of training
     if data is None:
@@ -385,7 +389,7 @@ def run_experiments(
                                     val_fraction=0.1, progress=progress)  # fmt: skip
     elif not Path(data).is_dir():
         raise SegformerError(f"{data}: dataset folder not found")
-    return [run_suite(name, data, out, settings, progress) for name in names]
+    return [run_suite(name, data, out, settings, progress, remeasure) for name in names]
 
 
 def make_settings(quick: bool = False, **changes: Any) -> ExperimentSettings:

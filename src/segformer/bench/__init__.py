@@ -289,12 +289,9 @@ def bench_inference(
     with torch.inference_mode():
         times = alternate(fns, warmup, rounds)
         checks = compare_logits(ours(x), ref.forward(x)) if ref is not None else {}
-    rows = [Row(side, statistics.median(t), batch, flops[side]) for side, t in times.items()]
-    if memory:
-        spec = {"name": name, "num_classes": model.config.num_classes, "compare": compare,
-                "overrides": overrides or {}}  # fmt: skip
-        for row, side in zip(rows, ("ours", "reference"), strict=False):
-            row.peak_mb = peak_memory_mb(spec, side, (h, w), batch, "infer", threads, tune)
+    spec = {"name": name, "num_classes": model.config.num_classes, "compare": compare,
+            "overrides": overrides or {}, "backend": backend}  # fmt: skip
+    rows = _rows(times, batch, flops, spec if memory else None, (h, w), "infer", threads, tune)
     report = Report(_title("inference", name, model, h, w, batch, threads), rows, peak, checks)
     if compile_s is not None:
         report.notes.append(f"torch.compile: first call {compile_s:.1f} s")
@@ -338,13 +335,28 @@ def bench_train(
         steps[ref.name] = _train_step(ref.module, lambda: ref.loss(x, y))
         flops[ref.name] = 3 * count_flops(model, (h, w))[""] * batch
     times = alternate(steps, warmup, rounds)
-    rows = [Row(side, statistics.median(t), batch, flops[side]) for side, t in times.items()]
-    if memory:
-        spec = {"name": name, "num_classes": model.config.num_classes, "compare": compare,
-                "overrides": overrides or {}}  # fmt: skip
-        for row, side in zip(rows, ("ours", "reference"), strict=False):
-            row.peak_mb = peak_memory_mb(spec, side, (h, w), batch, "train", threads, tune)
+    spec = {"name": name, "num_classes": model.config.num_classes, "compare": compare,
+            "overrides": overrides or {}}  # fmt: skip
+    rows = _rows(times, batch, flops, spec if memory else None, (h, w), "train", threads, tune)
     return Report(_title("training step", name, model, h, w, batch, threads), rows, peak)
+
+
+def _rows(
+    times: dict[str, list[float]],
+    batch: int,
+    flops: dict[str, float],
+    memory_spec: dict[str, Any] | None,
+    size: tuple[int, int],
+    mode: str,
+    threads: int,
+    tune: bool,
+) -> list[Row]:
+    """One row per side (median time); with `memory_spec`, each side's peak memory from a subprocess."""
+    rows = [Row(side, statistics.median(t), batch, flops[side]) for side, t in times.items()]
+    if memory_spec is not None:
+        for row, side in zip(rows, ("ours", "reference"), strict=False):
+            row.peak_mb = peak_memory_mb(memory_spec, side, size, batch, mode, threads, tune)
+    return rows
 
 
 def _title(what: str, name: str, model: nn.Module, h: int, w: int, batch: int, threads: int) -> str:
@@ -402,7 +414,7 @@ def _memory_child(args: dict[str, Any]) -> dict[str, float]:
         module, forward, loss = ref.module, ref.forward, ref.loss
     else:
         module = model
-        forward = ours_inference(model) if not train else model
+        forward = model if train else ours_inference(model, spec.get("backend", "torch"))
         criterion = SegmentationLoss("ce")
 
         def loss(x: Tensor, y: Tensor) -> Tensor:

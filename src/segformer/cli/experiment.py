@@ -58,6 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="smoke test: 32px, 2 epochs, batch 8, short timings")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure parameters, GFLOPs and FPS of finished runs again instead of reusing them",
+    )
     p.set_defaults(func=run)
 
 
@@ -77,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         overrides=parse_overrides(args.overrides) or None,
     )
-    results = run_experiments(args.suites, args.data, args.out, settings, args.synthetic, not args.quiet)
+    results = run_experiments(
+        args.suites, args.data, args.out, settings, args.synthetic, not args.quiet, args.remeasure
+    )
     for result in results:
         print(f"\n{result['suite']}  ->  {result['dir']}/ ({', '.join(result['files'])})\n")
         print(markdown_table(result["rows"]))

@@ -27,12 +27,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SegformerError
 from .decoder import MicroDecoder, MLPDecoder, classifier_after, fused_projections, resize_to
-from .segformer import SegFormer
+from .segformer import EncoderDecoder, SegFormer
 
 
 class FusedDecoder(nn.Module):
@@ -82,7 +81,7 @@ class FusedDecoder(nn.Module):
         return fused.to(decoder.classifier.weight.device).requires_grad_(False)
 
 
-class FusedSegFormer(nn.Module):
+class FusedSegFormer(EncoderDecoder):
     """A fused inference copy of a `SegFormer` (see the module docstring); same ``forward`` contract."""
 
     def __init__(self, model: SegFormer) -> None:
@@ -97,16 +96,6 @@ class FusedSegFormer(nn.Module):
         if mode:
             raise SegformerError("a fused model is for inference only; train the original model")
         return super().train(False)
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        return self.encoder(x)
-
-    def forward_logits(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.forward_logits(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def fuse(model: SegFormer) -> FusedSegFormer:

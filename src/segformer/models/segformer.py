@@ -35,8 +35,28 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+class EncoderDecoder(nn.Module):
+    """The forward contract shared by `SegFormer` and its fused inference form: an ``encoder`` giving
+    one map per stage and a ``decoder`` giving stride-4 logits, upsampled to the input at the end."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """The encoder's NCHW maps, one per stage (strides 4, 8, 16, 32)."""
+        return self.encoder(x)
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """Logits at the first stage's resolution (stride 4), before the final upsampling."""
+        return self.decoder(self.encoder(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 @register_arch("segformer")
-class SegFormer(nn.Module):
+class SegFormer(EncoderDecoder):
     """MiT encoder + decoder head. `forward` maps ``(B, C, H, W)`` images to ``(B, K, H, W)`` logits."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -62,18 +82,6 @@ class SegFormer(nn.Module):
         head = {"mlp": MLPDecoder, "micro": MicroDecoder}[config.decoder]
         self.decoder = head(config.embed_dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
         self.apply(init_weights)
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """The encoder's NCHW maps, one per stage (strides 4, 8, 16, 32)."""
-        return self.encoder(x)
-
-    def forward_logits(self, x: Tensor) -> Tensor:
-        """Logits at the first stage's resolution (stride 4), before the final upsampling."""
-        return self.decoder(self.encoder(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.forward_logits(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _mit(embed_dims: tuple[int, ...], depths: tuple[int, ...], decoder_dim: int) -> ModelConfig:
