@@ -204,8 +204,11 @@ def plot_params_vs_score(rows: Sequence[dict[str, Any]], path: Path, key: str = 
     for r, p, s in zip(rows, params, scores, strict=True):
         ax.annotate(str(r["run"]), (p, s), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ticks = sorted(set(params))
-    ax.set_xticks(ticks, [f"{p:.3g}" for p in ticks])  # label the runs' sizes, not log decades
+    ticks: list[float] = []
+    for p in sorted(set(params)):  # label the runs' sizes, not log decades; one label per ~10% band
+        if not ticks or p > ticks[-1] * 1.1:
+            ticks.append(p)
+    ax.set_xticks(ticks, [f"{p:.3g}" for p in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters (M, log scale)")
     ax.set_ylabel(f"validation {key}")
