@@ -17,6 +17,12 @@ COMMANDS = [
 ]  # fmt: skip
 
 
+def add_set_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` option of the commands that build a config, collected into
+    ``args.overrides`` (parsed by `segformer.config.parse_overrides`)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

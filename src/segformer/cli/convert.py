@@ -6,6 +6,7 @@ import argparse
 
 from ..config import parse_overrides
 from ..convert import FORMATS, convert
+from . import add_set_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classes of the decoder: required for encoder-only checkpoints (ImageNet MiT weights), "
         "re-initialises the classifier when it differs from the checkpoint's",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a config field the weights do not determine, e.g. --set num_heads=[1,2,3,4] (repeatable)",
+    add_set_option(
+        p,
+        "KEY=VALUE",
+        "set a config field the weights do not determine, e.g. --set num_heads=[1,2,3,4] (repeatable)",
     )
     p.set_defaults(func=run)
 

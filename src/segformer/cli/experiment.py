@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..experiments import SUITE_NAMES
@@ -48,13 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of every run (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default auto)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the recipe's)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a recipe field in every run, e.g. train.amp=bf16 (repeatable)",
+    add_set_option(
+        p, "SECTION.KEY=VALUE", "override a recipe field in every run, e.g. train.amp=bf16 (repeatable)"
     )
     p.add_argument("--quick", action="store_true", help="smoke test: 32px, 2 epochs, batch 8, short timings")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")

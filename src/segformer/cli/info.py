@@ -8,6 +8,7 @@ import json
 from ..config import parse_overrides
 from ..models import create_model, list_models
 from ..summary import format_table, summarize
+from . import add_set_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,14 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--num-classes", type=int, default=None, help="number of classes (default: the model's, 19)"
     )
     p.add_argument("--size", type=int, default=512, help="square input size for FLOPs (default 512)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set depths=[1,1,1,1] (repeatable)",
-    )
+    add_set_option(p, "KEY=VALUE", "override a config field, e.g. --set depths=[1,1,1,1] (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import list_recipes, load_recipe, parse_overrides
 from ..errors import SegformerError
+from . import add_set_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,13 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any recipe field, e.g. train.lr=1e-3, model.depths=[1,1,1,1], data.augment=none",
+    add_set_option(
+        p,
+        "SECTION.KEY=VALUE",
+        "override any recipe field, e.g. train.lr=1e-3, model.depths=[1,1,1,1], data.augment=none",
     )
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars or per-epoch lines, only the summary"
