@@ -111,6 +111,16 @@ def test_written_dataset_is_a_clean_folder_dataset(tmp_path):
     assert not (out / "val").exists() and len(list((out / "train" / "images").iterdir())) == 2
 
 
+def test_parallel_workers_write_the_same_files(tmp_path):
+    one = write_synthetic_dataset(tmp_path / "one", num=12, size=32, seed=3, progress=False)
+    two = write_synthetic_dataset(tmp_path / "two", num=12, size=32, seed=3, progress=False, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert len(files) == 2 * 12 + 1
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
 @pytest.mark.slow
 def test_generator_speed_at_256():
     """SPEC target: at least 50 images/s at 256 x 256 on one core (measured 160-170/s on the dev machine)."""

@@ -14,14 +14,15 @@ from segformer.engine.optim import lr_factor, param_groups, set_lr
 from segformer.models import create_model
 
 
-def naive_dice(logits, target, eps=1.0):
+def naive_dice(logits, target, eps=1.0, classes="all"):
     k = logits.shape[1]
     losses = []
     for p, t in zip(logits.softmax(1), target, strict=True):  # one image at a time
         valid = (t != 255).float()
         y = F.one_hot(t.clamp(max=k - 1), k).permute(2, 0, 1).float() * valid
         p = p * valid
-        terms = [(2 * (p[c] * y[c]).sum() + eps) / (p[c].sum() + y[c].sum() + eps) for c in range(k)]
+        keep = range(k) if classes == "all" else [c for c in range(k) if y[c].sum() > 0]
+        terms = [(2 * (p[c] * y[c]).sum() + eps) / (p[c].sum() + y[c].sum() + eps) for c in keep]
         losses.append(1 - torch.stack(terms).mean())
     return torch.stack(losses).mean()
 
@@ -37,6 +38,20 @@ def batch():
 def test_dice_matches_naive_formula(batch):
     logits, target = batch
     torch.testing.assert_close(dice_loss(logits, target), naive_dice(logits, target))
+
+
+def test_present_class_dice_matches_naive_formula():
+    logits = torch.randn(3, 6, 8, 8)
+    target = torch.randint(0, 3, (3, 8, 8))  # classes 3-5 absent everywhere
+    target[1] = torch.randint(2, 6, (8, 8))  # image 1 has a different set of classes
+    target[2, :4] = 255
+    expected = naive_dice(logits, target, classes="present")
+    torch.testing.assert_close(dice_loss(logits, target, classes="present"), expected)
+    assert not torch.isclose(expected, naive_dice(logits, target))  # absent classes no longer dilute it
+    loss = SegmentationLoss("ce+dice", dice_weight=0.5, dice_classes="present")(logits, target)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target, ignore_index=255) + 0.5 * expected)
+    with pytest.raises(SegformerError, match="dice_classes"):
+        SegmentationLoss("ce+dice", dice_classes="some")
 
 
 @pytest.mark.parametrize("name", ["ce", "dice", "ce+dice", "focal"])

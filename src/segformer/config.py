@@ -207,6 +207,8 @@ class TrainConfig:
     loss: str = "ce+dice"
     """``ce``, ``dice``, ``ce+dice`` or ``focal``."""
     dice_weight: float = 0.5
+    dice_classes: str = "all"
+    """Dice averaged over ``all`` classes per image (the seed) or the ones ``present`` in its labels."""
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""

@@ -1,14 +1,16 @@
 """`segformer demo`: the whole product in one command, on a fresh machine, with no download.
 
-Generates synthetic faces, trains MicroSegFormer with the seed recipe on CPU within a time budget
-(the learning-rate schedule is fitted to the budget), evaluates the best checkpoint, writes colour
-overlays of its predictions and a short Markdown report, and prints where everything is.
+Generates synthetic faces, trains MicroSegFormer with the seed recipe adapted to a few minutes of CPU
+(`DEMO_OVERRIDES`; the learning-rate schedule is fitted to the budget), evaluates the best checkpoint
+without and with flip test-time augmentation, writes colour overlays of its predictions and a short
+Markdown report, and prints where everything is.
 A killed demo resumes where it stopped when run again with the same --out.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from .data.labels import get_label_set
 from .data.synthetic import write_synthetic_dataset
 from .engine.evaluate import evaluate_model
 from .engine.train import STATE_FILE, train
+from .errors import SegformerError
 from .fileio import write_text
 from .inference import Predictor
 from .metrics import format_per_class
@@ -47,7 +50,11 @@ def write_predictions(model: torch.nn.Module, data: Path, out: Path, size: int, 
 
 
 def write_report(
-    out: Path, summary: dict[str, Any], scores: dict[str, Any], settings: dict[str, Any]
+    out: Path,
+    summary: dict[str, Any],
+    scores: dict[str, Any],
+    flip_scores: dict[str, Any],
+    settings: dict[str, Any],
 ) -> Path:
     lines = [
         "# segformer demo: MicroSegFormer on synthetic faces",
@@ -59,12 +66,15 @@ def write_report(
         "",
         f"## Validation scores ({scores['num_images']} held-out synthetic faces)",
         "",
-        "| CE7454 F-score | mIoU | mean F1 (foreground) | pixel accuracy |",
-        "|---:|---:|---:|---:|",
-        f"| {scores['ce7454_f']:.4f} | {scores['miou']:.4f} | {scores['mean_f1_fg']:.4f} | "
-        f"{scores['pixel_acc']:.4f} |",
+        "| test-time augmentation | CE7454 F-score | mIoU | mean F1 (foreground) | pixel accuracy |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {s['tta']} | {s['ce7454_f']:.4f} | {s['miou']:.4f} | {s['mean_f1_fg']:.4f} | "
+            f"{s['pixel_acc']:.4f} |"
+            for s in (scores, flip_scores)
+        ),
         "",
-        "## Per class",
+        "## Per class (no test-time augmentation)",
         "",
         "```",
         format_per_class(scores),
@@ -90,30 +100,51 @@ def write_report(
     return path
 
 
+# The seed recipe, adapted to a few minutes of CPU: batch 16 (twice the steps of batch 32 for the
+# same images), 5,000 fresh faces without augmentation instead of 900 augmented ones, no stochastic
+# depth, the Dice term averaged over the classes present in each image (those the CE7454 score
+# averages over), validation every 4 epochs (and at the end). Data, stochastic depth and Dice were
+# chosen by 5-minute screening runs on the demo's faces (the table in the README).
+DEMO_OVERRIDES: dict[str, Any] = {
+    "data.augment": "none",
+    "data.workers": 0,
+    "model.drop_path_rate": 0.0,
+    "train.epochs": 200,
+    "train.batch_size": 16,
+    "train.dice_classes": "present",
+    "train.early_stop": 0,
+    "train.eval_every": 4,
+}
+
+
 def run_demo(
     out: str | Path = "segformer-demo",
-    minutes: float = 7.0,
-    num: int = 1000,
+    minutes: float = 8.5,
+    num: int = 5000,
+    val: int = 100,
     size: int = 128,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo into `out`; returns the validation scores and paths."""
+    """Run the demo into `out` (`num` training faces, `val` held-out ones); returns the validation
+    scores and paths."""
     out = Path(out)
+    if num < 1 or val < 1:
+        raise SegformerError(f"the demo needs at least 1 training and 1 validation face (got {num}, {val})")
     data = out / "data"
     if not (data / "train" / "images").is_dir():
-        write_synthetic_dataset(data, num=num, size=size, seed=seed, val_fraction=0.1, progress=progress)
+        total = num + val
+        write_synthetic_dataset(
+            data, total, size, seed, val / total, progress=progress, workers=min(2, os.cpu_count() or 1)
+        )
     run = out / "run"
     cfg = load_recipe("microsegformer-celebamask").override(
         {
+            **DEMO_OVERRIDES,
             "data.root": str(data),
             "data.img_size": size,
-            "data.workers": 0,
-            "train.epochs": 200,
-            "train.batch_size": 16,
             "train.max_minutes": minutes,
-            "train.early_stop": 0,
             "train.seed": seed,
             "train.device": device,
         }
@@ -124,6 +155,7 @@ def run_demo(
         summary = train(cfg, run, resume=(run / STATE_FILE).is_file(), progress=progress)
     model = load(run / "best", device=device)
     scores = evaluate_model(model, data, "val", device=device, progress=progress)
+    flip_scores = evaluate_model(model, data, "val", tta="flip", device=device, progress=progress)
     sheet = write_predictions(model, data, out, size)
     settings = {
         "model": "microsegformer",
@@ -132,9 +164,10 @@ def run_demo(
         "size": size,
         "device": device,
     }
-    report = write_report(out, summary, scores, settings)
+    report = write_report(out, summary, scores, flip_scores, settings)
     return {
         "scores": scores,
+        "flip_scores": flip_scores,
         "summary": summary,
         "report": str(report),
         "predictions": str(sheet),

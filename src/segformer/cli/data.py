@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--val-fraction", type=float, default=0.1, help="fraction written to val/ (default 0.1)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    s.add_argument(
+        "--workers", type=int, default=1, help="processes drawing faces (same files for any number)"
+    )
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser(
@@ -88,7 +91,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     out = write_synthetic_dataset(
-        args.out, args.num, args.size, args.seed, args.val_fraction, overwrite=args.overwrite
+        args.out,
+        args.num,
+        args.size,
+        args.seed,
+        args.val_fraction,
+        overwrite=args.overwrite,
+        workers=args.workers,
     )
     print(f"wrote {args.num} synthetic faces ({args.size}x{args.size}) to {out}")
     return 0

@@ -596,6 +596,16 @@ def _texture(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hair
 # -- datasets ---------------------------------------------------------------------------------------
 
 
+def _write_face(job: tuple[Path, int, int, int, int]) -> None:
+    """Draw face i from ``default_rng((seed, i))`` and write it into its split of `root`."""
+    root, seed, size, n_val, i = job
+    image, mask = generate_face(np.random.default_rng((seed, i)), size)
+    split = "val" if i < n_val else "train"
+    stem = f"synth_{i:06d}"
+    save_image(root / split / "images" / f"{stem}.jpg", image, quality=95)
+    save_mask(root / split / "masks" / f"{stem}.png", mask, CELEBAMASK)
+
+
 def write_synthetic_dataset(
     out: str | Path,
     num: int = 1000,
@@ -604,11 +614,13 @@ def write_synthetic_dataset(
     val_fraction: float = 0.1,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write `num` synthetic faces in the folder layout: ``OUT/{train,val}/{images,masks}`` (JPEG images,
     mode-P PNG masks) plus ``OUT/dataset.json`` describing how it was made. Face i is drawn from
-    ``default_rng((seed, i))``; the first round(num * val_fraction) faces form the val split. The folder is
-    assembled next to OUT and moved into place at the end, so OUT is never half-written."""
+    ``default_rng((seed, i))``; the first round(num * val_fraction) faces form the val split, so the
+    files do not depend on `workers` (processes drawing faces in parallel). The folder is assembled
+    next to OUT and moved into place at the end, so OUT is never half-written."""
     out = Path(out)
     if num < 1 or not 0.0 <= val_fraction < 1.0:
         raise SegformerError(f"{out}: need num >= 1 and 0 <= val_fraction < 1 (got {num}, {val_fraction})")
@@ -616,12 +628,20 @@ def write_synthetic_dataset(
         raise SegformerError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     n_val = round(num * val_fraction)
     with atomic_dir(out) as tmp:
-        for i in tqdm(range(num), desc="synthetic faces", unit="img", disable=not progress):
-            image, mask = generate_face(np.random.default_rng((seed, i)), size)
-            split = "val" if i < n_val else "train"
-            stem = f"synth_{i:06d}"
-            save_image(tmp / split / "images" / f"{stem}.jpg", image, quality=95)
-            save_mask(tmp / split / "masks" / f"{stem}.png", mask, CELEBAMASK)
+        jobs = [(tmp, seed, size, n_val, i) for i in range(num)]
+        bar = tqdm(total=num, desc="synthetic faces", unit="img", disable=not progress)
+        if workers > 1:
+            import multiprocessing
+
+            # spawn: the parent may hold threads (torch, OpenCV) that a fork would copy half-locked
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_write_face, jobs, chunksize=16):
+                    bar.update()
+        else:
+            for job in jobs:
+                _write_face(job)
+                bar.update()
+        bar.close()
         meta = {
             "generator": "segformer synthetic faces",
             "version": GENERATOR_VERSION,

@@ -6,7 +6,8 @@ label size first (SPEC.md 1.2).
 - cross entropy;
 - soft Dice over the softmax (the CE7454 seed's formula): ``1 - mean_c (2 sum p_c y_c + eps) /
   (sum p_c + sum y_c + eps)`` with sums over the valid pixels of each image, averaged over all K
-  classes and then over the images of the batch;
+  classes and then over the images of the batch; with ``dice_classes="present"`` the mean runs over
+  the classes present in each image's labels instead, the classes the CE7454 score averages over;
 - CE + lambda * Dice (the seed recipe, lambda = 0.5);
 - focal loss (Lin et al., ICCV 2017), ``-(1 - p_t)^gamma log p_t`` averaged over valid pixels.
 """
@@ -39,7 +40,10 @@ def classes_last(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.permute(0, 2, 3, 1).reshape(b, -1, k), target.reshape(b, -1)  # (B, N, K), (B, N)
 
 
-def _dice(probs: Tensor, target: Tensor, ignore_index: int, eps: float) -> Tensor:
+DICE_CLASSES = ("all", "present")
+
+
+def _dice(probs: Tensor, target: Tensor, ignore_index: int, eps: float, classes: str = "all") -> Tensor:
     """Dice loss of probabilities ``(B, N, K)`` against labels ``(B, N)`` (see `dice_loss`)."""
     valid = target != ignore_index  # (B, N)
     weight = valid.to(probs.dtype)
@@ -51,17 +55,24 @@ def _dice(probs: Tensor, target: Tensor, ignore_index: int, eps: float) -> Tenso
     label_count = torch.zeros_like(probs[:, 0]).scatter_add(1, labels, weight)
     prob_sum = torch.bmm(weight.unsqueeze(1), probs).squeeze(1)  # sum over valid pixels, (B, K)
     dice = (2.0 * inter + eps) / (prob_sum + label_count + eps)
-    return 1.0 - dice.mean()
+    if classes == "all":
+        return 1.0 - dice.mean()
+    present = (label_count > 0).to(dice.dtype)  # (B, K); an image without valid pixels adds 0
+    per_image = ((1.0 - dice) * present).sum(1) / present.sum(1).clamp(min=1)
+    return per_image.mean()
 
 
-def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, eps: float = 1.0) -> Tensor:
-    """Soft multi-class Dice loss over the softmax: per image, averaged over classes, then images.
+def dice_loss(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, eps: float = 1.0, classes: str = "all"
+) -> Tensor:
+    """Soft multi-class Dice loss over the softmax: per image, averaged over classes (``"all"`` K, or
+    the ``"present"`` ones), then images.
 
     Per-image sums (the seed's formula) make the loss of a batch the mean of its images' losses, so
     data-parallel training on equal shards computes exactly the single-process gradient.
     """
     flat, target = classes_last(logits, target)
-    return _dice(flat.softmax(-1), target, ignore_index, eps)
+    return _dice(flat.softmax(-1), target, ignore_index, eps, classes)
 
 
 def focal_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, gamma: float = 2.0) -> Tensor:
@@ -85,10 +96,16 @@ class SegmentationLoss(nn.Module):
         ignore_index: int = 255,
         focal_gamma: float = 2.0,
         label_smoothing: float = 0.0,
+        dice_classes: str = "all",
     ) -> None:
         super().__init__()
         if name not in LOSSES:
             raise SegformerError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        if dice_classes not in DICE_CLASSES:
+            raise SegformerError(
+                f"unknown dice_classes {dice_classes!r}; choose from {', '.join(DICE_CLASSES)}"
+            )
+        self.dice_classes = dice_classes
         self.name = name
         self.dice_weight = dice_weight
         self.ignore_index = ignore_index
@@ -108,7 +125,7 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.name == "dice":
-            return dice_loss(logits, target, self.ignore_index)
+            return dice_loss(logits, target, self.ignore_index, classes=self.dice_classes)
         if self.name == "focal":
             return focal_loss(logits, target, self.ignore_index, self.focal_gamma)
         flat, target = classes_last(logits, target)
@@ -117,7 +134,11 @@ class SegmentationLoss(nn.Module):
         # One log-softmax serves both terms: the Dice probabilities are its exponential.
         logp = F.log_softmax(flat, -1)
         ce = self.cross_entropy(flat, target, logp)
-        return ce + self.dice_weight * _dice(logp.exp(), target, self.ignore_index, 1.0)
+        dice = _dice(logp.exp(), target, self.ignore_index, 1.0, self.dice_classes)
+        return ce + self.dice_weight * dice
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, dice_weight={self.dice_weight}, ignore_index={self.ignore_index}"
+        return (
+            f"name={self.name!r}, dice_weight={self.dice_weight}, dice_classes={self.dice_classes!r}, "
+            f"ignore_index={self.ignore_index}"
+        )

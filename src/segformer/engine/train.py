@@ -300,7 +300,11 @@ def _train(cfg: RunConfig, out: str | Path, resume: bool, progress: bool) -> dic
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema), use_buffers=True
         )
     criterion = SegmentationLoss(
-        tc.loss, tc.dice_weight, data.label_set.ignore_index, label_smoothing=tc.label_smoothing
+        tc.loss,
+        tc.dice_weight,
+        data.label_set.ignore_index,
+        label_smoothing=tc.label_smoothing,
+        dice_classes=tc.dice_classes,
     )
     flip_perm = flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes)
 
