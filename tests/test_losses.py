@@ -52,6 +52,8 @@ def test_present_class_dice_matches_naive_formula():
     torch.testing.assert_close(loss, F.cross_entropy(logits, target, ignore_index=255) + 0.5 * expected)
     with pytest.raises(SegformerError, match="dice_classes"):
         SegmentationLoss("ce+dice", dice_classes="some")
+    with pytest.raises(SegformerError, match="dice_classes"):
+        dice_loss(logits, target, classes="some")
 
 
 @pytest.mark.parametrize("name", ["ce", "dice", "ce+dice", "focal"])

@@ -43,6 +43,12 @@ def classes_last(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 DICE_CLASSES = ("all", "present")
 
 
+def check_dice_classes(classes: str) -> str:
+    if classes not in DICE_CLASSES:
+        raise SegformerError(f"unknown dice_classes {classes!r}; choose from {', '.join(DICE_CLASSES)}")
+    return classes
+
+
 def _dice(probs: Tensor, target: Tensor, ignore_index: int, eps: float, classes: str = "all") -> Tensor:
     """Dice loss of probabilities ``(B, N, K)`` against labels ``(B, N)`` (see `dice_loss`)."""
     valid = target != ignore_index  # (B, N)
@@ -71,6 +77,7 @@ def dice_loss(
     Per-image sums (the seed's formula) make the loss of a batch the mean of its images' losses, so
     data-parallel training on equal shards computes exactly the single-process gradient.
     """
+    check_dice_classes(classes)
     flat, target = classes_last(logits, target)
     return _dice(flat.softmax(-1), target, ignore_index, eps, classes)
 
@@ -101,11 +108,7 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         if name not in LOSSES:
             raise SegformerError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-        if dice_classes not in DICE_CLASSES:
-            raise SegformerError(
-                f"unknown dice_classes {dice_classes!r}; choose from {', '.join(DICE_CLASSES)}"
-            )
-        self.dice_classes = dice_classes
+        self.dice_classes = check_dice_classes(dice_classes)
         self.name = name
         self.dice_weight = dice_weight
         self.ignore_index = ignore_index
