@@ -9,7 +9,6 @@ A killed demo resumes where it stopped when run again with the same --out.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from .data.io import colorize, load_image, overlay, save_image
 from .data.labels import get_label_set
 from .data.synthetic import write_synthetic_dataset
 from .engine.evaluate import evaluate_model
-from .engine.train import STATE_FILE, train
+from .engine.rundir import RunDir
+from .engine.train import train
 from .errors import SegformerError
 from .fileio import write_text
 from .inference import Predictor
@@ -149,11 +149,12 @@ def run_demo(
             "train.device": device,
         }
     )
-    if (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text())  # finished before: reuse it
+    rd = RunDir(run)
+    if rd.is_finished():
+        summary = rd.read_summary()  # finished before: reuse it
     else:
-        summary = train(cfg, run, resume=(run / STATE_FILE).is_file(), progress=progress)
-    model = load(run / "best", device=device)
+        summary = train(cfg, run, resume=rd.has_state(), progress=progress)
+    model = load(rd.best, device=device)
     scores = evaluate_model(model, data, "val", device=device, progress=progress)
     flip_scores = evaluate_model(model, data, "val", tta="flip", device=device, progress=progress)
     sheet = write_predictions(model, data, out, size)

@@ -74,3 +74,20 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce_max(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor in place by its elementwise maximum over all processes."""
+    if is_distributed():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (every process must call this at the same point)."""
+    if not is_distributed():
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .config import RunConfig, load_recipe
 from .convert import load
-from .engine.train import CONFIG_FILE, STATE_FILE, check_resume, train
+from .engine.rundir import RunDir
+from .engine.train import check_resume, train
 from .errors import SegformerError
 from .fileio import write_json
 from .models import create_model
@@ -213,18 +213,18 @@ def run_config(settings: ExperimentSettings, data: str | Path, variant: Variant)
 
 def run_variant(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train one variant, or reuse / resume what `run_dir` already holds; returns its summary."""
-    summary_path = run_dir / "summary.json"
-    if (run_dir / CONFIG_FILE).is_file() and (summary_path.is_file() or (run_dir / STATE_FILE).is_file()):
-        saved = RunConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    run = RunDir(run_dir)
+    if run.config.is_file() and (run.is_finished() or run.has_state()):
+        saved = run.read_config()
         try:
             check_resume(saved, cfg)
         except SegformerError as err:
             raise SegformerError(
                 f"{run_dir} holds a run made with other settings; use another --out or remove it ({err})"
             ) from None
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
-    return train(cfg, run_dir, resume=(run_dir / STATE_FILE).is_file(), progress=progress)
+    if run.is_finished():
+        return run.read_summary()
+    return train(cfg, run_dir, resume=run.has_state(), progress=progress)
 
 
 def measure_fps(
@@ -255,8 +255,8 @@ def final_scores(run_dir: Path, summary: dict[str, Any], device: str = "cpu") ->
         return scores
     from .engine.evaluate import evaluate_model
 
-    cfg = RunConfig.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    return evaluate_model(load(run_dir / "last"), cfg.data.root, "val", device=device, progress=False)
+    run = RunDir(run_dir)
+    return evaluate_model(load(run.last), run.read_config().data.root, "val", device=device, progress=False)
 
 
 def measure_run(run_dir: Path, settings: ExperimentSettings, remeasure: bool = False) -> dict[str, Any]:
@@ -268,7 +268,7 @@ def measure_run(run_dir: Path, settings: ExperimentSettings, remeasure: bool = F
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return cached
-    model = load(run_dir / "last")
+    model = load(RunDir(run_dir).last)
     result = {
         "key": key,
         "params": sum(p.numel() for p in model.parameters()),

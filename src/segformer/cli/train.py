@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from ..config import list_recipes, load_recipe, parse_overrides
+from ..engine.rundir import RunDir
 from ..errors import SegformerError
 from . import add_set_option
 
@@ -67,12 +67,12 @@ def default_recipe(data_root: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.train import CONFIG_FILE, train
+    from ..engine.train import train
 
     if args.resume and not args.out:
         raise SegformerError("--resume needs --out RUN (the run folder to continue)")
-    if args.resume and args.config is None and (Path(args.out) / CONFIG_FILE).is_file():
-        cfg = load_recipe(Path(args.out) / CONFIG_FILE)
+    if args.resume and args.config is None and RunDir(args.out).config.is_file():
+        cfg = load_recipe(RunDir(args.out).config)
     else:
         cfg = load_recipe(args.config or default_recipe(args.data))
     changes = {
@@ -100,19 +100,24 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(summary: dict) -> None:
     scores = summary.get("last_scores") or {}
-    run = summary["run"]
+    run = RunDir(summary["run"])
     print(
         f"\nrun finished ({summary['stop_reason']}) after {summary['epochs_completed']} epochs, "
-        f"{summary['minutes']:.1f} min"
+        f"{summary['minutes']:.1f} min, {summary.get('threads', '?')} threads"
     )
-    print(
-        f"  best {summary['monitor']} {summary['best_score']:.4f} at epoch {summary['best_epoch']}"
-        f"  -> {summary['best_dir']}"
-    )
+    for note in summary.get("extended") or []:
+        print(f"  extended: {note}")
+    if summary["best_score"] is None:
+        print("  no evaluation was made: no best/ model")
+    else:
+        print(
+            f"  best {summary['monitor']} {summary['best_score']:.4f} at epoch {summary['best_epoch']}"
+            f"  -> {summary['best_dir']}"
+        )
     if scores:
         print(
             f"  last: CE7454 F {scores['ce7454_f']:.4f}  mIoU {scores['miou']:.4f}  "
             f"mean F1 (fg) {scores['mean_f1_fg']:.4f}  pixel acc {scores['pixel_acc']:.4f}"
             f"  -> {summary['last_dir']}"
         )
-    print(f"  metrics: {run}/metrics.jsonl   curves: {run}/curves.png   summary: {run}/summary.json")
+    print(f"  metrics: {run.metrics}   curves: {run.curves}   summary: {run.summary}")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -96,3 +98,16 @@ def build_train_data(dc: DataConfig, seed: int, out: Path, progress: bool = True
     ls = train.label_set
     preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "eval_mode": dc.eval_mode}
     return TrainData(datasets[0], datasets[1], ls, background_of(ls), preprocess)
+
+
+def to_device_batch(
+    batch: tuple[Tensor, Tensor], device: torch.device, channels_last: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The one place a training batch reaches the device: ``(images, masks)`` from the loader,
+    copied without blocking (the loader pins its memory on CUDA), images in `channels_last` on request."""
+    images, masks = batch
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks

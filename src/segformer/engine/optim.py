@@ -1,4 +1,4 @@
-"""AdamW parameter groups and learning-rate schedules.
+"""The optimizer (AdamW or SGD over parameter groups) and learning-rate schedules.
 
 Schedules are per optimizer step (smoother than per epoch, identical at epoch boundaries): a linear
 warmup from ``warmup_start * lr`` to ``lr`` over the warmup steps, then one of
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..config import TrainConfig
 from ..errors import SegformerError
 
 SCHEDULES = ("cosine", "constant", "step", "poly")
@@ -44,6 +45,18 @@ def param_groups(
             }
         )
     return out
+
+
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of `tc` over `param_groups`, fused: one kernel per step, and a step that skips
+    itself on the device when ``optimizer.found_inf`` is set (the way `torch.amp.GradScaler` skips
+    steps), so that a non-finite loss needs no host synchronisation to be skipped."""
+    groups = param_groups(model, tc.lr, tc.weight_decay, tc.head_lr_mult)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), fused=True)
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, fused=True)
+    raise SegformerError(f"unknown optimizer {tc.optimizer!r} (expected adamw or sgd)")
 
 
 def lr_factor(

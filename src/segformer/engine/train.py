@@ -1,59 +1,56 @@
-"""The training loop: one function, `train`, readable top to bottom.
+"""The training loop: `train` sets a run up, then repeats `train_one_epoch`, `evaluate_and_checkpoint`
+and `log_epoch` until the epochs, the time budget or the patience run out.
 
-A run folder holds everything a run produces::
-
-    RUN/config.yaml      the resolved recipe (model, data, train)
-    RUN/state.pt         resumable training state (plain types: loads with weights_only=True)
-    RUN/last/ RUN/best/  model directories (config.json + model.safetensors) of the last / best epoch
-    RUN/metrics.jsonl    one JSON line per epoch: losses, lr, scores, images/s
-    RUN/curves.png       loss, validation scores and learning rate per epoch
-    RUN/summary.json     best epoch, scores, stop reason, where things are
-
-Every file is written atomically, so a run killed at any moment resumes from its last checkpoint.
-In deterministic mode on CPU, a resumed run ends with exactly the weights of an uninterrupted one:
-augmentation randomness is derived from (seed, epoch, sample index), the sampler from (seed, epoch),
-and the torch RNG state (dropout, stochastic depth) is checkpointed.
+The run folder (`RunDir`) is written atomically, so a run killed at any moment resumes from its last
+checkpoint, and its metrics log always agrees with that checkpoint. In deterministic mode on CPU, a
+resumed run ends with exactly the weights of an uninterrupted one: augmentation randomness is derived
+from (seed, epoch, sample index), the sampler from (seed, epoch), and the torch RNG state (dropout,
+stochastic depth) is checkpointed.
 
 With a wall-clock budget (`max_minutes`) the learning-rate schedule runs on whichever is further
-along, steps or time, so a budget-limited run still warms up and anneals completely.
+along, steps or time, so a budget-limited run still warms up and anneals completely; evaluation is then
+spread so that it takes at most `EVAL_SHARE` of the budget. A finished run is extended by resuming it
+with more epochs or a larger budget: the schedule is re-fitted to the new length.
+
+Nothing in a training step waits for the device: the loss is accumulated on the device, a step with a
+non-finite loss (on any process) is skipped by the optimizer itself, and the host looks at the numbers
+only every `log_every` steps, where it also stops a run that has diverged.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import save_model, unwrap
-from ..config import RunConfig
+from ..config import RunConfig, TrainConfig
 from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
 from ..inference import flip_permutation
 from ..models import create_model
 from ..runtime import tune_cpu_allocator
-from .data import TrainData, build_train_data
+from .data import TrainData, build_train_data, to_device_batch
 from .evaluate import collate_eval, evaluate
 from .losses import SegmentationLoss
-from .optim import lr_factor, param_groups, set_lr
+from .optim import build_optimizer, lr_factor, set_lr
+from .rundir import RunDir, json_safe
 
-STATE_FILE = "state.pt"
-CONFIG_FILE = "config.yaml"
 # Settings that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {
     "train.max_minutes",
@@ -62,6 +59,8 @@ RESUMABLE_CHANGES = {
     "train.log_every",
     "data.workers",
 }
+EVAL_SHARE = 0.05  # most of a time budget that evaluation may take
+DIVERGED_STEPS = 10  # consecutive non-finite steps that stop a run
 
 
 @dataclass
@@ -69,12 +68,21 @@ class RunState:
     """Counters that go into the checkpoint besides model and optimizer."""
 
     epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # optimizer steps done in the current (unfinished) epoch
+    step_in_epoch: int = 0  # optimizer steps done (or skipped) in the current, unfinished epoch
     global_step: int = 0
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_evals: int = 0
     elapsed: float = 0.0  # training seconds spent before this process started
+    eval_seconds: float = 0.0  # of which evaluating
+    eval_cost: float = 0.0  # seconds of the last evaluation: kept back at the end of a time budget
+    last_eval_epoch: int = 0
+    stopped: str = ""  # why the run ended; empty while it can go on
+    extensions: list[str] = field(default_factory=list)  # how the run was extended after it ended
+
+
+class TrainingDiverged(SegformerError):
+    pass
 
 
 def resolve_device(name: str) -> str:
@@ -99,17 +107,177 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise SegformerError(f"unknown amp mode {amp!r} (expected none, bf16 or fp16)")
 
 
-class SkipSampler(Sampler[int]):
-    """Yields `base`'s indices after skipping the first `skip` (to resume inside an epoch)."""
+# -- data loading ----------------------------------------------------------------------------------------
 
-    def __init__(self, base: DistributedSampler, skip: int = 0) -> None:
-        self.base, self.skip = base, skip
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.base), self.skip, None)
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The indices of `base` for the current epoch as ``(epoch, index)`` pairs, after skipping the
+    first `skip` (to resume inside an epoch). The epoch travels with every index, so DataLoader
+    workers that live across epochs augment each sample with its own epoch's randomness."""
+
+    def __init__(self, base: DistributedSampler) -> None:
+        self.base, self.epoch, self.skip = base, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.base.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in itertools.islice(iter(self.base), self.skip, None))
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.skip)
+
+
+class EpochDataset(Dataset):
+    """`dataset` indexed by ``(epoch, index)`` (see `EpochSampler`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
+def train_loader(
+    dataset: Dataset, micro: int, workers: int, device: torch.device, seed: int, generator: torch.Generator
+) -> tuple[DataLoader, EpochSampler]:
+    """The loader of a run's training set (this process's shard, `micro` images per batch) and its
+    sampler, on which `set_epoch` selects the epoch; its workers persist across epochs."""
+    base = DistributedSampler(
+        dataset,
+        num_replicas=distributed.world_size(),
+        rank=distributed.rank(),
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+    )
+    sampler = EpochSampler(base)
+    loader = DataLoader(
+        EpochDataset(dataset),
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        generator=generator,  # keeps DataLoader from drawing on the global RNG
+        persistent_workers=workers > 0,
+    )
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, batch: int, workers: int, generator: torch.Generator) -> DataLoader:
+    """The loader of this process's shard of the validation set."""
+    rank, world = distributed.rank(), distributed.world_size()
+    return DataLoader(
+        torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world))),
+        batch_size=max(1, batch),
+        num_workers=workers,
+        collate_fn=collate_eval,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+# -- one optimizer step ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Learner:
+    """What an optimizer step touches: the model (plain, and wrapped for DDP / torch.compile),
+    optimizer, loss, mixed precision and the EMA of the weights."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    grad_clip: float = 0.0
+    channels_last: bool = False
+
+    def step(self, batches: Iterable[tuple[Tensor, Tensor]], accum: int) -> tuple[Tensor, Tensor]:
+        """One optimizer step over `accum` micro-batches; returns the step's loss and 1.0 when the
+        step was skipped because the loss or the gradients were not finite on some process, both
+        on the device (nothing here waits for it)."""
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(itertools.islice(batches, accum)):
+            images, masks = to_device_batch(batch, self.device, self.channels_last)
+            # DDP all-reduces gradients on the last micro-batch only
+            accumulating = i < accum - 1 and isinstance(self.net, DistributedDataParallel)
+            with (
+                self.net.no_sync() if accumulating else nullcontext(),
+                torch.autocast(
+                    self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+                ),
+            ):
+                loss = self.criterion(self.net(images), masks) / accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += loss.detach().float()
+        skip = (~torch.isfinite(loss_sum)).float()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if self.scaler is None:  # (fp16 overflows are the scaler's to handle)
+                skip = torch.maximum(skip, (~torch.isfinite(norm)).float())
+        # Every process must take the same decision, or their weights part ways.
+        distributed.all_reduce_max([skip])
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips on non-finite gradients, as NaN losses give
+            self.scaler.update()
+        else:
+            self.optimizer.found_inf = skip  # the fused optimizer skips the step on the device
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:  # (after a skipped step it averages in the unchanged weights)
+            self.ema.update_parameters(self.model)
+        return loss_sum, skip
+
+
+def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: torch.device) -> Learner:
+    dtype = amp_dtype(tc.amp, device)
+    net: nn.Module = model
+    if distributed.world_size() > 1:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+    ema = None
+    if tc.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema), use_buffers=True
+        )
+    criterion = SegmentationLoss(
+        tc.loss,
+        tc.dice_weight,
+        data.label_set.ignore_index,
+        label_smoothing=tc.label_smoothing,
+        dice_classes=tc.dice_classes,
+    )
+    return Learner(
+        model=model,
+        net=net,
+        optimizer=build_optimizer(model, tc),
+        criterion=criterion,
+        device=device,
+        dtype=dtype,
+        scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+        ema=ema,
+        grad_clip=tc.grad_clip,
+        channels_last=tc.channels_last,
+    )
+
+
+# -- run folder: config, state, curves ---------------------------------------------------------------------
 
 
 def build_model(cfg: RunConfig, data: TrainData) -> nn.Module:
@@ -124,29 +292,32 @@ def build_model(cfg: RunConfig, data: TrainData) -> nn.Module:
     return create_model(cfg.model["name"], num_classes=num_classes, **overrides)
 
 
-def check_resume(saved: RunConfig, given: RunConfig) -> RunConfig:
-    """The saved config, with the harmless settings of `given`; anything else must not change."""
+def check_resume(saved: RunConfig, given: RunConfig, extensible: Iterable[str] = ()) -> RunConfig:
+    """The saved config, with the harmless settings of `given` (and the `extensible` ones, which
+    lengthen the run); anything else must not change."""
+    allowed = RESUMABLE_CHANGES | set(extensible)
     a, b = _flatten(saved.to_dict()), _flatten(given.to_dict())
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in allowed)
     if changed:
         raise SegformerError(
             "--resume: the run was started with different settings for "
             + ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed)
         )
-    return saved.override({k: b[k] for k in RESUMABLE_CHANGES if k in b})
+    return saved.override({k: b[k] for k in allowed if k in b})
 
 
 def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in doc.items() for k, v in sec.items()}
 
 
-def save_state(path: Path, model, optimizer, scaler, ema, state: RunState) -> None:
+def save_state(path: Path, learner: Learner, counters: dict[str, Any], records: list[dict[str, Any]]) -> None:
     payload = {
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None,
-        "counters": dict(state.__dict__),
+        "model": {k: v.detach().cpu() for k, v in unwrap(learner.model).state_dict().items()},
+        "optimizer": learner.optimizer.state_dict(),
+        "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
+        "ema": learner.ema.state_dict() if learner.ema is not None else None,
+        "counters": counters,
+        "records": records,  # the metrics log, so that it can never disagree with this checkpoint
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -157,22 +328,24 @@ def save_state(path: Path, model, optimizer, scaler, ema, state: RunState) -> No
         torch.save(payload, tmp)
 
 
-def load_state(path: Path, model, optimizer, scaler, ema) -> RunState:
+def load_state(path: Path, learner: Learner) -> tuple[RunState, list[dict[str, Any]] | None]:
+    """Restore `learner` and the RNGs; returns the counters and the metrics records (None in states
+    written before they were kept there)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SegformerError(f"{path}: cannot read training state ({err})") from None
-    unwrap(model).load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if scaler is not None and payload["scaler"] is not None:
-        scaler.load_state_dict(payload["scaler"])
-    if ema is not None and payload["ema"] is not None:
-        ema.load_state_dict(payload["ema"])
+    unwrap(learner.model).load_state_dict(payload["model"])
+    learner.optimizer.load_state_dict(payload["optimizer"])
+    if learner.scaler is not None and payload["scaler"] is not None:
+        learner.scaler.load_state_dict(payload["scaler"])
+    if learner.ema is not None and payload["ema"] is not None:
+        learner.ema.load_state_dict(payload["ema"])
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     random.setstate(payload["rng"]["python"])
-    return RunState(**payload["counters"])
+    return RunState(**payload["counters"]), payload.get("records")
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None:
@@ -182,16 +355,20 @@ def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def values(rs: list[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) -> list[float]:
+        return [math.nan if get(r) is None else get(r) for r in rs]  # gaps where NaN was logged
+
     epochs = [r["epoch"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    axes[0].plot(epochs, [r["train_loss"] for r in records], label="train loss")
+    axes[0].plot(epochs, values(records, lambda r: r["train_loss"]), label="train loss")
     axes[0].set_title("training loss")
     evals = [r for r in records if r.get("val")]
     for key in dict.fromkeys([monitor, "ce7454_f", "miou", "mean_f1_fg"]):
-        axes[1].plot([r["epoch"] for r in evals], [r["val"][key] for r in evals], marker=".", label=key)
+        xs = [r["epoch"] for r in evals]
+        axes[1].plot(xs, values(evals, lambda r, key=key: r["val"][key]), marker=".", label=key)
     axes[1].set_title("validation")
     axes[1].legend(loc="lower right")
-    axes[2].plot(epochs, [r["lr"] for r in records])
+    axes[2].plot(epochs, values(records, lambda r: r["lr"]))
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -202,47 +379,57 @@ def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None
     plt.close(fig)
 
 
+@contextmanager
+def writer_lock(run: RunDir) -> Iterator[None]:
+    """Hold `run`'s lock (taken by the main process) on every process, or raise on every process."""
+    with ExitStack() as stack:
+        error = None
+        if distributed.is_main():
+            try:
+                stack.enter_context(run.lock())
+            except SegformerError as err:
+                error = str(err)
+        error = distributed.broadcast_object(error)
+        if error:
+            raise SegformerError(error)
+        yield
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a model as `cfg` says, writing the run folder `out`; returns the summary."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     tune_cpu_allocator()
     try:
-        return _train(cfg, out, resume, progress)
+        device = distributed.init(resolve_device(cfg.train.device))
+        run = RunDir(out)
+        with writer_lock(run):
+            return _train(cfg, run, resume, progress, device)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         distributed.cleanup()
 
 
-def _train(cfg: RunConfig, out: str | Path, resume: bool, progress: bool) -> dict[str, Any]:
-    out = Path(out)
-    device = distributed.init(resolve_device(cfg.train.device))
-    main = distributed.is_main()
-    rank, world = distributed.rank(), distributed.world_size()
+def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: torch.device) -> dict[str, Any]:
+    main, world = distributed.is_main(), distributed.world_size()
+    show = progress and main
 
-    # -- configuration (a resumed run keeps its own) ---------------------------------------------------
-    state_path = out / STATE_FILE
-    if resume and not state_path.is_file():
-        raise SegformerError(f"--resume: no training state at {state_path}")
-    if resume:
-        saved = RunConfig.from_dict(yaml.safe_load((out / CONFIG_FILE).read_text()))
-        cfg = check_resume(saved, cfg)
-    elif state_path.exists():
-        raise SegformerError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
+    # -- configuration: a resumed run keeps its own, and may only be lengthened
+    saved = open_run(run, cfg, resume)
+    cfg = check_resume(saved, cfg, extensible=["train.epochs"]) if saved else cfg
     tc = cfg.train
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
+        run.remove_leftovers()
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
 
-    # -- data -------------------------------------------------------------------------------------------
-    data = build_train_data(cfg.data, seed=tc.seed, out=out, progress=progress and main)
+    # -- data
+    data = build_train_data(cfg.data, seed=tc.seed, out=run.path, progress=show)
     if tc.batch_size % tc.grad_accum:
         raise SegformerError(f"batch_size {tc.batch_size} is not divisible by grad_accum {tc.grad_accum}")
     micro = tc.batch_size // tc.grad_accum
@@ -250,298 +437,403 @@ def _train(cfg: RunConfig, out: str | Path, resume: bool, progress: bool) -> dic
         raise SegformerError(
             f"{len(data.train)} training images are fewer than one batch ({micro} x {world} processes)"
         )
-    base_sampler = DistributedSampler(
-        data.train, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True
-    )
-    loader_gen = torch.Generator().manual_seed(tc.seed)  # keeps DataLoader from drawing on the global RNG
-    workers = cfg.data.workers
+    generator = torch.Generator().manual_seed(tc.seed)
+    loader, sampler = train_loader(data.train, micro, cfg.data.workers, device, tc.seed, generator)
+    val_loader = eval_loader(data.val, micro, cfg.data.workers, generator)
+    steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
 
-    def train_loader(epoch: int, skip_steps: int) -> DataLoader:
-        base_sampler.set_epoch(epoch)
-        data.train.set_epoch(epoch)
-        return DataLoader(
-            data.train,
-            batch_size=micro,
-            sampler=SkipSampler(base_sampler, skip_steps * tc.grad_accum * micro),
-            num_workers=workers,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-            generator=loader_gen,
-            persistent_workers=False,
-        )
-
-    val_loader = DataLoader(
-        torch.utils.data.Subset(data.val, list(range(rank, len(data.val), world))),
-        batch_size=max(1, micro),
-        num_workers=workers,
-        collate_fn=collate_eval,
-        generator=loader_gen,
-    )
-    steps_per_epoch = len(base_sampler) // (micro * tc.grad_accum)
-    total_steps = steps_per_epoch * tc.epochs
-    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
-
-    # -- model, optimizer, loss --------------------------------------------------------------------------
+    # -- model, optimizer, loss; the checkpoint of a resumed run
     model = build_model(cfg, data).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, tc.lr, tc.weight_decay, tc.head_lr_mult)
-    if tc.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas))
-    elif tc.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum)
-    else:
-        raise SegformerError(f"unknown optimizer {tc.optimizer!r} (expected adamw or sgd)")
-    dtype = amp_dtype(tc.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    ema = None
-    if tc.ema > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema), use_buffers=True
-        )
-    criterion = SegmentationLoss(
-        tc.loss,
-        tc.dice_weight,
-        data.label_set.ignore_index,
-        label_smoothing=tc.label_smoothing,
-        dice_classes=tc.dice_classes,
-    )
-    flip_perm = flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes)
+    learner = build_learner(model, tc, data, device)
+    st, records = RunState(), []
+    if saved:
+        st, records = resume_state(run, learner, saved, tc, steps_per_epoch)
+    if main:
+        write_text(run.config, _yaml(cfg))
+        if saved:
+            run.write_metrics(records)  # repairs a log cut short by a kill
 
-    st = RunState()
-    if resume:
-        st = load_state(state_path, model, optimizer, scaler, ema)
-    net: nn.Module = model
-    if world > 1:
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc.compile:
-        net = torch.compile(net)
-
-    writer = None
-    if tc.tensorboard and main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise SegformerError(
-                "train.tensorboard needs the tensorboard package: pip install tensorboard"
-            ) from None
-        writer = SummaryWriter(str(out / "tensorboard"))
-
-    records: list[dict[str, Any]] = []
-    metrics_path = out / "metrics.jsonl"
-    if resume and metrics_path.exists():
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        records = [r for r in records if r["epoch"] <= st.epoch]
-
-    budget = tc.max_minutes * 60 if tc.max_minutes else None
-    started = time.perf_counter()
-    eval_seconds = 0.0  # duration of the last evaluation: reserved at the end of a time budget
-
-    def elapsed() -> float:
-        return st.elapsed + time.perf_counter() - started
-
-    def schedule_step() -> float:
-        """Steps, or the time-equivalent of steps when the budget is the binding limit."""
-        if budget is None:
-            return st.global_step
-        return max(st.global_step, elapsed() / budget * total_steps)
-
-    def out_of_time() -> bool:
-        return budget is not None and elapsed() + eval_seconds >= budget
-
-    eval_model = ema.module if ema is not None else model
-    summary: dict[str, Any] = {}
-    stop_reason = "epochs done"
+    clock = Clock(st.elapsed, tc.max_minutes)
     if main and progress:
         print(
             f"training {cfg.model['name']} ({sum(p.numel() for p in model.parameters()):,} params) on "
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
             f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, batch {tc.batch_size * world}, "
-            f"device {device}{f', {world} processes' if world > 1 else ''} -> {out}"
+            f"device {device}{f', {world} processes' if world > 1 else ''}, "
+            f"{torch.get_num_threads()} threads -> {run}"
         )
-
+    writer = open_tensorboard(run) if tc.tensorboard and main else None
+    schedule = Schedule(tc, steps_per_epoch, clock)
+    eval_every = tc.eval_every
     last_scores: dict[str, Any] | None = None
-    epoch = st.epoch
-    while epoch < tc.epochs:
-        net.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        loss_count = torch.zeros((), dtype=torch.float64)
-        skipped = 0
-        images_seen = 0
-        loader = iter(train_loader(epoch, st.step_in_epoch))
-        todo = steps_per_epoch - st.step_in_epoch
-        bar = tqdm(
-            range(todo), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, disable=not (progress and main)
-        )
-        stopped_early = False
-        for _ in bar:
-            set_lr(optimizer, lr_factor(
-                schedule_step(), total_steps, tc.schedule, warmup_steps, tc.warmup_start, tc.min_lr_ratio,
-                tc.step_milestones, tc.step_gamma, tc.poly_power,
-            ))  # fmt: skip
-            step_loss = 0.0
-            for micro_i in range(tc.grad_accum):
-                images, masks = next(loader)
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                if tc.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                sync = micro_i == tc.grad_accum - 1 or world == 1
-                ctx = (
-                    net.no_sync()
-                    if (not sync and isinstance(net, DistributedDataParallel))
-                    else nullcontext()
-                )
-                with (
-                    ctx,
-                    torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
-                ):
-                    logits = net(images)
-                    loss = criterion(logits, masks) / tc.grad_accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += float(loss.detach())
-                images_seen += images.shape[0]
-            if not math.isfinite(step_loss):
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                if skipped >= 10:
-                    raise SegformerError(
-                        f"the loss was NaN/inf in 10 steps of epoch {epoch + 1}; lower the learning rate "
-                        f"or check the data (last good checkpoint: {state_path})"
-                    )
-                continue
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(model)
-            st.global_step += 1
-            st.step_in_epoch += 1
-            loss_sum += step_loss
-            loss_count += 1
-            if st.step_in_epoch % tc.log_every == 0 or st.step_in_epoch == steps_per_epoch:
-                bar.set_postfix(
-                    loss=f"{float(loss_sum / loss_count):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}"
-                )
-            if out_of_time():
-                stopped_early = True
-                break
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        totals = torch.stack([loss_sum, loss_count, torch.tensor(float(images_seen), dtype=torch.float64)])
-        distributed.all_reduce_sum([totals])
-        train_loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
-        images_per_s = float(totals[2]) / max(train_seconds, 1e-9)
+    checkpoint = f"{run.state} (epoch {_epoch_of(st, steps_per_epoch):g})" if saved else None
+    if not st.stopped and st.epoch >= tc.epochs:
+        st.stopped = "epochs done"
+    if not st.stopped and saved and clock.out_of_time(0.0):
+        st.stopped = f"time budget of {tc.max_minutes:g} minutes"
+    while not st.stopped:
+        # -- train one epoch (or what is left of it)
+        sampler.set_epoch(st.epoch, skip=st.step_in_epoch * tc.batch_size)
+        try:
+            stats = train_one_epoch(learner, iter(loader), st, tc, steps_per_epoch, schedule, clock, show)
+        except TrainingDiverged as err:
+            raise SegformerError(
+                f"{err}; lower train.lr (now {tc.lr:g}) or check the data. "
+                f"Last good checkpoint: {checkpoint or 'none saved yet'}"
+            ) from None
+        if st.step_in_epoch == steps_per_epoch:
+            st.epoch, st.step_in_epoch = st.epoch + 1, 0
+        record = epoch_record(stats, st, steps_per_epoch, learner, tc.batch_size)
+        if st.epoch >= tc.epochs:
+            st.stopped = "epochs done"
+        elif stats.out_of_time:
+            st.stopped = f"time budget of {tc.max_minutes:g} minutes"
 
-        epoch_done = not stopped_early
-        if epoch_done:
-            epoch += 1
-            st.epoch, st.step_in_epoch = epoch, 0
-        finished = epoch >= tc.epochs or stopped_early
-        record: dict[str, Any] = {
-            "epoch": epoch if epoch_done else epoch + st.step_in_epoch / steps_per_epoch,
-            "step": st.global_step,
-            "train_loss": train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": images_per_s,
-            "epoch_seconds": train_seconds,
-        }
-        if finished or epoch % tc.eval_every == 0:
-            t_eval = time.perf_counter()
-            last_scores = evaluate(
-                eval_model, val_loader, data.label_set.num_classes,
-                ignore_index=data.label_set.ignore_index, background=data.background,
-                class_names=list(data.label_set.class_names), tta=tc.eval_tta, flip_perm=flip_perm,
-                device=device, amp_dtype=dtype, progress=progress, desc=f"eval {epoch}",
-            )  # fmt: skip
-            eval_seconds = time.perf_counter() - t_eval
-            score = last_scores[tc.monitor]
-            record["val"] = {k: v for k, v in last_scores.items() if k not in ("per_class",)}
-            improved = score > st.best_score
-            if improved:
-                st.best_score, st.best_epoch, st.bad_evals = score, epoch, 0
-            else:
-                st.bad_evals += 1
-            if main:
-                meta = {
-                    "label_set": data.label_set.name,
-                    "image_size": cfg.data.img_size,
-                    **data.preprocess,
-                    "data": {
-                        "kind": cfg.data.kind,
-                        "val_fraction": cfg.data.val_fraction,
-                        "split_seed": cfg.data.split_seed,
-                    },
-                }
-                save_model(
-                    eval_model, out / "last", meta={**meta, "epoch": record["epoch"], "scores": record["val"]}
+        # -- evaluate every eval_every epochs (with a budget: as often as EVAL_SHARE of it allows), at the end
+        since = st.epoch - st.last_eval_epoch
+        due = st.step_in_epoch == 0 and (since >= eval_every if clock.budget else st.epoch % eval_every == 0)
+        if st.stopped or due:
+            last_scores = evaluate_and_checkpoint(learner, val_loader, data, cfg, run, st, record, progress)
+            if tc.early_stop and st.bad_evals >= tc.early_stop and not st.stopped:
+                st.stopped = f"early stopping ({tc.early_stop} evaluations without improvement)"
+            if clock.budget is not None:
+                eval_every = fit_eval_every(
+                    tc.eval_every, st, clock, stats.seconds / stats.steps * steps_per_epoch
                 )
-                if improved:
-                    save_model(
-                        eval_model, out / "best", meta={**meta, "epoch": epoch, "scores": record["val"]}
-                    )
-                    write_json(out / "best_scores.json", {"epoch": epoch, **last_scores})
-            if tc.early_stop and st.bad_evals >= tc.early_stop and not finished:
-                finished, stop_reason = (
-                    True,
-                    f"early stopping ({tc.early_stop} evaluations without improvement)",
-                )
-        if stopped_early:
-            stop_reason = f"time budget of {tc.max_minutes:g} minutes"
-        record["elapsed_minutes"] = elapsed() / 60
-        records.append(record)
+
+        # -- log: state.pt (with the metrics records), metrics.jsonl, curves, one line
+        records.append(json_safe({**record, "elapsed_minutes": clock() / 60}))
         if main:
-            save_elapsed = st.elapsed
-            st.elapsed = elapsed()
-            save_state(state_path, model, optimizer, scaler, ema, st)
-            st.elapsed = save_elapsed
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            plot_curves(records, out / "curves.png", tc.monitor)
-            if writer is not None:
-                writer.add_scalar("train/loss", train_loss, st.global_step)
-                writer.add_scalar("train/lr", record["lr"], st.global_step)
-                for k, v in record.get("val", {}).items():
-                    if isinstance(v, float):
-                        writer.add_scalar(f"val/{k}", v, st.global_step)
-            if "val" in record and progress:
-                v = record["val"]
-                tqdm.write(
-                    f"epoch {record['epoch']:g}: loss {train_loss:.4f}  {tc.monitor} {v[tc.monitor]:.4f}  "
-                    f"mIoU {v['miou']:.4f}  {images_per_s:.1f} img/s  "
-                    f"(best {st.best_score:.4f} @ {st.best_epoch})"
-                )
+            log_epoch(run, learner, st, records, clock, tc.monitor, writer, progress)
+            checkpoint = f"{run.state} (epoch {records[-1]['epoch']:g})"
         distributed.barrier()
-        if finished:
-            break
 
     if writer is not None:
         writer.close()
-    summary = {
-        "run": str(out),
-        "model": cfg.model["name"],
-        "stop_reason": stop_reason,
-        "epochs_completed": st.epoch,
-        "steps": st.global_step,
-        "minutes": elapsed() / 60,
-        "best_epoch": st.best_epoch,
-        "best_score": st.best_score,
-        "monitor": tc.monitor,
-        "last_scores": last_scores,
-        "train_images_per_s": records[-1]["images_per_s"] if records else None,
-        "best_dir": str(out / "best"),
-        "last_dir": str(out / "last"),
-    }
+    summary = summarize(run, cfg, st, clock, records, last_scores)
     if main:
-        write_json(out / "summary.json", summary)
+        write_json(run.summary, summary)
     return summary
+
+
+def open_run(run: RunDir, cfg: RunConfig, resume: bool) -> RunConfig | None:
+    """The saved config of the run to resume, None for a new run (refused where one exists)."""
+    if not resume:
+        if run.has_state():
+            raise SegformerError(
+                f"{run} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return None
+    if not run.has_state():
+        raise SegformerError(f"--resume: no training state at {run.state}")
+    return run.read_config()
+
+
+def resume_state(
+    run: RunDir, learner: Learner, saved: RunConfig, tc: TrainConfig, steps_per_epoch: int
+) -> tuple[RunState, list[dict[str, Any]]]:
+    """The counters and metrics records of the checkpoint; a run that had ended and is given more
+    epochs or more time goes on (its schedule re-fitted to the new length)."""
+    st, records = load_state(run.state, learner)
+    if records is None:  # a state from before the records were kept in it
+        records = [r for r in run.read_metrics() if r["epoch"] <= _epoch_of(st, steps_per_epoch)]
+    if tc.epochs < st.epoch:
+        raise SegformerError(
+            f"--resume: {run} has completed {st.epoch} epochs already; --epochs must be at least that"
+        )
+    before = saved.train
+    if not st.stopped and before.epochs <= st.epoch and not st.step_in_epoch:
+        st.stopped = "epochs done"  # (states from before the reason was kept)
+    changes = []
+    if tc.epochs != before.epochs:
+        changes.append(
+            f"epochs {before.epochs} -> {tc.epochs} at step {st.global_step}: "
+            f"the learning-rate schedule re-fitted to {tc.epochs} epochs"
+        )
+    if tc.max_minutes != before.max_minutes:
+        new = f"{tc.max_minutes:g} minutes" if tc.max_minutes else "none"
+        old = f"{before.max_minutes:g} minutes" if before.max_minutes else "none"
+        changes.append(f"time budget {old} -> {new} after {st.elapsed / 60:.1f} minutes")
+    if st.stopped and changes and (tc.epochs > st.epoch or st.stopped.startswith("time budget")):
+        st.stopped, st.bad_evals = "", 0  # reopened, with fresh patience
+    if not st.stopped:
+        st.extensions += changes
+    return st, records
+
+
+@dataclass
+class EpochStats:
+    loss_sum: Tensor  # on the device; skipped steps count nothing
+    steps: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    out_of_time: bool = False
+
+
+class Clock:
+    """Training seconds of the run (this process's and those before it) against its budget."""
+
+    def __init__(self, before: float, max_minutes: float | None) -> None:
+        self.before, self.started = before, time.perf_counter()
+        self.budget = max_minutes * 60 if max_minutes else None
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def out_of_time(self, reserve: float) -> bool:
+        """Whether the budget is spent, keeping `reserve` seconds (the final evaluation) back."""
+        return self.budget is not None and self() + reserve >= self.budget
+
+
+class Schedule:
+    """The learning-rate factor at the current step: by steps, or by the time-equivalent of steps
+    when a budget is the binding limit."""
+
+    def __init__(self, tc: TrainConfig, steps_per_epoch: int, clock: Clock) -> None:
+        self.tc, self.clock = tc, clock
+        self.total = steps_per_epoch * tc.epochs
+        self.warmup = round(tc.warmup_epochs * steps_per_epoch)
+
+    def __call__(self, step: int) -> float:
+        tc, budget = self.tc, self.clock.budget
+        at = step if budget is None else max(step, self.clock() / budget * self.total)
+        return lr_factor(
+            at, self.total, tc.schedule, self.warmup, tc.warmup_start, tc.min_lr_ratio,
+            tc.step_milestones, tc.step_gamma, tc.poly_power,
+        )  # fmt: skip
+
+
+def train_one_epoch(
+    learner: Learner,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    st: RunState,
+    tc: TrainConfig,
+    steps_per_epoch: int,
+    schedule: Schedule,
+    clock: Clock,
+    progress: bool,
+) -> EpochStats:
+    """Optimizer steps until the epoch ends or the budget is spent; stops a diverged run."""
+    learner.net.train()
+    start = time.perf_counter()
+    dev = learner.device
+    stats = EpochStats(torch.zeros((), dtype=torch.float64, device=dev))
+    skipped = torch.zeros((), device=dev)
+    streak = torch.zeros((), device=dev)  # consecutive skipped steps ...
+    longest = torch.zeros((), device=dev)  # ... and the longest such run since the last look
+    # A run has diverged after DIVERGED_STEPS non-finite steps in a row, or half an epoch of them in
+    # short epochs (before its end-of-epoch checkpoint would save weights that give NaN losses).
+    patience = max(1, min(DIVERGED_STEPS, steps_per_epoch // 2))
+    single = distributed.world_size() == 1
+    todo = steps_per_epoch - st.step_in_epoch
+    bar = tqdm(range(todo), desc=f"epoch {st.epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
+    for i in bar:
+        set_lr(learner.optimizer, schedule(st.global_step))
+        loss, skip = learner.step(batches, tc.grad_accum)
+        stats.loss_sum += torch.where(skip > 0, 0.0, loss.double())
+        skipped += skip
+        streak = (streak + 1) * skip
+        longest = torch.maximum(longest, streak)
+        st.global_step += 1
+        st.step_in_epoch += 1
+        stats.steps += 1
+        look = (i + 1) % tc.log_every == 0 or i + 1 == todo
+        if single or look:  # (processes must agree on when to stop: they decide together, at looks)
+            stats.out_of_time = distributed.any_process(clock.out_of_time(st.eval_cost))
+        if look or stats.out_of_time:
+            # the one host synchronisation: every log_every steps
+            loss_total, n_skipped, worst = torch.stack(
+                [stats.loss_sum, skipped.double(), longest.double()]
+            ).tolist()
+            if worst >= patience:
+                raise TrainingDiverged(
+                    f"training diverged: the loss was NaN/inf in {worst:.0f} steps in a row "
+                    f"(epoch {st.epoch + 1}, step {st.global_step})"
+                )
+            longest.zero_()
+            stats.skipped = int(n_skipped)
+            good = stats.steps - stats.skipped
+            if good:
+                lr = learner.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss_total / good:.4f}", lr=f"{lr:.2e}")
+        if stats.out_of_time:
+            break
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def epoch_record(
+    stats: EpochStats, st: RunState, steps_per_epoch: int, learner: Learner, batch: int
+) -> dict[str, Any]:
+    """The epoch's metrics line; loss and images/s over all processes."""
+    world = distributed.world_size()
+    totals = torch.stack(
+        [
+            stats.loss_sum,
+            torch.tensor(
+                float(stats.steps - stats.skipped), dtype=torch.float64, device=stats.loss_sum.device
+            ),
+        ]
+    )
+    distributed.all_reduce_sum([totals])
+    loss_sum, good = totals.tolist()
+    return {
+        "epoch": _epoch_of(st, steps_per_epoch),
+        "step": st.global_step,
+        "train_loss": loss_sum / good if good else math.nan,
+        "lr": learner.optimizer.param_groups[0]["lr"],
+        "images_per_s": stats.steps * batch * world / max(stats.seconds, 1e-9),
+        "epoch_seconds": stats.seconds,
+        "skipped_steps": stats.skipped,
+    }
+
+
+def fit_eval_every(every: int, st: RunState, clock: Clock, epoch_seconds: float) -> int:
+    """Epochs between evaluations that keep all of them, the final one included, within EVAL_SHARE
+    of the time budget, from the measured cost of the last evaluation and of an epoch."""
+    assert clock.budget is not None
+    allowed = EVAL_SHARE * clock.budget - st.eval_seconds - st.eval_cost  # the final one kept back
+    if allowed <= 0:
+        return 10**9  # none until the end
+    epochs_left = max(0.0, clock.budget - clock()) / max(epoch_seconds, 1e-9)
+    return max(every, math.ceil(epochs_left * st.eval_cost / allowed))
+
+
+def evaluate_and_checkpoint(
+    learner: Learner,
+    loader: DataLoader,
+    data: TrainData,
+    cfg: RunConfig,
+    run: RunDir,
+    st: RunState,
+    record: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """Score the model (its EMA when one is kept) on the validation set; save last/, and best/ with
+    best_scores.json when the monitored score improved. Returns all scores."""
+    tc = cfg.train
+    model = learner.ema.module if learner.ema is not None else learner.model
+    start = time.perf_counter()
+    scores = evaluate(
+        model, loader, data.label_set.num_classes,
+        ignore_index=data.label_set.ignore_index, background=data.background,
+        class_names=list(data.label_set.class_names), tta=tc.eval_tta,
+        flip_perm=flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes),
+        device=learner.device, amp_dtype=learner.dtype, progress=progress, desc=f"eval {record['epoch']:g}",
+    )  # fmt: skip
+    st.eval_cost = time.perf_counter() - start
+    st.eval_seconds += st.eval_cost
+    st.last_eval_epoch = st.epoch
+    record["val"] = json_safe({k: v for k, v in scores.items() if k != "per_class"})
+    record["eval_seconds"] = st.eval_cost
+    score = scores[tc.monitor]
+    improved = math.isfinite(score) and score > st.best_score  # NaN never improves
+    if improved:
+        st.best_score, st.best_epoch, st.bad_evals = score, st.epoch, 0
+    else:
+        st.bad_evals += 1
+    if distributed.is_main():
+        meta = {
+            "label_set": data.label_set.name,
+            "image_size": cfg.data.img_size,
+            **data.preprocess,
+            "data": {
+                "kind": cfg.data.kind,
+                "val_fraction": cfg.data.val_fraction,
+                "split_seed": cfg.data.split_seed,
+            },
+        }
+        save_model(model, run.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]})
+        if improved:
+            save_model(model, run.best, meta={**meta, "epoch": st.epoch, "scores": record["val"]})
+            write_json(run.best_scores, json_safe({"epoch": st.epoch, **scores}))
+    return scores
+
+
+def log_epoch(
+    run: RunDir,
+    learner: Learner,
+    st: RunState,
+    records: list[dict[str, Any]],
+    clock: Clock,
+    monitor: str,
+    writer: Any,
+    progress: bool,
+) -> None:
+    """Checkpoint (state.pt holds the metrics records), then metrics.jsonl, curves and a line."""
+    record = records[-1]
+    save_state(run.state, learner, {**st.__dict__, "elapsed": clock()}, records)
+    run.write_metrics(records)
+    plot_curves(records, run.curves, monitor)
+    if writer is not None:
+        for k, v in [("train/loss", record["train_loss"]), ("train/lr", record["lr"])] + [
+            (f"val/{k}", v) for k, v in record.get("val", {}).items()
+        ]:
+            if isinstance(v, float):
+                writer.add_scalar(k, v, st.global_step)
+    if "val" in record and progress:
+        v = record["val"]
+        tqdm.write(
+            f"epoch {record['epoch']:g}: loss {_fmt(record['train_loss'])}  {monitor} {_fmt(v[monitor])}  "
+            f"mIoU {_fmt(v['miou'])}  {record['images_per_s']:.1f} img/s  "
+            f"(best {_fmt(st.best_score)} @ {st.best_epoch})"
+        )
+
+
+def summarize(
+    run: RunDir,
+    cfg: RunConfig,
+    st: RunState,
+    clock: Clock,
+    records: list[dict[str, Any]],
+    last_scores: dict[str, Any] | None,
+) -> dict[str, Any]:
+    evaluated = st.best_epoch >= 0
+    minutes = clock() / 60
+    return json_safe(
+        {
+            "run": str(run),
+            "model": cfg.model["name"],
+            "stop_reason": st.stopped,
+            "epochs_completed": st.epoch,
+            "steps": st.global_step,
+            "minutes": minutes,
+            "best_epoch": st.best_epoch if evaluated else None,
+            "best_score": st.best_score if evaluated else None,
+            "monitor": cfg.train.monitor,
+            "last_scores": last_scores or next((r["val"] for r in reversed(records) if r.get("val")), None),
+            "train_images_per_s": records[-1]["images_per_s"] if records else None,
+            "eval_seconds": st.eval_seconds,
+            "eval_share": st.eval_seconds / (60 * minutes) if minutes > 0 else 0.0,
+            "threads": torch.get_num_threads(),
+            "extended": st.extensions,
+            "best_dir": str(run.best) if evaluated else None,
+            "last_dir": str(run.last),
+        }
+    )
+
+
+def open_tensorboard(run: RunDir) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SegformerError(
+            "train.tensorboard needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(str(run.tensorboard))
+
+
+def _epoch_of(st: RunState, steps_per_epoch: int) -> float:
+    """Epochs done, as a fraction inside an unfinished epoch (an int at epoch ends)."""
+    return st.epoch + st.step_in_epoch / steps_per_epoch if st.step_in_epoch else st.epoch
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

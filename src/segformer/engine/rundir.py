@@ -1,0 +1,239 @@
+"""The run folder of `segformer train`: the names of its files, its lock and its metrics log.
+
+::
+
+    RUN/config.yaml        the resolved recipe (model, data, train)
+    RUN/state.pt           resumable training state (plain types: loads with weights_only=True),
+                           including every epoch's metrics record
+    RUN/last/ RUN/best/    model directories (config.json + model.safetensors) of the last / best evaluation
+    RUN/metrics.jsonl      one JSON line per epoch, rewritten from state.pt after every checkpoint
+    RUN/best_scores.json   all validation scores of the best epoch
+    RUN/curves.png         loss, validation scores and learning rate per epoch
+    RUN/summary.json       how the run ended, best epoch and scores, where things are
+    RUN/lock               held while a process writes the run: its pid and host
+
+Every file is written atomically (`segformer.fileio`): a write goes to ``.NAME.XXXX.tmp`` and is
+renamed over ``NAME`` once complete, so a killed process leaves at worst such a temporary behind,
+which the next writer of the folder removes (`RunDir.remove_leftovers`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunConfig
+from ..errors import SegformerError
+from ..fileio import write_text
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock falls back to the pid check alone
+    fcntl = None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run folder; every name of a file in it comes from here."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last"
+
+    @property
+    def best_scores(self) -> Path:
+        return self.path / "best_scores.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "lock"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def has_state(self) -> bool:
+        return self.state.is_file()
+
+    def is_finished(self) -> bool:
+        return self.summary.is_file()
+
+    def read_config(self) -> RunConfig:
+        try:
+            return RunConfig.from_dict(yaml.safe_load(self.config.read_text()))
+        except OSError as err:
+            raise SegformerError(f"{self.config}: cannot read ({err.strerror or err})") from None
+
+    def read_summary(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.summary.read_text())
+        except (OSError, ValueError) as err:
+            raise SegformerError(f"{self.summary}: cannot read ({err})") from None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The epoch records of metrics.jsonl; a torn last line (a write cut by a kill, in folders
+        written before the log was rewritten atomically) is left out."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl from `records` (atomically: never a torn line)."""
+        write_text(self.metrics, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records))
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder's lock for the duration: a second writer gets a `SegformerError`.
+
+        The lock is an advisory ``flock`` on ``RUN/lock``, which the kernel releases when its process
+        dies however it dies, so a lock left behind by a killed run (its pid no longer alive) is
+        taken over without a race. The file names the owner for the error message of the next one.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(self.lock_file)
+        try:
+            yield
+        finally:
+            try:
+                if _same_file(self.lock_file, fd):
+                    self.lock_file.unlink()
+            except OSError:
+                pass
+            os.close(fd)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the temporaries that killed atomic writes left in the folder (``.NAME.*.tmp``);
+        a model directory caught between the two renames of its replacement (``.NAME.*.old/x``,
+        NAME missing) is put back first. Call only while holding the lock. Returns what was removed."""
+        removed = []
+        if not self.path.is_dir():
+            return removed
+        for old in sorted(self.path.glob(".*.*.old")):
+            target = self.path / old.name[1:].rsplit(".", 2)[0]
+            if (old / "x").exists() and not target.exists():
+                os.replace(old / "x", target)
+        for tmp in sorted([*self.path.glob(".*.*.tmp"), *self.path.glob(".*.*.old")]):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        return removed
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN / infinite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _owner() -> str:
+    return f"{os.getpid()} {socket.gethostname()}"
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
+def _describe(path: Path) -> str:
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+    except OSError:
+        return "another process"
+    return f"process {pid} on {host}" if host else f"process {pid}"
+
+
+def _pid_alive(path: Path) -> bool:
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+        if host and host != socket.gethostname():
+            return True  # cannot tell: assume it runs
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
+def _acquire(path: Path) -> int:
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise SegformerError(
+                    f"{path.parent} is being written by {_describe(path)} (lock {path}); "
+                    "wait for that run to end or choose another --out"
+                ) from None
+            if not _same_file(path, fd):  # removed by its previous owner while we waited: retry
+                os.close(fd)
+                continue
+        elif os.fstat(fd).st_size and _pid_alive(path):
+            os.close(fd)
+            raise SegformerError(
+                f"{path.parent} is being written by {_describe(path)} (lock {path}); "
+                "wait for that run to end or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, (_owner() + "\n").encode())
+        return fd
+    raise SegformerError(f"{path}: could not take the run folder's lock")
