@@ -125,3 +125,25 @@ def test_cli_bench_json(capsys):
 def test_cli_bench_rejects_three_sizes(capsys):
     assert main(["bench", "microsegformer", "--size", "1", "2", "3"]) == 1
     assert "--size takes S or H W" in capsys.readouterr().err
+
+
+def test_end_to_end_bench_feeds_the_training_step_from_the_run_pipeline(tmp_path, capsys):
+    from segformer.bench import bench_train_end_to_end
+    from segformer.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path, num=20, size=40, seed=0, val_fraction=0.2)
+    tiny = {"model.depths": [1, 1, 1, 1]}
+    report = bench_train_end_to_end("microsegformer", tmp_path, 32, 4, augment="both", workers=0, threads=1,
+                                    steps=2, warmup=0, rounds=1, overrides=tiny)  # fmt: skip
+    assert [r.side for r in report.rows] == ["end to end", "bare step"]
+    assert all(r.seconds > 0 and r.batch == 4 for r in report.rows)
+    e2e, bare = report.rows
+    assert report.ratio()["speedup"] == pytest.approx(e2e.images_per_s / bare.images_per_s)
+    assert "end to end / bare step" in report.format() and "both augmentation" in report.title
+    args = f"bench microsegformer --mode train --end-to-end --data {tmp_path} --size 32 --batch-size 4"
+    args += " --workers 0 --steps 1 --rounds 1 --threads 1 --json"
+    assert main(args.split()) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["side"] for r in out["rows"]] == ["end to end", "bare step"] and out["speedup"] > 0
+    assert main(["bench", "microsegformer", "--end-to-end", "--data", str(tmp_path)]) == 1
+    assert "--end-to-end needs --mode train" in capsys.readouterr().err

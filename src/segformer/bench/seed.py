@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import SegformerError
-from . import Reference
+from .references import Reference
 
 
 def to_tokens(x: Tensor) -> Tensor:

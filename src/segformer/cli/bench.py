@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train
+from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train, bench_train_end_to_end
 from ..errors import SegformerError
 from ..models import list_models
 
@@ -40,6 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     p.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep glibc's malloc defaults (see segformer.runtime)")  # fmt: skip
+    p.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="with --mode train: the training step fed by the real data pipeline of --data (the loader, "
+        "workers and augmentation `segformer train` uses) against the bare step, and their ratio",
+    )
+    p.add_argument("--data", metavar="ROOT", help="dataset root for --end-to-end")
+    p.add_argument("--config", default="microsegformer-celebamask", metavar="NAME|PATH",
+                   help="recipe for --end-to-end (default microsegformer-celebamask)")  # fmt: skip
+    p.add_argument("--augment", help="augmentation preset for --end-to-end (default: the recipe's)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for --end-to-end (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed block, --end-to-end (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 
@@ -54,7 +66,17 @@ def run(args: argparse.Namespace) -> int:
         common["rounds"] = args.rounds
     if args.warmup is not None:
         common["warmup"] = args.warmup
-    if args.mode == "infer":
+    if args.end_to_end:
+        if args.mode != "train" or not args.data:
+            raise SegformerError("--end-to-end needs --mode train and --data ROOT")
+        if len(args.size) != 1 or args.steps < 1:
+            raise SegformerError("--end-to-end takes one square --size S and --steps >= 1")
+        report = bench_train_end_to_end(
+            args.model, args.data, args.size[0], args.batch_size or 16, recipe=args.config,
+            augment=args.augment, workers=args.workers, threads=args.threads, steps=args.steps,
+            rounds=args.rounds or 3, warmup=1 if args.warmup is None else args.warmup, tune=args.tune,
+        )  # fmt: skip
+    elif args.mode == "infer":
         batch = args.batch_size or 1
         report = bench_inference(args.model, size, batch, args.compare, backend=args.backend, **common)
     else:

@@ -1,0 +1,158 @@
+"""Training speed: our training step against a reference's, and against itself fed by the real data
+pipeline (`bench_train_end_to_end`)."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.losses import SegmentationLoss
+from ..errors import SegformerError
+from ..runtime import tune_cpu_allocator
+from ..summary import count_flops
+from .memory import rows_with_memory
+from .references import build_model, load_reference
+from .report import Report, Row, alternate, gemm_flops_per_s, hw, title
+
+
+def bench_train(
+    name: str,
+    size: int | Sequence[int] = 512,
+    batch: int = 2,
+    compare: str = "none",
+    *,
+    num_classes: int | None = None,
+    threads: int = 2,
+    warmup: int = 2,
+    rounds: int = 6,
+    memory: bool = True,
+    tune: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> Report:
+    """Training steps per second (forward + cross-entropy + backward + AdamW) against `reference`.
+
+    Both sides start from the same weights and use the same optimizer (fused AdamW, as our trainer);
+    our side runs the model and loss of `segformer train` (logits upsampled to the labels, CE).
+    """
+    torch.set_num_threads(threads)
+    if tune:
+        tune_cpu_allocator()
+    h, w = hw(size)
+    model = build_model(name, num_classes, compare, overrides)
+    reference = load_reference(compare)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, model.config.in_channels, h, w, generator=gen)
+    y = torch.randint(0, model.config.num_classes, (batch, h, w), generator=gen)
+    peak = gemm_flops_per_s()
+    flops = {"ours": 3 * count_flops(model, (h, w), literal=False)[""] * batch}
+    ref = reference(model) if reference is not None else None
+    criterion = SegmentationLoss("ce")
+    steps = {"ours": train_step(model, lambda: criterion(model(x), y))}
+    if ref is not None:
+        steps[ref.name] = train_step(ref.module, lambda: ref.loss(x, y))
+        flops[ref.name] = 3 * count_flops(model, (h, w))[""] * batch
+    times = alternate(steps, warmup, rounds)
+    spec = {"name": name, "num_classes": model.config.num_classes, "compare": compare,
+            "overrides": overrides or {}}  # fmt: skip
+    rows = rows_with_memory(times, batch, flops, spec if memory else None, (h, w), "train", threads, tune)
+    return Report(title("training step", name, model, h, w, batch, threads), rows, peak)
+
+
+def train_step(module: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], None]:
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
+
+    def step() -> None:
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_train_end_to_end(
+    name: str,
+    data: str | Path,
+    size: int = 256,
+    batch: int = 16,
+    *,
+    recipe: str = "microsegformer-celebamask",
+    augment: str | None = None,
+    workers: int | None = None,
+    threads: int = 2,
+    steps: int = 10,
+    warmup: int = 1,
+    rounds: int = 3,
+    device: str = "cpu",
+    tune: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> Report:
+    """Images/s of `segformer train`'s step fed by its real data pipeline (the run's loader, workers
+    and augmentation, from the dataset at `data`) against the same step on one batch already in
+    memory (the bare step), in blocks of `steps` steps, alternating; the ratio is end to end / bare.
+
+    Each end-to-end block starts a new epoch of the loader, so it pays for filling the pipeline as
+    every epoch of training does. `overrides` are dotted recipe keys (``{"train.amp": "bf16"}``).
+    """
+    from ..config import load_recipe
+    from ..engine.data import build_train_data
+    from ..engine.train import build_learner, build_model, resolve_device, train_loader
+
+    torch.set_num_threads(threads)
+    if tune:
+        tune_cpu_allocator()
+    changes = {"model.name": name, "data.root": str(data), "data.img_size": size, "train.batch_size": batch,
+               "train.grad_accum": 1, "train.device": device}  # fmt: skip
+    if augment is not None:
+        changes["data.augment"] = augment
+    if workers is not None:
+        changes["data.workers"] = workers
+    cfg = load_recipe(recipe).override({**changes, **(overrides or {})})
+    dev = torch.device(resolve_device(cfg.train.device))
+    with tempfile.TemporaryDirectory() as tmp:  # (written into only for synthetic data)
+        train_data = build_train_data(cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False)
+    model = build_model(cfg, train_data).to(dev)
+    learner = build_learner(model, cfg.train, train_data, dev)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader, sampler = train_loader(train_data.train, batch, cfg.data.workers, dev, cfg.train.seed, generator)
+    if len(loader) < 1:
+        raise SegformerError(
+            f"{data}: {len(train_data.train)} training images are fewer than one batch of {batch}"
+        )
+    steps = min(steps, len(loader))
+    fixed = next(iter(loader))
+    epoch = iter(range(1, 1 << 30))
+
+    def end_to_end() -> None:
+        sampler.set_epoch(next(epoch))
+        batches = iter(loader)
+        for _ in range(steps):
+            learner.step(batches, 1)
+        _sync(dev)
+
+    def bare() -> None:
+        for _ in range(steps):
+            learner.step(itertools.repeat(fixed), 1)
+        _sync(dev)
+
+    peak = gemm_flops_per_s()
+    times = alternate({"end to end": end_to_end, "bare step": bare}, warmup, rounds)
+    flops = 3 * count_flops(model, (size, size), literal=False)[""] * batch
+    rows = [Row(side, statistics.median(t) / steps, batch, flops) for side, t in times.items()]  # per step
+    what = f"training end to end ({cfg.data.augment} augmentation, {cfg.data.workers} workers, {dev})"
+    report = Report(title(what, name, model, size, size, batch, threads), rows, peak)
+    report.ratio_label = "end to end / bare step"
+    report.notes.append(f"{steps} steps per block, {rounds} blocks per side, data {data}")
+    return report
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
