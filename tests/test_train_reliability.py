@@ -8,6 +8,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,21 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(faces, tmp_path)
     (run / "lock").write_text(f"{dead_pid()} somehost\n")  # left behind by a killed run
     summary = train(tiny_run(faces, epochs=1), run, progress=False)
     assert summary["epochs_completed"] == 1 and not (run / "lock").exists()
+
+
+def test_the_lock_of_a_killed_run_waits_for_its_orphaned_workers(tmp_path):
+    """Forked DataLoader workers share their parent's lock and outlive a kill by a few seconds."""
+    fcntl = pytest.importorskip("fcntl")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # an orphan still holds it ...
+    os.write(fd, f"{dead_pid()} {os.uname().nodename}\n".encode())  # ... for an owner that is gone
+    threading.Timer(1.0, os.close, [fd]).start()  # the orphan exits
+    start = time.monotonic()
+    with run.lock():
+        assert time.monotonic() - start >= 0.9
+        assert run.lock_file.read_text().startswith(f"{os.getpid()} ")
 
 
 # -- kills between writes --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -212,19 +213,25 @@ def _pid_alive(path: Path) -> bool:
     return True
 
 
-def _acquire(path: Path) -> int:
-    for _ in range(10):
+def _acquire(path: Path, orphan_wait: float = 15.0) -> int:
+    deadline = time.monotonic() + orphan_wait
+    while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
+                # DataLoader workers forked by a killed owner share its lock until they notice
+                # (within seconds); a live owner keeps it.
+                if not _pid_alive(path) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
                 raise SegformerError(
                     f"{path.parent} is being written by {_describe(path)} (lock {path}); "
                     "wait for that run to end or choose another --out"
                 ) from None
-            if not _same_file(path, fd):  # removed by its previous owner while we waited: retry
+            if not _same_file(path, fd):  # removed by its previous owner meanwhile: retry
                 os.close(fd)
                 continue
         elif os.fstat(fd).st_size and _pid_alive(path):
@@ -236,4 +243,3 @@ def _acquire(path: Path) -> int:
         os.ftruncate(fd, 0)
         os.write(fd, (_owner() + "\n").encode())
         return fd
-    raise SegformerError(f"{path}: could not take the run folder's lock")
