@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "  segformer train --data ce7454/ --out runs/micro\n"
             "  segformer train --data ce7454/ --img-size 256 --max-minutes 30 --set train.amp=bf16\n"
             "  segformer train --data ce7454/ --model segformer-b0 --set model.drop_path_rate=0.0\n"
-            "  segformer train --out runs/micro --resume            # continue a killed run"
+            "  segformer train --out runs/micro --resume               # continue a killed run\n"
+            "  segformer train --out runs/micro --resume --epochs 300   # extend a finished run"
         ),
     )
     p.add_argument("--config", metavar="NAME|PATH", help="recipe name or YAML file")
@@ -43,7 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; the lr schedule is fitted to it")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its state.pt; with a larger --epochs or --max-minutes, "
+        "extend a finished run (the schedule is re-fitted)",
+    )
     add_set_option(
         p,
         "SECTION.KEY=VALUE",
