@@ -175,6 +175,9 @@ class DataConfig:
     eval_mode: str = "resize"
     """Validation inference: ``resize`` (image resized to img_size, logits resized back to the
     mask) or ``slide`` (full resolution, img_size windows) for images larger than the training size."""
+    augment_device: str = "auto"
+    """Where training images are augmented: ``cpu`` (OpenCV in the DataLoader workers), ``device``
+    (the whole batch at once on the training device) or ``auto`` (``device`` on a GPU, else ``cpu``)."""
 
 
 @dataclass(frozen=True)

@@ -117,11 +117,15 @@ def bench_train_end_to_end(
     cfg = load_recipe(recipe).override({**changes, **(overrides or {})})
     dev = torch.device(resolve_device(cfg.train.device))
     with tempfile.TemporaryDirectory() as tmp:  # (written into only for synthetic data)
-        train_data = build_train_data(cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False)
+        train_data = build_train_data(
+            cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False, device=dev
+        )
     model = build_model(cfg, train_data).to(dev)
     learner = build_learner(model, cfg.train, train_data, dev)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader, sampler = train_loader(train_data.train, batch, cfg.data.workers, dev, cfg.train.seed, generator)
+    loader, sampler = train_loader(
+        train_data.train, batch, cfg.data.workers, dev, cfg.train.seed, generator, train_data.collate
+    )
     if len(loader) < 1:
         raise SegformerError(
             f"{data}: {len(train_data.train)} training images are fewer than one batch of {batch}"

@@ -40,12 +40,13 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import save_model, unwrap
 from ..config import RunConfig, TrainConfig
+from ..data.batch_augment import BatchAugment
 from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
 from ..inference import flip_permutation
 from ..models import create_model
 from ..runtime import tune_cpu_allocator
-from .data import TrainData, build_train_data, to_device_batch
+from .data import TrainData, build_train_data, collate_batch, to_device_batch
 from .evaluate import collate_eval, evaluate
 from .losses import SegmentationLoss
 from .optim import build_optimizer, lr_factor, set_lr
@@ -145,10 +146,17 @@ class EpochDataset(Dataset):
 
 
 def train_loader(
-    dataset: Dataset, micro: int, workers: int, device: torch.device, seed: int, generator: torch.Generator
+    dataset: Dataset,
+    micro: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+    generator: torch.Generator,
+    collate: Callable[[list], Any] = collate_batch,
 ) -> tuple[DataLoader, EpochSampler]:
-    """The loader of a run's training set (this process's shard, `micro` images per batch) and its
-    sampler, on which `set_epoch` selects the epoch; its workers persist across epochs."""
+    """The loader of a run's training set (this process's shard, `micro` images per batch, stacked by
+    `collate`: `TrainData.collate`) and its sampler, on which `set_epoch` selects the epoch; its
+    workers persist across epochs."""
     base = DistributedSampler(
         dataset,
         num_replicas=distributed.world_size(),
@@ -164,6 +172,7 @@ def train_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=True,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         generator=generator,  # keeps DataLoader from drawing on the global RNG
         persistent_workers=workers > 0,
@@ -202,6 +211,7 @@ class Learner:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     grad_clip: float = 0.0
     channels_last: bool = False
+    augment: BatchAugment | None = None  # augmentation on the device (`TrainData.batch_augment`)
 
     def step(self, batches: Iterable[tuple[Tensor, Tensor]], accum: int) -> tuple[Tensor, Tensor]:
         """One optimizer step over `accum` micro-batches; returns the step's loss and 1.0 when the
@@ -209,7 +219,7 @@ class Learner:
         on the device (nothing here waits for it)."""
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(itertools.islice(batches, accum)):
-            images, masks = to_device_batch(batch, self.device, self.channels_last)
+            images, masks = to_device_batch(batch, self.device, self.channels_last, self.augment)
             # DDP all-reduces gradients on the last micro-batch only
             accumulating = i < accum - 1 and isinstance(self.net, DistributedDataParallel)
             with (
@@ -274,6 +284,7 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
         ema=ema,
         grad_clip=tc.grad_clip,
         channels_last=tc.channels_last,
+        augment=data.batch_augment,
     )
 
 
@@ -429,7 +440,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         torch.backends.cudnn.benchmark = False
 
     # -- data
-    data = build_train_data(cfg.data, seed=tc.seed, out=run.path, progress=show)
+    data = build_train_data(cfg.data, seed=tc.seed, out=run.path, progress=show, device=device)
     if tc.batch_size % tc.grad_accum:
         raise SegformerError(f"batch_size {tc.batch_size} is not divisible by grad_accum {tc.grad_accum}")
     micro = tc.batch_size // tc.grad_accum
@@ -438,7 +449,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
             f"{len(data.train)} training images are fewer than one batch ({micro} x {world} processes)"
         )
     generator = torch.Generator().manual_seed(tc.seed)
-    loader, sampler = train_loader(data.train, micro, cfg.data.workers, device, tc.seed, generator)
+    loader, sampler = train_loader(
+        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate
+    )
     val_loader = eval_loader(data.val, micro, cfg.data.workers, generator)
     steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
 
