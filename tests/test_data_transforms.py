@@ -1,8 +1,11 @@
 """Augmentation: the flip swaps left/right classes, image and mask stay aligned under every transform,
-masks are never interpolated, padding is ignore, resizes match torch's bilinear, runs are seeded."""
+masks are never interpolated, padding is ignore, resizes match torch's bilinear, runs are seeded; the
+one-warp pipeline matches the seed's warp-then-mirror and resize-then-warp, the one-matrix colour jitter
+matches the float reference, uint8 output normalised on the device equals the float output."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,18 +17,25 @@ from segformer.data.io import colorize
 from segformer.data.labels import CELEBAMASK
 from segformer.data.synthetic import generate_face
 from segformer.data.transforms import (
+    GREY,
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
+    AugmentParams,
+    affine_matrix,
     build_transform,
     denormalize,
+    draw_params,
     hflip,
+    jitter,
     normalize,
     photometric,
     random_affine,
     resize_image,
     resize_mask,
+    warp,
 )
+from segformer.engine.data import collate_batch, to_device_batch
 
 L_EYE, R_EYE = 4, 5
 
@@ -206,3 +216,116 @@ def test_unknown_preset_and_bad_size():
         build_transform("flip", 64)
     with pytest.raises(SegformerError, match="size must be positive"):
         build_transform("none", 0)
+
+
+def smooth_image(h: int, w: int) -> np.ndarray:
+    """Low-frequency colour waves: resampling it once or twice gives nearly the same pixels."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    channels = [np.sin(2 * np.pi * (1.3 * xx + 0.4 * yy) + k) for k in range(3)]
+    return (127.5 + 100 * np.stack(channels, axis=2)).round().astype(np.uint8)
+
+
+def test_one_warp_matches_the_seed_warp_then_mirror():
+    """The flip inside the warp matrix gives what the seed got by mirroring the warped image (its
+    pipeline drew the same numbers in the same order), straight from a larger source."""
+    mask = checker_mask(160, 160)
+    image = smooth_image(160, 160)
+    t = build_transform("geometric", 64, CELEBAMASK)
+    flips = 0
+    for seed in range(16):
+        rng = np.random.default_rng(seed)
+        old_img, old_mask = random_affine(image, mask, rng, 64)
+        if rng.random() < 0.5:
+            flips += 1
+            old_img, old_mask = hflip(old_img, old_mask, CELEBAMASK)
+        new_img, new_mask = t.augment(image, mask, np.random.default_rng(seed))
+        assert np.abs(new_img.astype(int) - old_img.astype(int)).max() <= 2
+        assert (new_mask == old_mask).mean() > 0.995  # nearest-neighbour ties may round either way
+    assert 0 < flips < 16  # both branches were compared
+
+
+def test_resolution_direct_warp_matches_resize_then_warp():
+    """Warping a 4x larger source straight to the output size gives, on a smooth image, what resizing
+    first and warping the small image gives (the full-resolution intermediate bought nothing)."""
+    image = smooth_image(256, 256)
+    small = resize_image(image, 64)
+    for seed in range(8):
+        p = draw_params(np.random.default_rng(seed), 64, photometric=False)
+        direct, _ = warp(image, None, p, 64, CELEBAMASK)
+        m = affine_matrix(p, (64, 64), 64)
+        two_step = cv2.warpAffine(small, m, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        inside = cv2.warpAffine(np.ones((64, 64), np.uint8), m, (64, 64), flags=cv2.INTER_NEAREST)
+        # away from the source's edge, where each blends with the black canvas at its own resolution
+        kernel = np.ones((7, 7), np.uint8)
+        inside = cv2.erode(inside, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        diff = np.abs(direct.astype(int) - two_step.astype(int))[inside]
+        assert inside.mean() > 0.4 and diff.mean() < 1.0 and diff.max() <= 4
+
+
+def reference_colour(image: np.ndarray, p: AugmentParams) -> np.ndarray:
+    """The seed's float implementation of brightness, contrast and saturation (three passes)."""
+    img = image.astype(np.float64) * p.brightness
+    grey = img @ GREY
+    c = p.contrast
+    img = (img - grey.mean()) * c + grey.mean()
+    grey = grey * c + grey.mean() * (1 - c)
+    img = (img - grey[:, :, None]) * p.saturation + grey[:, :, None]
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_colour_matrix_equals_the_float_reference():
+    image = generate_face(np.random.default_rng(2), 64)[0]
+    for seed in range(10):
+        d = draw_params(np.random.default_rng(seed), 64, geometric=False)
+        p = AugmentParams(brightness=d.brightness, contrast=d.contrast, saturation=d.saturation)
+        assert p.changes_colours
+        assert np.abs(jitter(image, p).astype(int) - reference_colour(image, p).astype(int)).max() <= 1
+    assert jitter(image, AugmentParams()) is image  # the identity costs nothing
+
+
+def test_hue_blur_and_noise():
+    image = smooth_image(48, 48)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(int)
+    out = cv2.cvtColor(jitter(image, AugmentParams(hue=9)), cv2.COLOR_RGB2HSV).astype(int)
+    coloured = hsv[:, :, 1] > 100  # hue is well defined there
+    shift = (out[:, :, 0] - hsv[:, :, 0]) % 180
+    assert np.median(shift[coloured]) == 9
+    blurred = jitter(image, AugmentParams(blur_sigma=1.2))
+    np.testing.assert_array_equal(blurred, cv2.GaussianBlur(image, (0, 0), sigmaX=1.2))
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    noisy = jitter(grey, AugmentParams(noise_std=6.0, noise_seed=3))
+    np.testing.assert_array_equal(noisy, jitter(grey, AugmentParams(noise_std=6.0, noise_seed=3)))
+    assert not np.array_equal(noisy, jitter(grey, AugmentParams(noise_std=6.0, noise_seed=4)))
+    residual = noisy.astype(float) - 128
+    assert abs(residual.mean()) < 0.2 and abs(residual.std() - 6.0) < 0.2
+    assert np.abs(np.corrcoef(residual[:, :, 0].ravel(), residual[:, :, 1].ravel())[0, 1]) < 0.05
+
+
+def test_draws_follow_the_presets():
+    """Geometry is drawn first, so a seed's geometry is the same with or without colour jitter."""
+    for seed in range(20):
+        both = draw_params(np.random.default_rng(seed), 64)
+        geo = draw_params(np.random.default_rng(seed), 64, photometric=False)
+        photo = draw_params(np.random.default_rng(seed), 64, geometric=False)
+        assert (both.scale, both.angle, both.shift, both.flip) == (geo.scale, geo.angle, geo.shift, geo.flip)
+        assert not geo.changes_colours and not photo.moves_pixels
+        assert 0.75 <= both.scale <= 1.25 and abs(both.angle) <= 15
+        assert max(abs(v) for v in both.shift) <= abs(both.scale - 1) * 32 + 1e-9
+        assert (abs(both.hue) <= 9 and both.blur_sigma == 0) or 0.3 <= both.blur_sigma <= 1.5
+
+
+def test_uint8_output_normalised_on_the_device_equals_the_float_output():
+    faces = [generate_face(np.random.default_rng(i), 64) for i in range(3)]
+    f32 = build_transform("both", 48, CELEBAMASK)
+    u8 = build_transform("both", 48, CELEBAMASK, output="uint8")
+    batch = collate_batch([u8(im, m, np.random.default_rng(i)) for i, (im, m) in enumerate(faces)])
+    assert batch[0].dtype == torch.uint8 and batch[0].shape == (3, 3, 48, 48)
+    assert batch[1].dtype == torch.uint8 and batch[1].shape == (3, 48, 48)
+    images, masks = to_device_batch(batch, "cpu")
+    ref = [f32(im, m, np.random.default_rng(i)) for i, (im, m) in enumerate(faces)]
+    torch.testing.assert_close(images, torch.stack([r[0] for r in ref]))
+    assert masks.dtype == torch.int64 and torch.equal(masks, torch.stack([r[1] for r in ref]))
+    cl, _ = to_device_batch(batch, "cpu", channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, images)
+    with pytest.raises(SegformerError, match="transform output 'source'"):
+        build_transform("both", 48, output="source", train=False)
