@@ -311,7 +311,8 @@ def test_draws_follow_the_presets():
         assert not geo.changes_colours and not photo.moves_pixels
         assert 0.75 <= both.scale <= 1.25 and abs(both.angle) <= 15
         assert max(abs(v) for v in both.shift) <= abs(both.scale - 1) * 32 + 1e-9
-        assert (abs(both.hue) <= 9 and both.blur_sigma == 0) or 0.3 <= both.blur_sigma <= 1.5
+        assert abs(both.hue) <= 9 and (both.blur_sigma == 0 or 0.3 <= both.blur_sigma <= 1.5)
+        assert both.noise_std == 0 or 2 <= both.noise_std <= 10
 
 
 def test_uint8_output_normalised_on_the_device_equals_the_float_output():
