@@ -128,8 +128,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     result = run_cli("data", "check", str(tmp_path / "nowhere"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"segformer data: error: {tmp_path / 'nowhere'}: no <split>/images folders "
-        "(expected the folder layout, e.g. train/images)"
+        # A missing path is named as missing, not blamed on the layout.
+        f"segformer data: error: {tmp_path / 'nowhere'}: dataset folder not found (the path does not exist)"
     ]
 
 

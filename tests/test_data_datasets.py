@@ -11,17 +11,10 @@ import torch
 from PIL import Image
 
 from segformer import SegformerError
-from segformer.data.datasets import (
-    ADE20KDataset,
-    CityscapesDataset,
-    FolderDataset,
-    build_datasets,
-    detect_kind,
-    folder_splits,
-    holdout_stems,
-)
+from segformer.data.datasets import ADE20KDataset, CityscapesDataset, FolderDataset, holdout_stems
 from segformer.data.io import save_image, save_mask
 from segformer.data.labels import CELEBAMASK
+from segformer.data.layouts import build_datasets, detect_kind
 from segformer.data.synthetic import generate_face
 from segformer.data.transforms import build_transform
 
@@ -97,11 +90,11 @@ def test_holdout_is_seeded_and_disjoint(tmp_path):
 
 def test_folder_splits_uses_val_when_present(tmp_path):
     write_pairs(tmp_path, n=10)
-    train, val = folder_splits(tmp_path, val_fraction=0.3, seed=0)
+    train, val = build_datasets(tmp_path, "folder", val_fraction=0.3, seed=0)
     assert len(train) == 7 and len(val) == 3 and not set(train.stems) & set(val.stems)
-    assert folder_splits(tmp_path, val_fraction=0.3, seed=0)[1].stems == val.stems
+    assert build_datasets(tmp_path, "folder", val_fraction=0.3, seed=0)[1].stems == val.stems
     write_pairs(tmp_path, "val", n=2, seed=9)
-    train, val = folder_splits(tmp_path, val_fraction=0.3)
+    train, val = build_datasets(tmp_path, "folder", val_fraction=0.3)
     assert len(train) == 10 and len(val) == 2 and val.split == "val"
 
 
@@ -208,3 +201,141 @@ def test_layout_detection(tmp_path):
         detect_kind(tmp_path / "missing")
     with pytest.raises(SegformerError, match="unknown dataset kind 'coco'"):
         build_datasets(tmp_path, kind="coco")
+
+
+# -- the layout table and the one split function ---------------------------------------------------
+
+
+def test_layout_table_decides_dataset_label_set_and_recipe(tmp_path):
+    from segformer.data.layouts import LAYOUTS, default_recipe, get_layout, load_split
+
+    assert list(LAYOUTS) == ["ade20k", "cityscapes", "folder"]  # detection order
+    write_pairs(tmp_path / "f", n=10)
+    assert (
+        get_layout(tmp_path / "f").name == "folder"
+        and default_recipe(tmp_path / "f") == LAYOUTS["folder"].recipe
+    )
+    assert default_recipe(None) == "microsegformer-celebamask"
+    # train and val of a folder without val/ are the two halves of one seeded hold-out, whoever asks.
+    train = load_split(tmp_path / "f", "train", val_fraction=0.3, split_seed=4)
+    val = load_split(tmp_path / "f", "val", val_fraction=0.3, split_seed=4)
+    assert (train.stems, val.stems) == holdout_stems([f"face{i:02d}" for i in range(10)], 0.3, 4)
+    assert load_split(tmp_path / "f", "val", label_set="ce7454").label_set is CELEBAMASK
+    with pytest.raises(
+        SegformerError, match=r"unknown dataset kind 'coco'; known: auto, ade20k, cityscapes, folder"
+    ):
+        load_split(tmp_path / "f", "val", kind="coco")
+
+
+def test_unknown_layout_is_an_error_never_cityscapes(tmp_path):
+    from segformer.data.layouts import load_split
+
+    (tmp_path / "d" / "pictures").mkdir(parents=True)
+    with pytest.raises(
+        SegformerError, match=r"unknown dataset layout \(expected ade20k: .*folder: train/images"
+    ):
+        load_split(tmp_path / "d", "val")
+
+
+def test_missing_paths_are_named_as_missing(tmp_path):
+    from segformer.data.layouts import load_split
+
+    with pytest.raises(SegformerError, match=r"nope: dataset folder not found \(the path does not exist\)$"):
+        load_split(tmp_path / "nope", "val")
+    with pytest.raises(SegformerError, match=r"nope: dataset folder not found \(the path does not exist\)$"):
+        load_split(tmp_path / "nope", "val", kind="folder")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SegformerError, match=r"file\.txt: not a folder"):
+        load_split(tmp_path / "file.txt", "val")
+
+
+def test_data_check_on_a_missing_path_says_it_does_not_exist(tmp_path, capsys):
+    from segformer.cli import main
+
+    assert main(["data", "check", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"segformer data: error: {tmp_path / 'nope'}: dataset folder not found (the path does not exist)"
+    )
+
+
+# -- data errors are data errors ---------------------------------------------------------------------
+
+
+def write_bad_mask(root: Path, stem: str = "face03", value: int = 50) -> Path:
+    path = root / "train" / "masks" / f"{stem}.png"
+    mask = np.array(Image.open(path))
+    mask[:4, :4] = value
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_mask_values_outside_the_label_set_name_the_file_and_the_fix(tmp_path):
+    from segformer.data.layouts import load_split
+
+    write_pairs(tmp_path, n=6)
+    bad = write_bad_mask(tmp_path)
+    ds = load_split(tmp_path, "train", val_fraction=0.0)
+    i = ds.stems.index("face03")
+    with pytest.raises(SegformerError) as err:
+        ds[i]
+    assert str(err.value) == (
+        f"{bad}: out_of_range: 16 pixels with values [50] outside 0-18 and 255 (celebamask); "
+        f"`segformer data check {tmp_path} --fix OUT` writes a corrected copy, or set data.bad_labels=ignore"
+    )
+    ds[0]  # clean masks load
+
+
+def test_bad_labels_ignore_maps_them_to_the_ignore_index(tmp_path):
+    from segformer.data.layouts import load_split
+
+    write_pairs(tmp_path, n=6)
+    write_bad_mask(tmp_path)
+    clean = generate_face(np.random.default_rng((0, 3)), 32)[1]
+    ds = load_split(tmp_path, "train", val_fraction=0.0, bad_labels="ignore")
+    _, mask = ds[ds.stems.index("face03")]
+    expected = clean.copy()
+    expected[:4, :4] = 255
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_dataset_without_masks_is_refused_by_name(tmp_path):
+    from segformer.data.layouts import load_split
+
+    save_image(tmp_path / "train" / "images" / "x.jpg", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        SegformerError, match=r"train: no masks/ folder, so nothing to train or score against"
+    ):
+        load_split(tmp_path, "val")
+
+
+def test_a_data_error_in_a_dataloader_worker_stays_one_line(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from segformer.data.layouts import load_split
+
+    write_pairs(tmp_path, n=2)
+    bad = write_bad_mask(tmp_path, "face00")
+    ds = load_split(tmp_path, "train", val_fraction=0.0)
+    with pytest.raises(SegformerError) as err:
+        list(DataLoader(ds, num_workers=1, collate_fn=lambda b: b))
+    assert str(err.value).startswith(f"{bad}: out_of_range: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["--set", "data.cache=false", "--workers", "1"]], ids=["cached", "worker"]
+)
+def test_train_reports_bad_masks_as_data_check_does(tmp_path, extra, capsys):
+    from segformer.cli import main
+
+    write_pairs(tmp_path / "d", n=8)
+    bad = write_bad_mask(tmp_path / "d", "face05")
+    argv = ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    argv += ["--batch-size", "2", "--img-size", "32", "--quiet", "--set", "data.val_fraction=0.25"]
+    argv += ["--set", "model.embed_dims=[8,8,8,8]", "--set", "model.decoder_dim=8", *extra]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"segformer train: error: {bad}: out_of_range: 16 pixels with values [50]")
+    hint = "writes a corrected copy, or set data.bad_labels=ignore"
+    assert err.endswith(f"`segformer data check {tmp_path / 'd'} --fix OUT` {hint}")

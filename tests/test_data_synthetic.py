@@ -11,8 +11,8 @@ import pytest
 
 from segformer import SegformerError
 from segformer.data.check import check_dataset, mirror_votes
-from segformer.data.datasets import folder_splits
 from segformer.data.labels import CELEBAMASK
+from segformer.data.layouts import build_datasets
 from segformer.data.synthetic import generate_face, write_synthetic_dataset
 
 
@@ -98,7 +98,7 @@ def test_written_dataset_is_a_clean_folder_dataset(tmp_path):
     assert len(list((out / "train" / "masks").iterdir())) == 8
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["num"] == 10 and meta["size"] == 32 and meta["label_set"] == "celebamask"
-    train, val = folder_splits(out)
+    train, val = build_datasets(out, "folder")
     assert (len(train), len(val)) == (8, 2)
     image, mask = val[1]
     expected = generate_face(np.random.default_rng((4, 1)), 32)[1]

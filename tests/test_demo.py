@@ -43,4 +43,4 @@ def test_demo_overrides_are_valid_recipe_keys():
     from segformer.config import load_recipe
 
     cfg = load_recipe("microsegformer-celebamask").override(DEMO_OVERRIDES)
-    assert cfg.train.eval_every == 4 and cfg.model["drop_path_rate"] == 0.0
+    assert cfg.train.eval_every == 4 and cfg.model.drop_path_rate == 0.0

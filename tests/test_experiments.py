@@ -120,8 +120,8 @@ def test_every_variant_is_a_valid_recipe_that_differs_only_by_its_overrides(suit
             if base[section].get(key) != value
         }
         assert changed <= set(variant.overrides)
-        model = {k: v for k, v in cfg.model.items() if k != "name"}
-        get_config(cfg.model["name"], **model)  # the architecture is valid
+        model = {k: v for k, v in cfg.to_dict()["model"].items() if k != "name"}
+        get_config(cfg.model_name, **model)  # the architecture is valid
 
 
 def test_settings_overrides_apply_to_every_run_and_variants_win(faces):

@@ -1,23 +1,53 @@
-"""Configuration dataclasses and dotted `key=value` overrides. No torch in here.
+"""Configuration dataclasses, the model registry, and dotted `key=value` overrides. No torch in here.
 
 `ModelConfig` describes every model the package builds: the MiT/SegFormer variants, MicroSegFormer
 and the architecture-search variants of the seed are all values of this one dataclass.
+
+Every config checks itself when it is built: each field's type (YAML and ``--set`` values are coerced,
+wrong types are refused by name) and its allowed values (`FIELD_RULES`). A recipe with a typo therefore
+fails with one line naming the key and what it accepts, before any data is read or any model is built.
+
+The model registry lives here, below the models, so that a recipe's ``model.name``, ``arch`` and
+``decoder`` are checked against what is registered without importing torch: the model classes register
+themselves (`register_arch`, `register_model`) when `segformer.models` is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from .data.labels import get_label_set
+from .data.layouts import LAYOUTS
+from .data.transforms import PRESETS
 from .errors import SegformerError
+from .metrics import SCALAR_SCORES
+
+T = TypeVar("T")
+
+# Choices of the train and data settings. The engine dispatches on these names and imports them from
+# here, so that a recipe is checked against the same list the code runs.
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant", "step", "poly")
+LOSSES = ("ce", "dice", "ce+dice", "focal")
+DICE_CLASSES = ("all", "present")
+AMP_MODES = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+TTA_MODES = ("none", "flip", "scales", "flip+scales")
+EVAL_MODES = ("resize", "slide")
+AUGMENT_DEVICES = ("auto", "cpu", "device")
+BAD_LABELS = ("error", "ignore")
 
 _STAGE_FIELDS = (
     "embed_dims",
@@ -38,7 +68,7 @@ class ModelConfig:
     """
 
     arch: str = "segformer"
-    """Model family: ``"segformer"`` (MiT encoder + decoder) or ``"unet"``."""
+    """Model family, one of `list_archs()`: ``"segformer"`` (MiT encoder + decoder), ``"unet"``."""
     num_classes: int = 19
     """Number of output classes K (logits are ``(B, K, H, W)``)."""
     in_channels: int = 3
@@ -76,8 +106,9 @@ class ModelConfig:
 
     # -- decoder --
     decoder: str = "mlp"
-    """``"mlp"``: SegFormer All-MLP head (concat [c4..c1], 1x1 conv + BN + ReLU); ``"micro"``:
-    MicroSegFormer head (concat [f1..f4], Linear-GELU-Linear fusion)."""
+    """One of the decoders the arch registers (`segformer.models.decoder.DECODERS`). ``"mlp"``: SegFormer
+    All-MLP head (concat [c4..c1], 1x1 conv + BN + ReLU); ``"micro"``: MicroSegFormer head (concat
+    [f1..f4], Linear-GELU-Linear fusion)."""
     decoder_dim: int = 256
     """Width D of the decoder."""
     decoder_dropout: float = 0.1
@@ -92,12 +123,7 @@ class ModelConfig:
     """Optional class names, index = class id (kept through save/load and conversion)."""
 
     def __post_init__(self) -> None:
-        for name in _STAGE_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.class_names, tuple):
-            object.__setattr__(self, "class_names", tuple(self.class_names))
+        _check_fields(self)
         self.validate()
 
     @property
@@ -105,34 +131,27 @@ class ModelConfig:
         return len(self.embed_dims)
 
     def validate(self) -> None:
-        """Raise `SegformerError` when fields contradict each other."""
-        if self.arch not in ("segformer", "unet"):
-            raise SegformerError(f"model config: unknown arch {self.arch!r} (expected 'segformer' or 'unet')")
-        if self.num_classes < 1 or self.in_channels < 1:
-            raise SegformerError("model config: num_classes and in_channels must be positive")
+        """Raise `SegformerError` when fields contradict each other or name nothing registered."""
+        decoders = _ARCHS[self.arch][1]  # `arch` is registered: FIELD_RULES checked it
+        if decoders and self.decoder not in decoders:
+            raise SegformerError(
+                f"model.decoder: unknown decoder {self.decoder!r} for arch {self.arch!r}; "
+                f"registered: {', '.join(decoders)}"
+            )
         lengths = {name: len(getattr(self, name)) for name in _STAGE_FIELDS}
         if len(set(lengths.values())) != 1 or self.num_stages == 0:
             raise SegformerError(
                 f"model config: per-stage fields must have the same non-zero length, got {lengths}"
             )
         for stage, (dim, heads) in enumerate(zip(self.embed_dims, self.num_heads, strict=True)):
-            if heads < 1 or dim % heads:
+            if dim % heads:
                 raise SegformerError(
-                    f"model config: stage {stage + 1} has {dim} channels, not divisible by {heads} heads"
+                    f"model.num_heads: stage {stage + 1} has {dim} channels, not divisible by {heads} heads"
                 )
-        if any(d < 0 for d in self.depths) or any(s < 1 for s in self.sr_ratios + self.strides):
-            raise SegformerError("model config: depths must be >= 0 and sr_ratios/strides >= 1")
-        if self.decoder not in ("mlp", "micro"):
-            raise SegformerError(
-                f"model config: unknown decoder {self.decoder!r} (expected 'mlp' or 'micro')"
-            )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise SegformerError(
-                f"model config: {len(self.class_names)} class names for {self.num_classes} classes"
+                f"model.class_names: {len(self.class_names)} class names for {self.num_classes} classes"
             )
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "decoder_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise SegformerError(f"model config: {name} must lie in [0, 1)")
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with `changes` applied; unknown field names raise `SegformerError`."""
@@ -153,9 +172,11 @@ class DataConfig:
     root: str | None = None
     """Dataset root; None with `synthetic` > 0 generates synthetic faces into the run folder."""
     kind: str = "auto"
-    """Layout: ``auto`` (detect), ``folder`` (CE7454), ``ade20k`` or ``cityscapes``."""
+    """Layout: ``auto`` (detect) or a name in `segformer.data.layouts.LAYOUTS` (``folder`` = CE7454,
+    ``ade20k``, ``cityscapes``)."""
     label_set: str = "celebamask"
-    """Class names, palette and left/right pairs (``celebamask``, ``ade20k``, ``cityscapes``)."""
+    """Class names, palette and left/right pairs (``celebamask``, ``ade20k``, ``cityscapes``); a layout
+    with its own label set (ADE20K, Cityscapes) must be given that one."""
     img_size: int = 512
     """Training (and default evaluation) resolution, square."""
     augment: str = "both"
@@ -178,6 +199,12 @@ class DataConfig:
     augment_device: str = "auto"
     """Where training images are augmented: ``cpu`` (OpenCV in the DataLoader workers), ``device``
     (the whole batch at once on the training device) or ``auto`` (``device`` on a GPU, else ``cpu``)."""
+    bad_labels: str = "error"
+    """Mask values outside the label set: ``error`` (stop and name the file, as `segformer data check`
+    does) or ``ignore`` (train and score as if they were the ignore index 255)."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -240,32 +267,75 @@ class TrainConfig:
     log_every: int = 10
     """Steps between progress-bar updates of the running loss."""
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if len(self.betas) != 2:
+            raise SegformerError(f"train.betas: expected two values (beta1, beta2), got {self.betas}")
+        if self.batch_size % self.grad_accum:
+            raise SegformerError(
+                f"train.grad_accum: {self.grad_accum} does not divide train.batch_size {self.batch_size}"
+            )
+
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A training run: model name + overrides, data and training settings (one YAML recipe)."""
+    """A training run: the model, data and training settings (one YAML recipe).
 
-    model: dict[str, Any]
+    A recipe names a registered model and overrides some of its fields (``model: {name:
+    microsegformer, drop_path_rate: 0.0}``); `model` is the resulting architecture. Its ``num_classes``
+    and ``class_names`` are the registered ones unless the recipe sets them: training takes them from
+    the dataset's label set.
+    """
+
+    model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    model_name: str = "microsegformer"
+    """The registered model `model` derives from (``model.name`` in a recipe)."""
+
+    def __post_init__(self) -> None:
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise SegformerError(f"RunConfig.{name}: expected a {cls.__name__}")
+        get_config(self.model_name)  # a registered name
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RunConfig:
+        if not isinstance(doc, Mapping):
+            raise SegformerError(f"recipe: expected a mapping with model, data, train; got {doc!r}")
         unknown = sorted(set(doc) - {"model", "data", "train"})
         if unknown:
             raise SegformerError(
-                f"recipe: unknown section(s) {', '.join(unknown)} (expected model, data, train)"
+                f"recipe: unknown section(s) {', '.join(map(str, unknown))} (expected model, data, train)"
             )
-        model = dict(doc.get("model") or {})
-        model.setdefault("name", "microsegformer")
+        sections = {name: doc.get(name) or {} for name in ("model", "data", "train")}
+        for name, section in sections.items():
+            if not isinstance(section, Mapping):
+                raise SegformerError(f"recipe: section {name} must be a mapping of keys, got {section!r}")
+        model = dict(sections["model"])
+        name = model.pop("name", "microsegformer")
+        if not isinstance(name, str):
+            raise SegformerError(f"model.name: expected a model name, got {name!r}")
+        if name not in _MODELS:
+            raise SegformerError(f"model.name: unknown model {name!r}; available: {', '.join(list_models())}")
         return cls(
-            model=model,
-            data=from_plain(DataConfig, doc.get("data") or {}),
-            train=from_plain(TrainConfig, doc.get("train") or {}),
+            model=get_config(name, **model),
+            data=from_plain(DataConfig, sections["data"]),
+            train=from_plain(TrainConfig, sections["train"]),
+            model_name=name,
         )
 
+    def model_overrides(self) -> dict[str, Any]:
+        """The fields of `model` that differ from the registered `model_name`, as plain values."""
+        base, mine = to_plain(get_config(self.model_name)), to_plain(self.model)
+        return {k: v for k, v in mine.items() if v != base[k]}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dict(self.model), "data": to_plain(self.data), "train": to_plain(self.train)}
+        return {
+            "model": {"name": self.model_name, **self.model_overrides()},
+            "data": to_plain(self.data),
+            "train": to_plain(self.train),
+        }
 
     def override(self, changes: Mapping[str, Any]) -> RunConfig:
         """Apply dotted overrides such as ``{"train.lr": 1e-3, "model.depths": [1, 1, 1, 1]}``."""
@@ -276,6 +346,60 @@ class RunConfig:
                 raise SegformerError(f"override {key!r}: expected model.X, data.X or train.X")
             doc[section][name] = value
         return RunConfig.from_dict(doc)
+
+
+# -- the model registry -----------------------------------------------------------------------------
+
+_MODELS: dict[str, tuple[ModelConfig, str]] = {}
+_ARCHS: dict[str, tuple[Callable[[ModelConfig], Any], tuple[str, ...]]] = {}
+
+
+def register_arch(arch: str, decoders: Iterable[str] = ()) -> Callable[[T], T]:
+    """Class decorator: `ModelConfig.arch` == `arch` is built by this class. `decoders` are the
+    ``ModelConfig.decoder`` kinds it builds (none: the class has no choice of decoder)."""
+
+    def wrap(cls: T) -> T:
+        _ARCHS[arch] = (cls, tuple(decoders))  # type: ignore[assignment]
+        return cls
+
+    return wrap
+
+
+def arch_class(arch: str) -> Callable[[ModelConfig], Any]:
+    """The module class registered for `arch`."""
+    if arch not in _ARCHS:
+        raise SegformerError(f"model.arch: unknown arch {arch!r}; registered: {', '.join(_ARCHS)}")
+    return _ARCHS[arch][0]
+
+
+def list_archs() -> list[str]:
+    return list(_ARCHS)
+
+
+def register_model(name: str, config: ModelConfig, description: str = "") -> None:
+    """Make `config` available to `create_model(name)` and to recipes as ``model.name``."""
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = (config, description)
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def model_description(name: str) -> str:
+    return _MODELS[name][1] if name in _MODELS else ""
+
+
+def get_config(name: str, num_classes: int | None = None, **overrides: Any) -> ModelConfig:
+    """The registered config of `name` with `num_classes` and field `overrides` applied."""
+    if name not in _MODELS:
+        raise SegformerError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    config = _MODELS[name][0]
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    return config.replace(**overrides) if overrides else config
 
 
 RECIPE_DIR = Path(__file__).parent / "configs"
@@ -306,25 +430,202 @@ def to_plain(config: Any) -> dict[str, Any]:
 
 
 def from_plain(cls: type, data: Mapping[str, Any]) -> Any:
-    """Build dataclass `cls` from a dict, rejecting unknown keys by name."""
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types by name."""
+    if not isinstance(data, Mapping):
+        raise SegformerError(f"{_SECTIONS[cls]}: expected a mapping of fields, got {data!r}")
     return replace_fields(cls(), data)
 
 
 def replace_fields(config: Any, changes: Mapping[str, Any]) -> Any:
-    """`dataclasses.replace` with unknown keys reported by name and values coerced to field types."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    unknown = sorted(set(changes) - set(fields))
+    """`dataclasses.replace` with unknown keys reported by name (values are checked on construction)."""
+    names = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(map(str, set(changes) - set(names)))
     if unknown:
+        section = _SECTIONS[type(config)]
         raise SegformerError(
-            f"{type(config).__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}"
+            f"{section}: unknown field(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+            f"known: {', '.join(names)}"
         )
-    hints = typing.get_type_hints(type(config))
-    coerced = {name: _coerce(name, value, hints[name]) for name, value in changes.items()}
-    return dataclasses.replace(config, **coerced)
+    return dataclasses.replace(config, **changes)
+
+
+# -- checks -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The value must be one of `choices` (a callable is asked at check time: registries grow)."""
+
+    choices: Sequence[str] | Callable[[], Iterable[str]]
+
+    def allowed(self) -> list[str]:
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def problem(self, value: Any) -> str | None:
+        allowed = self.allowed()
+        return None if value in allowed else f"unknown value {value!r}; choose from {', '.join(allowed)}"
+
+    def bad_values(self) -> list[Any]:
+        return ["no-such-choice"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A finite number (or each number of a tuple) within bounds; None passes where the type allows it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"lie in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"be {'>' if self.low_open else '>='} {self.low:g}"
+        return f"be {'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else "be finite"
+
+    def fits(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def problem(self, value: Any) -> str | None:
+        for v in value if isinstance(value, tuple) else () if value is None else (value,):
+            if not self.fits(v):
+                return f"must {self.describe()}, got {v!r}"
+        return None
+
+    def bad_values(self) -> list[Any]:
+        out: list[Any] = [float("nan")]
+        if self.low is not None:
+            out.append(self.low if self.low_open else self.low - 1)
+        if self.high is not None:
+            out.append(self.high if self.high_open else self.high + 1)
+        return out
+
+
+@dataclass(frozen=True)
+class LabelSetName:
+    """A label set name or alias (`segformer.data.labels.get_label_set`)."""
+
+    def problem(self, value: Any) -> str | None:
+        try:
+            get_label_set(value)
+        except SegformerError as err:
+            return str(err)
+        return None
+
+    def bad_values(self) -> list[Any]:
+        return ["no-such-label-set"]
+
+
+Rule = OneOf | Bounds | LabelSetName
+_POSITIVE, _NONNEG, _UNIT, _FRACTION = Bounds(1), Bounds(0), Bounds(0, 1), Bounds(0, 1, high_open=True)
+
+# Allowed values of every field that has a constraint beyond its type. Each bad value is one line
+# naming the key and what it accepts; tests/test_config.py tries a bad value of every entry.
+FIELD_RULES: dict[str, dict[str, Rule]] = {
+    "model": {
+        "arch": OneOf(list_archs),
+        "num_classes": Bounds(1, 255),  # masks are 8-bit and 255 is the ignore index
+        "in_channels": _POSITIVE,
+        "embed_dims": _POSITIVE,
+        "depths": _NONNEG,
+        "num_heads": _POSITIVE,
+        "sr_ratios": _POSITIVE,
+        "mlp_ratios": Bounds(0, low_open=True),
+        "patch_sizes": _POSITIVE,
+        "strides": _POSITIVE,
+        "drop_rate": _FRACTION,
+        "attn_drop_rate": _FRACTION,
+        "drop_path_rate": _FRACTION,
+        "norm_eps": Bounds(0, low_open=True),
+        "embed_norm_eps": Bounds(0, low_open=True),
+        "decoder_dim": _POSITIVE,
+        "decoder_dropout": _FRACTION,
+        "unet_width": _POSITIVE,
+    },
+    "data": {
+        "kind": OneOf(lambda: ["auto", *LAYOUTS]),
+        "label_set": LabelSetName(),
+        "img_size": _POSITIVE,
+        "augment": OneOf(PRESETS),
+        "val_fraction": _FRACTION,
+        "split_seed": _NONNEG,
+        "workers": _NONNEG,
+        "cache_max_gb": _NONNEG,
+        "synthetic": _NONNEG,
+        "eval_mode": OneOf(EVAL_MODES),
+        "augment_device": OneOf(AUGMENT_DEVICES),
+        "bad_labels": OneOf(BAD_LABELS),
+    },
+    "train": {
+        "epochs": _POSITIVE,
+        "batch_size": _POSITIVE,
+        "grad_accum": _POSITIVE,
+        "optimizer": OneOf(OPTIMIZERS),
+        "lr": Bounds(0, low_open=True),
+        "weight_decay": _NONNEG,
+        "momentum": _FRACTION,
+        "head_lr_mult": Bounds(0, low_open=True),
+        "betas": _FRACTION,
+        "schedule": OneOf(SCHEDULES),
+        "warmup_epochs": _NONNEG,
+        "warmup_start": Bounds(0, 1, low_open=True),
+        "min_lr_ratio": _UNIT,
+        "step_milestones": _UNIT,
+        "step_gamma": Bounds(0, low_open=True),
+        "poly_power": Bounds(0, low_open=True),
+        "loss": OneOf(LOSSES),
+        "dice_weight": _NONNEG,
+        "dice_classes": OneOf(DICE_CLASSES),
+        "label_smoothing": _FRACTION,
+        "grad_clip": _NONNEG,
+        "amp": OneOf(AMP_MODES),
+        "ema": _FRACTION,
+        "early_stop": _NONNEG,
+        "eval_every": _POSITIVE,
+        "eval_tta": OneOf(TTA_MODES),
+        "monitor": OneOf(SCALAR_SCORES),
+        "seed": _NONNEG,
+        "max_minutes": Bounds(0, low_open=True),
+        "device": OneOf(DEVICES),
+        "log_every": _POSITIVE,
+    },
+}
+_SECTIONS: dict[type, str] = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_fields(config: Any) -> None:
+    """Coerce every field of `config` to its annotated type and check it against `FIELD_RULES`."""
+    section = _SECTIONS[type(config)]
+    rules = FIELD_RULES[section]
+    for name, hint in _field_types(type(config)).items():
+        if name.startswith("_") or typing.get_origin(hint) is typing.ClassVar:
+            continue
+        key = f"{section}.{name}"
+        value = _coerce(key, getattr(config, name), hint)
+        object.__setattr__(config, name, value)
+        if isinstance(value, float) or (isinstance(value, tuple) and value and isinstance(value[0], float)):
+            for v in value if isinstance(value, tuple) else (value,):
+                if not math.isfinite(v):
+                    raise SegformerError(f"{key}: must be a finite number, got {v!r}")
+        problem = rules[name].problem(value) if name in rules else None
+        if problem:
+            raise SegformerError(f"{key}: {problem}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Make YAML/CLI values fit the annotated type (lists -> tuples, ints -> floats)."""
+    """Make YAML/CLI values fit the annotated type (lists -> tuples, ints -> floats); refuse the rest."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -334,7 +635,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
         if origin is tuple:
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
                 raise TypeError(f"expected a list, got {value!r}")
             item = args[0] if args else Any
             return tuple(_coerce(name, v, item) for v in value)
@@ -348,12 +649,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 raise TypeError(f"expected float, got {value!r}") from None
         if hint is int and isinstance(value, float) and value.is_integer():
             return int(value)
+        if hint is str and isinstance(value, os.PathLike):
+            return os.fspath(value)
         if hint in (int, float, str, bool) and not isinstance(value, hint):
             raise TypeError(f"expected {hint.__name__}, got {value!r}")
         if hint is int and isinstance(value, bool):
             raise TypeError(f"expected int, got {value!r}")
     except TypeError as err:
-        raise SegformerError(f"config field {name}: {err}") from None
+        raise SegformerError(f"{name}: {err}") from None
     return value
 
 
@@ -388,15 +691,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "FIELD_RULES",
     "DataConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
+    "arch_class",
     "from_plain",
+    "get_config",
+    "list_archs",
+    "list_models",
     "list_recipes",
     "load_recipe",
     "load_yaml",
+    "model_description",
     "parse_overrides",
+    "register_arch",
+    "register_model",
     "replace_fields",
     "to_plain",
 ]

@@ -281,13 +281,9 @@ def measure_run(run_dir: Path, settings: ExperimentSettings, remeasure: bool = F
 
 def validation_source(cfg: RunConfig) -> str:
     """Where the validation images come from: a val split, or the seeded hold-out of train."""
-    from .data.datasets import detect_kind
+    from .data.layouts import split_description
 
-    root = Path(cfg.data.root)
-    kind = detect_kind(root) if cfg.data.kind == "auto" else cfg.data.kind
-    if kind != "folder" or (root / "val" / "masks").is_dir():
-        return "the dataset's val split"
-    return f"a seeded {cfg.data.val_fraction:.0%} hold-out of train (split seed {cfg.data.split_seed})"
+    return split_description(cfg.data.root, cfg.data.kind, cfg.data.val_fraction, cfg.data.split_seed)
 
 
 def result_row(
@@ -297,7 +293,7 @@ def result_row(
     return {
         "suite": suite.name,
         "run": variant.name,
-        "model": cfg.model["name"],
+        "model": cfg.model_name,
         "params": measured["params"],
         "gflops": measured["gflops"],
         "fps": measured["fps"],

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# The scalar scores of `SegmentationMetrics.compute` (each can select the best checkpoint: `train.monitor`).
+SCALAR_SCORES = ("ce7454_f", "miou", "mean_f1_fg", "mean_f1", "pixel_acc")
+
 
 def per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
     """(B, K, K) confusion matrices, one per image of a (B, H, W) batch."""

@@ -6,9 +6,11 @@ import argparse
 import time
 
 from ..config import list_recipes, load_recipe, parse_overrides
+from ..data.layouts import default_recipe
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
 from . import add_set_option
+from .types import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,14 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="NAME", help="model name (overrides the recipe's model.name)")
     p.add_argument("--data", metavar="ROOT", help="dataset root (folder/CE7454, ADE20K or Cityscapes layout)")
     p.add_argument(
-        "--synthetic", type=int, metavar="N", help="no --data: train on N generated synthetic faces"
+        "--synthetic", type=positive_int, metavar="N", help="no --data: train on N generated synthetic faces"
     )
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/MODEL-DATE-TIME)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--img-size", type=int, help="training resolution (square)")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget; the lr schedule is fitted to it")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--img-size", type=positive_int, help="training resolution (square)")
+    p.add_argument(
+        "--max-minutes", type=positive_float, help="wall-clock budget; the lr schedule is fitted to it"
+    )
+    p.add_argument("--workers", type=nonneg_int, help="DataLoader worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--resume",
@@ -61,17 +65,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_recipe(data_root: str | None) -> str:
-    if data_root is None:
-        return "microsegformer-celebamask"
-    from ..data.datasets import detect_kind
-
-    kind = detect_kind(data_root)
-    return {"ade20k": "segformer-ade20k", "cityscapes": "segformer-cityscapes"}.get(
-        kind, "microsegformer-celebamask"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine.train import train
 
@@ -80,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.config is None and RunDir(args.out).config.is_file():
         cfg = load_recipe(RunDir(args.out).config)
     else:
-        cfg = load_recipe(args.config or default_recipe(args.data))
+        cfg = load_recipe(args.config or default_recipe(args.data))  # the data's layout picks the recipe
     changes = {
         "model.name": args.model,
         "data.root": args.data,
@@ -95,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in changes.items() if v is not None}
     changes.update(parse_overrides(args.overrides))
     cfg = cfg.override(changes)
-    out = args.out or f"runs/{cfg.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
     from .. import distributed
 

@@ -1,17 +1,10 @@
-"""Data: label sets, image/mask I/O, datasets, augmentation, synthetic faces and checks (SPEC.md §2)."""
+"""Data: label sets, image/mask I/O, datasets and their layouts, augmentation, synthetic faces, checks."""
 
 from .check import CheckReport, check_dataset, fix_dataset, is_mirrored
-from .datasets import (
-    ADE20KDataset,
-    CityscapesDataset,
-    FolderDataset,
-    SegmentationDataset,
-    build_datasets,
-    detect_kind,
-    folder_splits,
-)
+from .datasets import ADE20KDataset, CityscapesDataset, FolderDataset, SegmentationDataset
 from .io import colorize, load_image, load_mask, overlay, save_image, save_mask
 from .labels import LabelSet, get_label_set, list_face_orders, list_label_sets, remap_lut
+from .layouts import LAYOUTS, build_datasets, detect_kind, load_split
 from .prepare import prepare_celebamask
 from .preview import preview_dataset
 from .synthetic import generate_face, write_synthetic_dataset
@@ -20,6 +13,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, PRESETS, SegTransform, buil
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LAYOUTS",
     "PRESETS",
     "ADE20KDataset",
     "CheckReport",
@@ -34,7 +28,6 @@ __all__ = [
     "colorize",
     "detect_kind",
     "fix_dataset",
-    "folder_splits",
     "generate_face",
     "get_label_set",
     "hflip",
@@ -43,6 +36,7 @@ __all__ = [
     "list_label_sets",
     "load_image",
     "load_mask",
+    "load_split",
     "normalize",
     "overlay",
     "prepare_celebamask",

@@ -1,4 +1,4 @@
-"""Dataset checks (SPEC.md §2.4): find what would break or silently poison training, and write a fixed
+"""Dataset checks: find what would break or silently poison training, and write a fixed
 copy.
 
 For a folder-layout dataset (every split under ROOT, or one) the check reports:
@@ -149,6 +149,8 @@ def is_mirrored(mask: np.ndarray, label_set: LabelSet | str) -> bool:
 
 
 def _splits_of(root: Path, split: str | None) -> list[str]:
+    if not root.exists():
+        raise SegformerError(f"{root}: dataset folder not found (the path does not exist)")
     if split is not None:
         return [split]
     splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir()) if root.is_dir() else []

@@ -1,6 +1,6 @@
 """Segmentation datasets: the folder layout (CE7454), ADE20K and Cityscapes, as torch Datasets.
 
-Folder layout (SPEC.md §2.2)::
+Folder layout (the CE7454 data)::
 
     ROOT/<split>/images/<stem>.jpg|png|...     ROOT/<split>/masks/<stem>.png
 
@@ -11,6 +11,8 @@ ADE20K: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` + ``annotati
 Augmentation is reproducible whatever the number of DataLoader workers: sample i of epoch e draws its
 randomness from ``np.random.default_rng((seed, e, i))``, so the stream depends on the sample, not on
 the worker that happens to load it. Call `set_epoch` at the start of every epoch.
+
+Which class reads a dataset directory, and how train and val are split, is decided in `layouts.py`.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.name = name
+        self.bad_labels = "error"  # mask values outside the label set: "error" or "ignore" (-> 255)
+        self._valid = self.label_set.valid_lut()
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -146,7 +150,26 @@ class SegmentationDataset(Dataset):
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{self.image_paths[i].name} is {image.shape[1]}x{image.shape[0]}"
             )
-        return image, mask
+        return image, self.check_labels(mask, mask_path)
+
+    def check_labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
+        """`mask`, whose values must be class ids or the ignore index: others are an error naming the
+        file (as `segformer data check` reports them), or become the ignore index when
+        ``bad_labels == "ignore"``. A value >= num_classes would otherwise index past the logits."""
+        bad = ~self._valid[mask]
+        if not bad.any():
+            return mask
+        if self.bad_labels == "ignore":
+            return np.where(bad, np.uint8(self.label_set.ignore_index), mask)
+        values = sorted(int(v) for v in np.unique(mask[bad]))
+        ls = self.label_set
+        root = getattr(self, "root", "ROOT")
+        raise SegformerError(
+            f"{path}: out_of_range: {int(bad.sum())} pixels with values {values[:8]}"
+            f"{'...' if len(values) > 8 else ''} outside 0-{ls.num_classes - 1} and {ls.ignore_index} "
+            f"({ls.name}); `segformer data check {root} --fix OUT` writes a corrected copy, or set "
+            "data.bad_labels=ignore"
+        )
 
     def __getitem__(self, i: int) -> Any:
         if not 0 <= i < len(self):
@@ -221,34 +244,12 @@ def holdout_stems(stems: Sequence[str], val_fraction: float, seed: int) -> tuple
     return [s for s in ordered if s not in val], [s for s in ordered if s in val]
 
 
-def folder_splits(
-    root: str | Path,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    train_transform: Transform | None = None,
-    val_transform: Transform | None = None,
-    label_set: LabelSet | str = "celebamask",
-) -> tuple[FolderDataset, FolderDataset]:
-    """(train, val) of a folder dataset: ``ROOT/val`` when it exists (with masks), otherwise a seeded
-    hold-out of `val_fraction` of ``ROOT/train``."""
-    root = Path(root)
-    if (root / "val" / "masks").is_dir():
-        train = FolderDataset(root, "train", train_transform, label_set, seed=seed)
-        return train, FolderDataset(root, "val", val_transform, label_set, seed=seed)
-    all_train = FolderDataset(root, "train", None, label_set)
-    train_stems, val_stems = holdout_stems(all_train.stems, val_fraction, seed)
-    return (
-        FolderDataset(root, "train", train_transform, label_set, stems=train_stems, seed=seed),
-        FolderDataset(root, "train", val_transform, label_set, stems=val_stems, seed=seed),
-    )
-
-
 # -- ADE20K -----------------------------------------------------------------------------------------
 
 _ADE_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
-def _ade_root(root: Path) -> Path:
+def ade_root(root: Path) -> Path:
     return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
 
 
@@ -260,7 +261,7 @@ class ADE20KDataset(SegmentationDataset):
     ) -> None:
         if split not in _ADE_SPLITS:
             raise SegformerError(f"ADE20K: unknown split {split!r}; known: train, val")
-        base = _ade_root(Path(root))
+        base = ade_root(Path(root))
         image_dir = base / "images" / _ADE_SPLITS[split]
         mask_dir = base / "annotations" / _ADE_SPLITS[split]
 
@@ -322,54 +323,3 @@ def _find_pairs(image_dir: Path, mask_dir: Path, pattern: str, mask_of: Callable
         if not mask.is_file():
             raise SegformerError(f"{p}: no mask (expected {mask})")
     return images
-
-
-# -- layout detection -------------------------------------------------------------------------------
-
-KINDS = ("auto", "folder", "ade20k", "cityscapes")
-
-
-def detect_kind(root: str | Path) -> str:
-    """The layout of a dataset directory: ``folder``, ``ade20k`` or ``cityscapes``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SegformerError(f"{root}: dataset folder not found")
-    if (_ade_root(root) / "images" / "training").is_dir():
-        return "ade20k"
-    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
-        return "cityscapes"
-    if (root / "train" / "images").is_dir():
-        return "folder"
-    if (root / "CelebA-HQ-img").is_dir() and (root / "CelebAMask-HQ-mask-anno").is_dir():
-        raise SegformerError(
-            f"{root}: raw CelebAMask-HQ; convert it first with `segformer data prepare {root} OUT`"
-        )
-    raise SegformerError(
-        f"{root}: unknown dataset layout (expected train/images + train/masks, "
-        "ADEChallengeData2016, or Cityscapes leftImg8bit + gtFine)"
-    )
-
-
-def build_datasets(
-    root: str | Path,
-    kind: str = "auto",
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    train_transform: Transform | None = None,
-    val_transform: Transform | None = None,
-    label_set: LabelSet | str | None = None,
-) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """(train, val) datasets of `root`, its layout detected when `kind` is ``auto``. The label set is
-    the layout's own (ADE20K, Cityscapes) or `label_set` (default ``celebamask``) for folders."""
-    if kind not in KINDS:
-        raise SegformerError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
-    if kind == "auto":
-        kind = detect_kind(root)
-    if kind == "folder":
-        return folder_splits(
-            root, val_fraction, seed, train_transform, val_transform, label_set or "celebamask"
-        )
-    cls = ADE20KDataset if kind == "ade20k" else CityscapesDataset
-    if label_set is not None and get_label_set(label_set).name != kind:
-        raise SegformerError(f"{root}: a {kind} dataset uses the {kind} label set, not {label_set}")
-    return cls(root, "train", train_transform, seed), cls(root, "val", val_transform, seed)

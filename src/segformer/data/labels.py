@@ -1,6 +1,6 @@
 """Label sets as data: class names, ids, palettes, left/right flip pairs, and remaps between orders.
 
-- CelebAMask-HQ / CE7454 (19 classes): the id order of SPEC.md §2.1, which is the order in which the
+- CelebAMask-HQ / CE7454 (19 classes): the CE7454 id order, which is the order in which the
   official CelebAMask-HQ preprocessing (`face_parsing/Data_preprocessing/g_mask.py` of
   switchablenorms/CelebAMask-HQ) merges the part masks, plus background at 0. "l_" is the subject's
   left, which lies on the image's right: measured on the shared CE7454 data, the l_eye/l_brow/l_ear
@@ -98,7 +98,7 @@ CELEBAMASK_NAMES = (
     "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
 )  # fmt: skip
 
-# SPEC.md §2.1 (the colours of the CE7454 / CelebAMask-HQ colour masks).
+# The colours of the CE7454 / CelebAMask-HQ colour masks.
 CELEBAMASK_PALETTE = (
     (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
     (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
@@ -235,7 +235,7 @@ FARL_NAMES = (
 )  # fmt: skip
 
 FACE_ORDERS: dict[str, tuple[str, ...]] = {
-    "celebamask": CELEBAMASK_NAMES,  # SPEC.md §2.1, this package's order
+    "celebamask": CELEBAMASK_NAMES,  # the CE7454 order, this package's
     "bisenet": BISENET_NAMES,
     "farl": FARL_NAMES,
 }

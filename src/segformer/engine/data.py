@@ -16,16 +16,15 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
-from ..config import DataConfig
+from ..config import AUGMENT_DEVICES, DataConfig
 from ..data.batch_augment import BatchAugment
-from ..data.datasets import SegmentationDataset, build_datasets
+from ..data.datasets import SegmentationDataset
 from ..data.io import image_size
 from ..data.labels import IGNORE_INDEX, LabelSet
+from ..data.layouts import build_datasets
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from ..errors import SegformerError
 from ..inference import Preprocess
-
-AUGMENT_DEVICES = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -114,13 +113,12 @@ def build_train_data(
             write_synthetic_dataset(
                 root, num=dc.synthetic, size=dc.img_size, seed=seed, val_fraction=dc.val_fraction
             )
-    if dc.eval_mode not in ("resize", "slide"):
-        raise SegformerError(f"unknown eval_mode {dc.eval_mode!r} (expected resize or slide)")
     on_device = augment_on_device(dc.augment_device, device)
     # Validation sees what the Predictor feeds the model (`inference.preprocess`).
     val_tf = Preprocess(dc.img_size if dc.eval_mode == "resize" else None)
-    label_set = None if dc.kind in ("ade20k", "cityscapes") else dc.label_set
-    train, val = build_datasets(root, dc.kind, dc.val_fraction, dc.split_seed, None, val_tf, label_set)
+    train, val = build_datasets(
+        root, dc.kind, dc.val_fraction, dc.split_seed, None, val_tf, dc.label_set, dc.bad_labels
+    )
     ls = train.label_set
     # Built after the datasets so that flips swap the classes of the label set the data turned out to
     # use (a detected ADE20K or Cityscapes layout has its own).

@@ -86,22 +86,19 @@ def eval_dataset(
     ``val`` of a folder dataset without ``ROOT/val`` is the seeded hold-out of train that training
     used (same `val_fraction` and `split_seed` give the same images).
     """
-    from ..data.datasets import ADE20KDataset, CityscapesDataset, FolderDataset, build_datasets, detect_kind
+    from ..data.layouts import load_split
 
-    kind = detect_kind(root) if kind == "auto" else kind
-    if kind == "folder":
-        label_set = label_set or "celebamask"
     # The Predictor's preprocessing, so that scores describe what `segformer predict` writes.
     tf = Preprocess(None if eval_mode == "slide" else img_size, mean, std)
-    if split == "val":
-        ls = label_set if kind == "folder" else None
-        return build_datasets(root, kind, val_fraction, split_seed, None, tf, ls)[1]
-    if kind == "folder":
-        ds = FolderDataset(root, split, tf, label_set)
-        if ds.mask_path(0) is None:
-            raise SegformerError(f"{Path(root) / split}: no masks/ folder, nothing to score against")
-        return ds
-    return (ADE20KDataset if kind == "ade20k" else CityscapesDataset)(root, split, tf)
+    return load_split(
+        root,
+        split,
+        kind=kind,
+        label_set=label_set,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        transform=tf,
+    )
 
 
 def evaluate_model(

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import DICE_CLASSES, LOSSES
 from ..errors import SegformerError
-
-LOSSES = ("ce", "dice", "ce+dice", "focal")
 
 
 def _match_size(logits: Tensor, target: Tensor) -> Tensor:
@@ -38,9 +37,6 @@ def classes_last(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     logits = _match_size(logits, target).float()
     b, k = logits.shape[:2]
     return logits.permute(0, 2, 3, 1).reshape(b, -1, k), target.reshape(b, -1)  # (B, N, K), (B, N)
-
-
-DICE_CLASSES = ("all", "present")
 
 
 def check_dice_classes(classes: str) -> str:

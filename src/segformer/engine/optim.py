@@ -17,10 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import SCHEDULES, TrainConfig
 from ..errors import SegformerError
-
-SCHEDULES = ("cosine", "constant", "step", "poly")
 
 
 def param_groups(

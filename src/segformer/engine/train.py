@@ -292,15 +292,12 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
 
 
 def build_model(cfg: RunConfig, data: TrainData) -> nn.Module:
-    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
-    num_classes = overrides.pop("num_classes", data.label_set.num_classes)
-    if num_classes != data.label_set.num_classes:
+    ls = data.label_set
+    if "num_classes" in cfg.model_overrides() and cfg.model.num_classes != ls.num_classes:
         raise SegformerError(
-            f"model.num_classes={num_classes} but label set {data.label_set.name} has "
-            f"{data.label_set.num_classes} classes"
+            f"model.num_classes={cfg.model.num_classes} but label set {ls.name} has {ls.num_classes} classes"
         )
-    overrides.setdefault("class_names", data.label_set.class_names)
-    return create_model(cfg.model["name"], num_classes=num_classes, **overrides)
+    return create_model(cfg.model, ls.num_classes, class_names=cfg.model.class_names or ls.class_names)
 
 
 def check_resume(saved: RunConfig, given: RunConfig, extensible: Iterable[str] = ()) -> RunConfig:
@@ -471,7 +468,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     clock = Clock(st.elapsed, tc.max_minutes)
     if main and progress:
         print(
-            f"training {cfg.model['name']} ({sum(p.numel() for p in model.parameters()):,} params) on "
+            f"training {cfg.model_name} ({sum(p.numel() for p in model.parameters()):,} params) on "
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
             f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, batch {tc.batch_size * world}, "
             f"device {device}{f', {world} processes' if world > 1 else ''}, "
@@ -809,7 +806,7 @@ def summarize(
     return json_safe(
         {
             "run": str(run),
-            "model": cfg.model["name"],
+            "model": cfg.model_name,
             "stop_reason": st.stopped,
             "epochs_completed": st.epoch,
             "steps": st.global_step,

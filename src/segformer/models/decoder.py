@@ -9,7 +9,7 @@
 Projections are `ChannelLinear`: `nn.Linear` parameters (the layout of the released checkpoints)
 applied to NCHW maps as 1x1 convolutions, the same function without transposing token sequences.
 
-Both heads compute the same function in a cheaper order (SPEC.md 1.5). A 1x1 convolution over a
+Both heads compute the same function in a cheaper order. A 1x1 convolution over a
 concatenation is the sum of its column blocks applied to the parts, ``W [a; b] = W_a a + W_b b``,
 and bilinear resizing acts on each channel alone, so it commutes with any per-pixel linear map. So
 instead of resizing four D-channel maps to stride 4, concatenating 4D channels and fusing them there,
@@ -100,7 +100,7 @@ class MLPDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    literal = False  # True: concatenate as SPEC.md 1.2 writes it (see `literal_decoders`)
+    literal = False  # True: concatenate as the paper writes it (see `literal_decoders`)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if self.literal:
@@ -144,7 +144,7 @@ class MicroDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    literal = False  # True: concatenate as SPEC.md 1.3 writes it (see `literal_decoders`)
+    literal = False  # True: concatenate as the seed writes it (see `literal_decoders`)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if self.literal:
@@ -162,11 +162,16 @@ class MicroDecoder(nn.Module):
         return F.conv2d(x, w[:, :, None, None], b)
 
 
+# `ModelConfig.decoder` -> head class. A plain table (not a registration decorator) so that the standalone
+# CE7454 `run.py`, which copies these definitions, dispatches the same way.
+DECODERS = {"mlp": MLPDecoder, "micro": MicroDecoder}
+
+
 @contextmanager
 def literal_decoders(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, the decoder heads of `model` run the literal concatenating formulation
     (the architecture as specified, e.g. for counting its FLOPs); the faster exact one afterwards."""
-    heads = [m for m in model.modules() if isinstance(m, (MLPDecoder, MicroDecoder))]
+    heads = [m for m in model.modules() if isinstance(m, tuple(DECODERS.values()))]
     for m in heads:
         m.literal = True
     try:

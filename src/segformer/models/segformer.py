@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .decoder import MicroDecoder, MLPDecoder
+from .decoder import DECODERS
 from .mit import MixTransformer
 from .registry import register_arch, register_model
 
@@ -55,7 +55,7 @@ class EncoderDecoder(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@register_arch("segformer")
+@register_arch("segformer", decoders=DECODERS)
 class SegFormer(EncoderDecoder):
     """MiT encoder + decoder head. `forward` maps ``(B, C, H, W)`` images to ``(B, K, H, W)`` logits."""
 
@@ -79,8 +79,9 @@ class SegFormer(EncoderDecoder):
             norm_eps=config.norm_eps,
             embed_norm_eps=config.embed_norm_eps,
         )
-        head = {"mlp": MLPDecoder, "micro": MicroDecoder}[config.decoder]
-        self.decoder = head(config.embed_dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
+        self.decoder = DECODERS[config.decoder](
+            config.embed_dims, config.decoder_dim, config.num_classes, config.decoder_dropout
+        )
         self.apply(init_weights)
 
 
