@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+from .types import positive_int
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -10,6 +13,8 @@ def parse_point(text: str) -> tuple[float, float]:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected X,Y in image pixels, e.g. 256,240") from None
+    if not (math.isfinite(x) and math.isfinite(y) and x >= 0 and y >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: X,Y must be pixel coordinates >= 0")
     return x, y
 
 
@@ -34,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="X,Y",
         help="query pixel in IMAGE coordinates (repeatable; default: centre and two eye-height points)",
     )
-    p.add_argument("--size", type=int, help="working size (default: the model's training size)")
+    p.add_argument("--size", type=positive_int, help="working size (default: the model's training size)")
     p.set_defaults(func=run)
 
 

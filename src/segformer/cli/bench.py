@@ -8,6 +8,7 @@ import json
 from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train, bench_train_end_to_end
 from ..errors import SegformerError
 from ..models import list_models
+from .types import nonneg_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,16 +28,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="infer",
         help="inference (eval, no grad) or a training step: forward + CE + backward + AdamW",
     )
-    p.add_argument("--size", type=int, nargs="+", default=[512], metavar="S",
+    p.add_argument("--size", type=positive_int, nargs="+", default=[512], metavar="S",
                    help="input size: S for S x S or H W (default 512)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=None, help="images per call (default 1 infer, 2 train)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="images per call (default 1 infer, 2 train)"
+    )
     p.add_argument("--compare", default="none", metavar="REF",
                    help=f"reference: {', '.join(REFERENCES)} or module:function (default none)")  # fmt: skip
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's)")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="classes (default: the model's)")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="our inference path (default torch)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--rounds", type=int, default=None, help="timed calls per side (default 10 / 6)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls per side first (default 3 / 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="timed calls per side (default 10 / 6)")
+    p.add_argument(
+        "--warmup", type=nonneg_int, default=None, help="untimed calls per side first (default 3 / 2)"
+    )
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     p.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep glibc's malloc defaults (see segformer.runtime)")  # fmt: skip

@@ -7,6 +7,7 @@ import argparse
 from ..config import parse_overrides
 from ..convert import FORMATS, convert
 from . import add_set_option
+from .types import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=FORMATS, default="native", help="output format (default native)")
     p.add_argument(
         "--num-classes",
-        type=int,
+        type=positive_int,
         default=None,
         help="classes of the decoder: required for encoder-only checkpoints (ImageNet MiT weights), "
         "re-initialises the classifier when it differs from the checkpoint's",

@@ -11,6 +11,7 @@ from ..data.prepare import prepare_celebamask
 from ..data.preview import preview_dataset
 from ..data.synthetic import write_synthetic_dataset
 from ..data.transforms import PRESETS
+from .types import nonneg_int, positive_int, unit_interval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
     s.add_argument("--num", type=int, default=1000, help="number of images (default 1000)")
-    s.add_argument("--size", type=int, default=256, help="image size in pixels (default 256)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--val-fraction", type=float, default=0.1, help="fraction written to val/ (default 0.1)")
+    s.add_argument("--size", type=positive_int, default=256, help="image size in pixels (default 256)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument(
+        "--val-fraction", type=unit_interval, default=0.1, help="fraction written to val/ (default 0.1)"
+    )
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument(
-        "--workers", type=int, default=1, help="processes drawing faces (same files for any number)"
+        "--workers", type=positive_int, default=1, help="processes drawing faces (same files for any number)"
     )
     s.set_defaults(func=run_synth)
 
@@ -67,10 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("root", metavar="ROOT", help="dataset folder")
     v.add_argument("--augment", choices=PRESETS, default="geometric", help="augmentation preset")
-    v.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
-    v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    v.add_argument("--num", type=positive_int, default=16, help="number of samples (default 16)")
+    v.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     v.add_argument("--split", default="train", help="split to sample (default train)")
-    v.add_argument("--size", type=int, default=None, help="output size (default: each image's own)")
+    v.add_argument("--size", type=positive_int, default=None, help="output size (default: each image's own)")
     v.add_argument("--label-set", default="celebamask", help=f"one of {', '.join(list_label_sets())}")
     v.add_argument("--out", required=True, metavar="OUT", help="output folder (must not exist or be empty)")
     v.set_defaults(func=run_preview)
@@ -84,8 +87,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("raw", metavar="RAW", help="folder holding CelebA-HQ-img and CelebAMask-HQ-mask-anno")
     r.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
-    r.add_argument("--size", type=int, default=512, help="output size (default 512, the masks' size)")
-    r.add_argument("--limit", type=int, default=None, help="convert only the first N images")
+    r.add_argument(
+        "--size", type=positive_int, default=512, help="output size (default 512, the masks' size)"
+    )
+    r.add_argument("--limit", type=positive_int, default=None, help="convert only the first N images")
     r.set_defaults(func=run_prepare)
 
 

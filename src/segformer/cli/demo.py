@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .types import nonneg_int, positive_float, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,11 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo or to rebuild the report.",
     )
     p.add_argument("--out", default="segformer-demo", help="output folder (default segformer-demo)")
-    p.add_argument("--minutes", type=float, default=8.5, help="training budget in minutes (default 8.5)")
-    p.add_argument("--num", type=int, default=5000, help="synthetic training faces (default 5000)")
-    p.add_argument("--val", type=int, default=100, help="held-out synthetic faces (default 100)")
-    p.add_argument("--size", type=int, default=128, help="image size (default 128)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--minutes", type=positive_float, default=8.5, help="training budget in minutes (default 8.5)"
+    )
+    p.add_argument("--num", type=positive_int, default=5000, help="synthetic training faces (default 5000)")
+    p.add_argument("--val", type=positive_int, default=100, help="held-out synthetic faces (default 100)")
+    p.add_argument("--size", type=positive_int, default=128, help="image size (default 128)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..inference import TTA_MODES
+from .types import nonneg_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
-    p.add_argument("--img-size", type=int, help="working resolution (default: the training size)")
+    p.add_argument("--img-size", type=positive_int, help="working resolution (default: the training size)")
     p.add_argument(
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
     )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--workers", type=nonneg_int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

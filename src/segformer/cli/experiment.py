@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_set_option
+from .types import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,18 +39,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suites", nargs="+", metavar="SUITE", choices=SUITE_NAMES, help=", ".join(SUITE_NAMES))
     p.add_argument("--data", metavar="ROOT", help="dataset root (CE7454 folder layout, ADE20K or Cityscapes)")
     p.add_argument(
-        "--synthetic", type=int, metavar="N", help="no --data: generate N synthetic faces into OUT/data"
+        "--synthetic",
+        type=positive_int,
+        metavar="N",
+        help="no --data: generate N synthetic faces into OUT/data",
     )
     p.add_argument("--out", default="experiments", help="output folder (default experiments)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 30; --quick 2)")
-    p.add_argument("--img-size", type=int, help="training and measuring size (default 128; --quick 32)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 30; --quick 2)")
     p.add_argument(
-        "--max-minutes", type=float, help="wall-clock budget per run; the lr schedule is fitted to it"
+        "--img-size", type=positive_int, help="training and measuring size (default 128; --quick 32)"
     )
-    p.add_argument("--batch-size", type=int, help="default: the recipe's 32 (--quick 8)")
-    p.add_argument("--seed", type=int, help="seed of every run (default 0)")
+    p.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        help="wall-clock budget per run; the lr schedule is fitted to it",
+    )
+    p.add_argument("--batch-size", type=positive_int, help="default: the recipe's 32 (--quick 8)")
+    p.add_argument("--seed", type=nonneg_int, help="seed of every run (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="training device (default auto)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: the recipe's)")
+    p.add_argument("--workers", type=nonneg_int, help="DataLoader worker processes (default: the recipe's)")
     add_set_option(
         p, "SECTION.KEY=VALUE", "override a recipe field in every run, e.g. train.amp=bf16 (repeatable)"
     )

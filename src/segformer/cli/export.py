@@ -6,6 +6,9 @@ import argparse
 
 from ..export import CE7454_BUDGET, EXPORTERS, FORMATS
 from ..inference import MODES, TTA_MODES
+from .types import int_between, positive_int
+
+ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or ce7454")
     p.add_argument("--out", required=True, metavar="PATH", help="model.onnx, or the folder to hold solution/")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation baked into the export's settings")
-    p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
+    p.add_argument(
+        "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
+    )
     p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="ONNX exporter (torch's)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=ONNX_OPSET, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     p.add_argument(
         "--no-budget-check",

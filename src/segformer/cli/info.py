@@ -9,6 +9,7 @@ from ..config import parse_overrides
 from ..models import create_model, list_models
 from ..summary import format_table, summarize
 from . import add_set_option
+from .types import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="registered model name, e.g. microsegformer, segformer-b0")
     p.add_argument(
-        "--num-classes", type=int, default=None, help="number of classes (default: the model's, 19)"
+        "--num-classes", type=positive_int, default=None, help="number of classes (default: the model's, 19)"
     )
-    p.add_argument("--size", type=int, default=512, help="square input size for FLOPs (default 512)")
+    p.add_argument("--size", type=positive_int, default=512, help="square input size for FLOPs (default 512)")
     add_set_option(p, "KEY=VALUE", "override a config field, e.g. --set depths=[1,1,1,1] (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)

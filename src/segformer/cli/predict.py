@@ -6,13 +6,7 @@ import argparse
 import sys
 
 from ..inference import BACKENDS, MODES, TTA_MODES
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+from .types import positive_floats, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +25,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
     p.add_argument("--probs", action="store_true", help="also write (K, H, W) float16 DIR/probs/<stem>.npy")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none, or the export's)")
-    p.add_argument("--scales", type=_floats, help="TTA scales, e.g. 0.75,1,1.25 (default 0.75,1,1.25,1.5)")
-    p.add_argument("--img-size", type=int, help="working resolution (default: the training size, else 512)")
+    p.add_argument(
+        "--scales", type=positive_floats, help="TTA scales, e.g. 0.75,1,1.25 (default 0.75,1,1.25,1.5)"
+    )
+    p.add_argument(
+        "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
+    )
     p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 1 on CPU, 8 on CUDA)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU, 8 on CUDA)"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(
         "--backend",

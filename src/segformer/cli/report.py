@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .types import nonneg_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
     p.add_argument("--title", default="segformer report")
     p.add_argument(
-        "--samples", type=int, default=4, help="validation images in each run's prediction figure (0: none)"
+        "--samples",
+        type=nonneg_int,
+        default=4,
+        help="validation images in each run's prediction figure (0: none)",
     )
     p.set_defaults(func=run)
 
