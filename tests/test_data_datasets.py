@@ -263,8 +263,8 @@ def test_data_check_on_a_missing_path_says_it_does_not_exist(tmp_path, capsys):
 # -- data errors are data errors ---------------------------------------------------------------------
 
 
-def write_bad_mask(root: Path, stem: str = "face03", value: int = 50) -> Path:
-    path = root / "train" / "masks" / f"{stem}.png"
+def write_bad_mask(root: Path, stem: str = "face03", value: int = 50, split: str = "train") -> Path:
+    path = root / split / "masks" / f"{stem}.png"
     mask = np.array(Image.open(path))
     mask[:4, :4] = value
     Image.fromarray(mask).save(path)
@@ -339,3 +339,15 @@ def test_train_reports_bad_masks_as_data_check_does(tmp_path, extra, capsys):
     assert err.startswith(f"segformer train: error: {bad}: out_of_range: 16 pixels with values [50]")
     hint = "writes a corrected copy, or set data.bad_labels=ignore"
     assert err.endswith(f"`segformer data check {tmp_path / 'd'} --fix OUT` {hint}")
+
+
+def test_eval_reports_bad_masks_as_data_check_does(tmp_path):
+    from segformer import create_model
+    from segformer.engine.evaluate import evaluate_model
+
+    write_pairs(tmp_path, n=2)
+    write_pairs(tmp_path, "test", n=3)
+    bad = write_bad_mask(tmp_path, "face01", split="test")
+    model = create_model("microsegformer", embed_dims=(8, 8, 8, 8), decoder_dim=8)
+    with pytest.raises(SegformerError, match=rf"^{bad}: out_of_range: .* --fix OUT` writes a corrected copy"):
+        evaluate_model(model, tmp_path, "test", img_size=32, progress=False)
