@@ -14,6 +14,7 @@ from segformer.cli import build_parser, main
 # nothing held out). Everything else counts, sizes or budgets things and needs at least 1 (or > 0).
 ZERO_IS_VALID = {
     ("bench", "--warmup"),
+    ("bench", "--workers"),
     ("data synth", "--seed"),
     ("data synth", "--val-fraction"),
     ("data preview", "--seed"),

@@ -55,8 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="microsegformer-celebamask", metavar="NAME|PATH",
                    help="recipe for --end-to-end (default microsegformer-celebamask)")  # fmt: skip
     p.add_argument("--augment", help="augmentation preset for --end-to-end (default: the recipe's)")
-    p.add_argument("--workers", type=int, help="DataLoader workers for --end-to-end (default: the recipe's)")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed block, --end-to-end (default 10)")
+    p.add_argument(
+        "--workers", type=nonneg_int, help="DataLoader workers for --end-to-end (default: the recipe's)"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=10, help="steps per timed block, --end-to-end (default 10)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 
