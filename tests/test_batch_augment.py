@@ -197,6 +197,29 @@ def test_to_device_batch_of_sources():
         to_device_batch(batch, "cpu")
 
 
+def test_draws_do_not_depend_on_the_worker_count():
+    """Sources travel with their draws through worker processes: the same batches whatever the count."""
+    faces = [generate_face(np.random.default_rng(i), 40) for i in range(4)]
+
+    class Faces(torch.utils.data.Dataset):
+        transform = build_transform("both", 24, CELEBAMASK, output="source")
+
+        def __len__(self) -> int:
+            return len(faces)
+
+        def __getitem__(self, i: int):
+            return self.transform(*faces[i], np.random.default_rng((0, 0, i)))
+
+    runs = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(
+            Faces(), batch_size=2, num_workers=workers, collate_fn=collate_batch
+        )
+        runs.append([to_device_batch(b, "cpu", augment=BatchAugment(24, CELEBAMASK)) for b in loader])
+    for (x0, m0), (x2, m2) in zip(*runs, strict=True):
+        assert torch.equal(x0, x2) and torch.equal(m0, m2)
+
+
 def test_augment_device_setting():
     assert not augment_on_device("auto", "cpu") and augment_on_device("auto", "cuda")
     assert augment_on_device("device", "cpu") and not augment_on_device("cpu", "cuda")
