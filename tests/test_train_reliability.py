@@ -366,3 +366,22 @@ def test_a_nan_on_one_ddp_process_skips_the_step_on_every_process(faces, tmp_pat
     record = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["skipped_steps"] == 1 and record["step"] == 4
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "ddp").values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_never_waits_for_the_gpu(faces, tmp_path):
+    cfg = tiny_run(faces, grad_clip=1.0)
+    data = engine.build_train_data(cfg.data, seed=0, out=tmp_path, progress=False)
+    device = torch.device("cuda")
+    model = engine.build_model(cfg, data).to(device)
+    learner = engine.build_learner(model, cfg.train, data, device)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=4, pin_memory=True)
+    batches = list(loader)[:3]
+    learner.step(iter(batches[:1]), 1)  # first step: lazy optimizer state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[1:]:
+            learner.step(iter([batch]), 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
