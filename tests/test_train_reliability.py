@@ -130,6 +130,47 @@ def test_a_kill_between_checkpoint_and_log_loses_no_line_and_resumes_bit_identic
     assert load(run / "last").meta["epoch"] == lines[-1]["epoch"]
 
 
+KILL_AFTER_STATE = """
+import os, signal, sys
+from segformer.engine.rundir import RunDir
+from segformer.cli import main
+
+real = RunDir.write_metrics
+
+def write_metrics(self, records):  # SIGKILL in the window between the state rename and the log
+    if len(records) == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, records)
+
+RunDir.write_metrics = write_metrics
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_sigkill_right_after_the_state_rename_keeps_log_and_checkpoint_together(faces, tmp_path):
+    epochs = 3
+    ref = tmp_path / "ref"
+    cfg = tiny_run(faces, epochs=epochs).override({"data.workers": 2})  # their orphans outlive the kill
+    train(cfg, ref, progress=False)
+    launcher = tmp_path / "kill.py"
+    launcher.write_text(KILL_AFTER_STATE)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    args = ["train", "--config", str(ref / "config.yaml"), "--out", str(run), "--quiet"]
+    cmd = [sys.executable, str(launcher), "2", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert torch.load(run / "state.pt", weights_only=True)["counters"]["epoch"] == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # the kill cost a line ...
+    proc = run_cli("train", "--out", str(run), "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]  # ... which the resume restored
+    assert torch.load(run / "state.pt", weights_only=True)["records"] == lines
+    a, b = weights(ref), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_state_without_records_resumes_from_a_torn_log(faces, tmp_path):
     """Run folders written before the records were kept in state.pt."""
     run = tmp_path / "run"
