@@ -78,6 +78,14 @@ def test_the_lock_of_a_killed_run_waits_for_its_orphaned_workers(tmp_path):
         assert run.lock_file.read_text().startswith(f"{os.getpid()} ")
 
 
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    with pytest.raises(SegformerError, match="no training state"):
+        train(tiny_run(tmp_path / "nope"), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(SegformerError):
+        train(tiny_run(tmp_path / "nope"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # -- kills between writes --------------------------------------------------------------------------------
 
 
@@ -147,16 +155,17 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow  # three processes and the wait for a killed run's orphaned workers
 def test_a_sigkill_right_after_the_state_rename_keeps_log_and_checkpoint_together(faces, tmp_path):
     epochs = 3
     ref = tmp_path / "ref"
-    cfg = tiny_run(faces, epochs=epochs).override({"data.workers": 2})  # their orphans outlive the kill
-    train(cfg, ref, progress=False)
+    train(tiny_run(faces, epochs=epochs), ref, progress=False)
     launcher = tmp_path / "kill.py"
     launcher.write_text(KILL_AFTER_STATE)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    args = ["train", "--config", str(ref / "config.yaml"), "--out", str(run), "--quiet"]
+    # with workers, whose orphans hold the lock for a few seconds after the kill
+    args = ["train", "--config", str(ref / "config.yaml"), "--out", str(run), "--quiet", "--workers", "2"]
     cmd = [sys.executable, str(launcher), "2", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]

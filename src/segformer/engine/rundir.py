@@ -138,6 +138,7 @@ class RunDir:
         dies however it dies, so a lock left behind by a killed run (its pid no longer alive) is
         taken over without a race. The file names the owner for the error message of the next one.
         """
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = _acquire(self.lock_file)
         try:
@@ -146,6 +147,8 @@ class RunDir:
             try:
                 if _same_file(self.lock_file, fd):
                     self.lock_file.unlink()
+                if created and not any(self.path.iterdir()):
+                    self.path.rmdir()  # a run that failed before writing anything leaves nothing
             except OSError:
                 pass
             os.close(fd)
