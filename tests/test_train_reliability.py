@@ -57,7 +57,8 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(faces, tmp_path)
         proc = run_cli("train", "--data", str(faces), "--out", str(run), "--epochs", "1", "--quiet")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "being written by" in proc.stderr
-    assert not (run / "lock").exists()  # released on exit
+    assert not run.exists()  # lock released, and the folder it made (empty) removed
+    run.mkdir()
     (run / "lock").write_text(f"{dead_pid()} somehost\n")  # left behind by a killed run
     summary = train(tiny_run(faces, epochs=1), run, progress=False)
     assert summary["epochs_completed"] == 1 and not (run / "lock").exists()
@@ -204,7 +205,7 @@ def test_a_step_with_a_nan_loss_leaves_weights_and_optimizer_untouched(faces, tm
     data = engine.build_train_data(cfg.data, seed=0, out=tmp_path, progress=False)
     model = engine.build_model(cfg, data)
     learner = engine.build_learner(model, cfg.train, data, torch.device("cpu"))
-    images, masks = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4)))
+    images, masks = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4, collate_fn=data.collate)))
     loss, skip = learner.step(iter([(images, masks)]), 1)
     assert float(skip) == 0 and math.isfinite(float(loss))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -425,7 +426,7 @@ def test_a_training_step_never_waits_for_the_gpu(faces, tmp_path):
     device = torch.device("cuda")
     model = engine.build_model(cfg, data).to(device)
     learner = engine.build_learner(model, cfg.train, data, device)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=4, pin_memory=True)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=4, collate_fn=data.collate, pin_memory=True)
     batches = list(loader)[:3]
     learner.step(iter(batches[:1]), 1)  # first step: lazy optimizer state
     torch.cuda.synchronize()
