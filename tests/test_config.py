@@ -248,6 +248,12 @@ def test_choice_lists_are_the_ones_the_code_dispatches_on():
     assert tuple(inference.TTA_MODES) == TTA_MODES
     assert FIELD_RULES["data"]["kind"].allowed() == ["auto", *LAYOUTS]
     assert list_archs() == ["segformer", "unet"]
+    # The standalone CE7454 run.py cannot use the registry (it copies plain definitions): its table
+    # must name the registered classes.
+    from segformer import ce7454
+    from segformer.config import arch_class
+
+    assert {arch: arch_class(arch) for arch in list_archs()} == ce7454.ARCHS
     with pytest.raises(SegformerError, match="registered: mlp, micro"):
         ModelConfig(decoder="fpn")
     assert set(DECODERS) == {"mlp", "micro"}

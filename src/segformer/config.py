@@ -523,7 +523,18 @@ class LabelSetName:
         return ["no-such-label-set"]
 
 
-Rule = OneOf | Bounds | LabelSetName
+@dataclass(frozen=True)
+class NonEmpty:
+    """A string with something in it (None passes where the type allows it)."""
+
+    def problem(self, value: Any) -> str | None:
+        return "must not be empty" if value is not None and not value.strip() else None
+
+    def bad_values(self) -> list[Any]:
+        return [""]
+
+
+Rule = OneOf | Bounds | LabelSetName | NonEmpty
 _POSITIVE, _NONNEG, _UNIT, _FRACTION = Bounds(1), Bounds(0), Bounds(0, 1), Bounds(0, 1, high_open=True)
 
 # Allowed values of every field that has a constraint beyond its type. Each bad value is one line
@@ -550,6 +561,7 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "unet_width": _POSITIVE,
     },
     "data": {
+        "root": NonEmpty(),
         "kind": OneOf(lambda: ["auto", *LAYOUTS]),
         "label_set": LabelSetName(),
         "img_size": _POSITIVE,
