@@ -110,10 +110,13 @@ def test_numeric_option(words, args, option, value, capsys):
         assert value in lines[-1]  # the refused value is quoted
         assert all(line.startswith(("usage:", " ")) for line in lines[:-1])  # the usage, then one error line
         return
-    # Or refused by the library, before any work, as one line.
+    # Or refused by the library, before any work, as one line that names the setting (not an error about
+    # the placeholder paths, which would hide an unchecked value).
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"segformer {words[0]}: error: ") and "\n" not in err
+    name = option.lstrip("-")
+    assert name in err or name.replace("-", "_") in err, err
 
 
 @pytest.mark.parametrize(
