@@ -93,9 +93,9 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
 def test_a_kill_between_checkpoint_and_log_loses_no_line_and_resumes_bit_identically(
     faces, tmp_path, monkeypatch
 ):
-    epochs = 3
+    epochs = 3  # with an EMA of the weights (last/ holds it), which the checkpoint must carry too
     ref = tmp_path / "ref"
-    train(tiny_run(faces, epochs=epochs), ref, progress=False)
+    train(tiny_run(faces, epochs=epochs, ema=0.9), ref, progress=False)
 
     class Killed(BaseException):  # not an Exception: nothing in the loop may catch it
         pass
@@ -110,7 +110,7 @@ def test_a_kill_between_checkpoint_and_log_loses_no_line_and_resumes_bit_identic
     run = tmp_path / "run"
     monkeypatch.setattr(RunDir, "write_metrics", write_metrics)
     with pytest.raises(Killed):
-        train(tiny_run(faces, epochs=epochs), run, progress=False)
+        train(tiny_run(faces, epochs=epochs, ema=0.9), run, progress=False)
     monkeypatch.setattr(RunDir, "write_metrics", real_write)
     assert torch.load(run / "state.pt", weights_only=True)["counters"]["epoch"] == 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
@@ -125,7 +125,7 @@ def test_a_kill_between_checkpoint_and_log_loses_no_line_and_resumes_bit_identic
     (run / "moved").rename(run / ".last.k1ll3d.old" / "x")
     (run / "lock").write_text(f"{dead_pid()} {os.uname().nodename}\n")
 
-    summary = train(tiny_run(faces, epochs=epochs), run, resume=True, progress=False)
+    summary = train(tiny_run(faces, epochs=epochs, ema=0.9), run, resume=True, progress=False)
     assert summary["epochs_completed"] == epochs
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     a, b = weights(ref), weights(run)
@@ -421,7 +421,7 @@ def test_a_nan_on_one_ddp_process_skips_the_step_on_every_process(faces, tmp_pat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_training_step_never_waits_for_the_gpu(faces, tmp_path):
-    cfg = tiny_run(faces, grad_clip=1.0)
+    cfg = tiny_run(faces, grad_clip=1.0, ema=0.99)
     data = engine.build_train_data(cfg.data, seed=0, out=tmp_path, progress=False)
     device = torch.device("cuda")
     model = engine.build_model(cfg, data).to(device)
@@ -436,3 +436,30 @@ def test_a_training_step_never_waits_for_the_gpu(faces, tmp_path):
             learner.step(iter([batch]), 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_device_ema_update_is_averaged_models_and_skips_with_the_step():
+    from segformer import create_model
+
+    torch.manual_seed(0)
+    model = create_model(**{**TINY_MODEL, "num_classes": 3})
+    ours, ref = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True
+        )
+        for _ in range(2)
+    )
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        engine.update_ema(ours, model, 0.9, torch.zeros(()))
+        ref.update_parameters(model)
+        theirs = ref.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+    before = {k: v.clone() for k, v in ours.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    engine.update_ema(ours, model, 0.9, torch.ones(()))  # a skipped step
+    assert all(torch.equal(before[k], v) for k, v in ours.module.state_dict().items())

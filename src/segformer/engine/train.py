@@ -209,6 +209,7 @@ class Learner:
     dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    ema_decay: float = 0.0
     grad_clip: float = 0.0
     channels_last: bool = False
     augment: BatchAugment | None = None  # augmentation on the device (`TrainData.batch_augment`)
@@ -247,9 +248,30 @@ class Learner:
             self.optimizer.found_inf = skip  # the fused optimizer skips the step on the device
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:  # (after a skipped step it averages in the unchanged weights)
-            self.ema.update_parameters(self.model)
+        if self.ema is not None:
+            update_ema(self.ema, self.model, self.ema_decay, skip)
         return loss_sum, skip
+
+
+def update_ema(
+    ema: torch.optim.swa_utils.AveragedModel, model: nn.Module, decay: float, skip: Tensor
+) -> None:
+    """What ``ema.update_parameters(model)`` computes with `get_ema_multi_avg_fn` (a copy at the first
+    update, then ``lerp(ema, model, 1 - decay)``), without its host synchronisations, and leaving the
+    average unchanged after a skipped step (`skip` = 1, on the device)."""
+    first = int(ema.n_averaged) == 0  # (a CPU counter)
+    weight = (1.0 - skip) * (1.0 if first else 1.0 - decay)
+    averaged = list(itertools.chain(ema.module.parameters(), ema.module.buffers()))
+    current = list(itertools.chain(model.parameters(), model.buffers()))
+    floats = [
+        (a.detach(), c.detach()) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()
+    ]
+    if floats:
+        torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+    for a, c in zip(averaged, current, strict=True):
+        if not a.is_floating_point():
+            a.detach().copy_(c.detach())  # counters such as BatchNorm's num_batches_tracked
+    ema.n_averaged += 1
 
 
 def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: torch.device) -> Learner:
@@ -282,6 +304,7 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
         dtype=dtype,
         scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
         ema=ema,
+        ema_decay=tc.ema,
         grad_clip=tc.grad_clip,
         channels_last=tc.channels_last,
         augment=data.batch_augment,
