@@ -16,21 +16,15 @@ import torch
 from PIL import Image
 
 from segformer import Predictor, SegformerError, create_model, load
+from segformer.bundle import standalone_source
 from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.data.io import load_mask
 from segformer.data.labels import CELEBAMASK
-from segformer.export import (
-    CE7454_BUDGET,
-    OnnxRuntimeModel,
-    export_ce7454,
-    export_onnx,
-    min_input_size,
-    run_py_source,
-    standalone_source,
-)
-from segformer.inference import predict_batch
+from segformer.export import CE7454_BUDGET, export_ce7454, run_py_source
 from segformer.models.segformer import SegFormer
+from segformer.onnx import OnnxRuntimeModel, export_onnx, min_input_size
+from segformer.ops import predict_batch
 
 from conftest import ROOT, run_solution, tiny_config
 

@@ -15,7 +15,8 @@ from segformer.checkpoint import save_model
 from segformer.data.io import load_image, to_rgb
 from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize
-from segformer.inference import Preprocess, class_ids, preprocess, resize, resolve_label_set
+from segformer.ops import Preprocess, class_ids, preprocess, resize
+from segformer.settings import resolve_label_set
 
 from conftest import tiny_config
 

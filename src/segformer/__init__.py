@@ -1,7 +1,7 @@
 """segformer: SegFormer (MiT-B0..B5 + All-MLP decoder) and MicroSegFormer for semantic segmentation."""
 
+from .checkpoint import load, save
 from .config import ModelConfig
-from .convert import load, save
 from .errors import SegformerError
 from .inference import Predictor
 from .models import create_model, list_models

@@ -26,9 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.io import load_image
 from .errors import SegformerError
 from .fileio import write_json
 from .models.mit import EfficientSelfAttention
+from .ops import preprocess
+from .settings import InferenceSettings
 
 
 @dataclass
@@ -150,9 +153,6 @@ def write_attention_maps(
     `points` are (x, y) pixel coordinates of the image (default: the centre and two points at
     (0.35, 0.42) and (0.65, 0.42) of the width and height, roughly the eyes of an aligned face).
     """
-    from .data.io import load_image
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from .inference import preprocess
     from .report import pyplot, save_figure
 
     image = load_image(image_path)
@@ -164,9 +164,10 @@ def write_attention_maps(
             raise SegformerError(
                 f"{image_path}: query point ({x:g}, {y:g}) lies outside the {width}x{height} image"
             )
-    meta = getattr(model, "meta", {}) or {}
-    size = size or meta.get("image_size", 512)
-    tensor = preprocess(image, size, meta.get("mean", IMAGENET_MEAN), meta.get("std", IMAGENET_STD))
+    settings = InferenceSettings.from_meta(getattr(model, "meta", None)).replace(image_size=size)
+    tensor = preprocess(image, settings.image_size, settings.mean, settings.std)
+    h, w = settings.image_size
+    size = h if h == w else [h, w]
     fractions = [(x / width, y / height) for x, y in points]
     blocks = collect_attention(model, tensor, fractions)
     last = {b.stage: b for b in blocks}  # the last block of each stage

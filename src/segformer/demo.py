@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load
 from .config import load_recipe
-from .convert import load
 from .data.datasets import FolderDataset
 from .data.io import colorize, load_image, overlay, save_image
 from .data.labels import get_label_set

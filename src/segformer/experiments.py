@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import load
 from .config import RunConfig, load_recipe
-from .convert import load
 from .engine.rundir import RunDir
 from .engine.train import check_resume, train
 from .errors import SegformerError

@@ -1,4 +1,4 @@
-"""Predict on files, folders, globs and videos, writing label maps, overlays and probabilities (SPEC.md §5).
+"""Predict on files, folders, globs and videos, writing label maps, overlays and probabilities.
 
 For an input ``<stem>.<ext>`` the output folder OUT gets:
 
@@ -10,7 +10,9 @@ For an input ``<stem>.<ext>`` the output folder OUT gets:
 
 A video (``.mp4``, ``.avi``, ... read with OpenCV) gives one of each per frame:
 ``OUT/<stem>/<frame:06d>.png`` (and ``OUT/overlays/<stem>/...``, ``OUT/probs/<stem>/...``).
-An unreadable input is reported by name on stderr and skipped; the report counts the failures.
+An unreadable input is reported by name on stderr and skipped; the report counts the failures. A video
+whose container lists frames that cannot be decoded is a failure too (its readable frames are written,
+under their own frame numbers).
 """
 
 from __future__ import annotations
@@ -71,23 +73,54 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _video_frames(path: Path) -> Iterator[np.ndarray]:
-    """The frames of a video as (H, W, 3) uint8 RGB."""
+# Consecutive undecodable frames after which the rest of a video is taken to be unreadable.
+MAX_BAD_FRAMES = 25
+# Containers without a frame index (WebM, MKV, ...) estimate their frame count from the duration and
+# may list a frame or two more than they hold: a shortfall this small at the end is not reported.
+TRAILING_SLACK = 2
+
+
+def _video_frames(path: Path, bad: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame number, (H, W, 3) uint8 RGB frame) of every decodable frame of a video; the numbers of
+    frames the container lists but that cannot be decoded are appended to `bad`."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SegformerError(f"{path}: cannot open as a video")
-    count = 0
+    listed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less: the container does not say
+    index = decoded = run = 0
+    missing: list[int] = []  # undecodable frames not (yet) followed by a decodable one
     try:
         while True:
             ok, frame = capture.read()
-            if not ok:
+            if ok:
+                bad.extend(missing)
+                missing, run = [], 0
+                decoded += 1
+                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            elif index < listed and run < MAX_BAD_FRAMES:
+                missing.append(index)  # a listed frame that does not decode: try the next one
+                run += 1
+            else:
                 break
-            count += 1
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
     finally:
         capture.release()
-    if count == 0:
+    if decoded == 0:
         raise SegformerError(f"{path}: no video frame could be decoded")
+    missing.extend(range(index, listed))  # after a run of bad frames the rest is unreadable too
+    if len(missing) > TRAILING_SLACK:
+        bad.extend(missing)
+
+
+def _frames_text(numbers: list[int]) -> str:
+    """Frame numbers as ranges: ``3, 7-9``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def predict_files(
@@ -157,14 +190,21 @@ def predict_files(
                 flush()
             continue
         flush()
-        frames = 0
+        frames, bad = 0, []
         try:
-            for frames, frame in enumerate(_video_frames(path), start=1):
-                pending.append((f"{path.stem}/{frames - 1:06d}", frame))
+            for index, frame in _video_frames(path, bad):
+                pending.append((f"{path.stem}/{index:06d}", frame))
+                frames += 1
                 if len(pending) >= predictor.batch_size:
                     flush()
-                    bar.set_postfix_str(f"{path.name} frame {frames}")
+                    bar.set_postfix_str(f"{path.name} frame {index + 1}")
             flush()
+            if bad:
+                fail(
+                    str(path),
+                    f"{len(bad)} frame(s) could not be decoded ({_frames_text(bad)}); "
+                    f"wrote the other {frames}",
+                )
         except SegformerError as err:
             flush()  # the frames decoded before a broken one are still written
             fail(str(path), str(err) + (f" after {frames} frames" if frames else ""))

@@ -264,7 +264,7 @@ def write_suite_outputs(
 ) -> list[str]:
     """results.csv/.md/.tex, per_class_f1.csv, curves.png, per_class_f1.png, predictions.png and, when
     the runs differ in size, params_vs_score.png; returns the file names written."""
-    from .convert import load
+    from .checkpoint import load
 
     name, description = meta["suite"], meta["description"]
     write_csv(suite_dir / "results.csv", rows)
@@ -430,7 +430,7 @@ def _suite_section(page: _Page, suite_dir: Path) -> None:
 
 
 def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
-    from .convert import load
+    from .checkpoint import load
 
     run = RunDir(run_dir)
     summary = run.read_summary()

@@ -24,7 +24,7 @@ def ours_inference(model: nn.Module, backend: str = "torch") -> Callable[[Tensor
     if backend not in BACKENDS:
         raise SegformerError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
-        from ..export import OnnxRuntimeModel
+        from ..onnx import OnnxRuntimeModel
 
         return OnnxRuntimeModel.from_model(model.eval())
     net = maybe_fuse(model.eval())

@@ -39,7 +39,7 @@ def hf_reference(model: nn.Module) -> Reference:
         import transformers
     except ImportError:
         raise SegformerError("--compare hf needs transformers: pip install segformer[hf]") from None
-    from ..convert import save
+    from ..checkpoint import save
 
     with tempfile.TemporaryDirectory() as tmp:  # through our HF writer and transformers' own loader
         save(model, tmp, format="hf")

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..attention import write_attention_maps
-    from ..convert import load
+    from ..checkpoint import load
 
     paths = write_attention_maps(load(args.model), args.image, args.out, args.points, args.size)
     for path in paths:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoint import FORMATS, convert
 from ..config import parse_overrides
-from ..convert import FORMATS, convert
 from . import add_set_option
 from .types import positive_int
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..inference import TTA_MODES
+from ..settings import TTA_MODES
 from .types import nonneg_int, positive_int
 
 
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import load
+    from ..checkpoint import load
     from ..engine.evaluate import evaluate_model
     from ..metrics import format_per_class
 

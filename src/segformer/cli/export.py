@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import CE7454_BUDGET, EXPORTERS, FORMATS
-from ..inference import MODES, TTA_MODES
+from ..export import CE7454_BUDGET, FORMATS, export_model
+from ..onnx import EXPORTERS
+from ..settings import MODES, TTA_MODES
 from .types import int_between, positive_int
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
@@ -43,9 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model
-
-    settings = {"tta": args.tta, "image_size": args.img_size, "mode": args.mode, "label_set": args.label_set}
+    settings = {
+        "tta": args.tta,
+        "image_size": args.img_size,
+        "eval_mode": args.mode,
+        "label_set": args.label_set,
+    }
     if args.format == "onnx":
         options = {"exporter": args.exporter, "opset": args.opset, "check": not args.no_check}
     else:

@@ -1,12 +1,21 @@
-"""`segformer info MODEL`: parameters by component and FLOPs at a size."""
+"""`segformer info MODEL`: parameters by component and FLOPs at a size, of a registered model or of any
+loadable one (model directory, HF directory, ``.pth``, ``.onnx``), with the settings it carries."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
+from torch import nn
+
+from ..checkpoint import load
 from ..config import parse_overrides
-from ..models import create_model, list_models
+from ..models import build_model, create_model, list_models
+from ..onnx import OnnxRuntimeModel
+from ..settings import InferenceSettings, model_settings
 from ..summary import format_table, summarize
 from . import add_set_option
 from .types import positive_int
@@ -18,9 +27,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="parameters by component and FLOPs of a model",
         description="Print the parameters of MODEL by component (patch embeddings, blocks per stage, "
         "stage norms, decoder projections, fuse, classifier), the total, and the FLOPs of one "
-        f"forward pass at SIZE x SIZE. Models: {', '.join(list_models())}.",
+        "forward pass at SIZE x SIZE. MODEL is a registered name or a model to load (model directory, "
+        "HF directory, .pth, .onnx): those also show the inference settings they carry, and an "
+        f".onnx file its inputs and outputs. Models: {', '.join(list_models())}.",
     )
-    p.add_argument("model", metavar="MODEL", help="registered model name, e.g. microsegformer, segformer-b0")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="registered model name (e.g. microsegformer, segformer-b0), model directory, .pth or .onnx",
+    )
     p.add_argument(
         "--num-classes", type=positive_int, default=None, help="number of classes (default: the model's, 19)"
     )
@@ -30,8 +45,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The model MODEL names and what is known about it besides its architecture."""
+    overrides = parse_overrides(args.overrides)
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        runtime = OnnxRuntimeModel(path)
+        session = runtime.session
+        io = {
+            kind: [{"name": t.name, "shape": list(t.shape), "type": t.type} for t in tensors]
+            for kind, tensors in (("inputs", session.get_inputs()), ("outputs", session.get_outputs()))
+        }
+        # The graph computes what its config builds: count on the PyTorch model of the same config.
+        return build_model(runtime.config), {"settings": runtime.settings.to_dict(), "onnx": io}
+    if path.exists():
+        model = load(path, args.num_classes, **overrides)
+        fields = {f.name for f in dataclasses.fields(InferenceSettings)}
+        meta = {k: v for k, v in model.meta.items() if k not in fields}
+        return model, {"settings": model_settings(model, source=str(path)).to_dict(), "meta": meta}
+    return create_model(args.model, num_classes=args.num_classes, **overrides), {}
+
+
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.model, num_classes=args.num_classes, **parse_overrides(args.overrides))
+    model, extra = _model(args)
     rows = summarize(model, args.size)
     total = rows[-1]
     if args.json:
@@ -51,9 +87,23 @@ def run(args: argparse.Namespace) -> int:
                 for r in rows
             ],
             "config": model.config.to_dict(),
+            **extra,
         }
         print(json.dumps(out, indent=2))
         return 0
     print(f"{args.model}  ({model.config.num_classes} classes, FLOPs at {args.size}x{args.size}, batch 1)")
     print(format_table(rows))
+    for kind in ("inputs", "outputs"):
+        for t in extra.get("onnx", {}).get(kind, []):
+            print(f"{kind[:-1]} {t['name']}: {t['type']} {t['shape']}")
+    if "settings" in extra:
+        s = extra["settings"]
+        label_set = s["label_set"]
+        print(
+            f"settings: {s['image_size'][0]}x{s['image_size'][1]} px, {s['eval_mode']}, TTA {s['tta']}, "
+            f"label set {label_set['name']} ({len(label_set['class_names'])} classes), "
+            f"mean {s['mean']}, std {s['std']}"
+        )
+    for key, value in extra.get("meta", {}).items():
+        print(f"{key}: {json.dumps(value)}")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..inference import BACKENDS, MODES, TTA_MODES
+from ..inference import BACKENDS, Predictor
+from ..predict import predict_files
+from ..settings import MODES, TTA_MODES
 from .types import positive_floats, positive_int
 
 
@@ -49,9 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import Predictor
-    from ..predict import predict_files
-
     predictor = Predictor(
         args.model,
         device=args.device,

@@ -1,4 +1,4 @@
-"""Evaluation: predictions at each mask's resolution, scored from confusion matrices (SPEC.md 4)."""
+"""Evaluation: predictions at each mask's resolution, scored from confusion matrices."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.datasets import SegmentationDataset
+from ..data.labels import LabelSet
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SegformerError
-from ..inference import Preprocess, class_ids, flip_permutation, predict_probs
 from ..metrics import SegmentationMetrics
+from ..ops import Preprocess, class_ids, flip_permutation, predict_probs
+from ..settings import InferenceSettings
 
 
 def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
@@ -73,8 +75,8 @@ def eval_dataset(
     split: str = "val",
     *,
     kind: str = "auto",
-    label_set: str | None = None,
-    img_size: int = 512,
+    label_set: LabelSet | str | None = None,
+    img_size: int | Sequence[int] = 512,
     eval_mode: str = "resize",
     val_fraction: float = 0.1,
     split_seed: int = 0,
@@ -114,26 +116,27 @@ def evaluate_model(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a trained model on a dataset split; settings not given come from ``model.meta``
-    (image size, label set, normalisation, hold-out split of training)."""
+    """Score a trained model on a dataset split. The working size, mode, normalisation and label set
+    come from the model's `InferenceSettings` unless given; the hold-out split from what training
+    recorded in ``model.meta["data"]``."""
     from ..data.labels import get_label_set
     from ..engine.data import background_of
 
-    meta = getattr(model, "meta", {}) or {}
+    meta = getattr(model, "meta", None) or {}
+    settings = InferenceSettings.from_meta(meta).replace(image_size=img_size, eval_mode=eval_mode)
+    (h, w), eval_mode = settings.image_size, settings.eval_mode
     data_meta = meta.get("data", {})
-    img_size = img_size or meta.get("image_size", 512)
-    eval_mode = eval_mode or meta.get("eval_mode", "resize")
     ds = eval_dataset(
         root,
         split,
         kind=data_meta.get("kind", "auto"),
-        label_set=meta.get("label_set"),
-        img_size=img_size,
+        label_set=settings.label_set,
+        img_size=settings.image_size,
         eval_mode=eval_mode,
         val_fraction=data_meta.get("val_fraction", 0.1),
         split_seed=data_meta.get("split_seed", 0),
-        mean=meta.get("mean", IMAGENET_MEAN),
-        std=meta.get("std", IMAGENET_STD),
+        mean=settings.mean,
+        std=settings.std,
     )
     ls = get_label_set(ds.label_set)
     if model.config.num_classes != ls.num_classes:
@@ -152,9 +155,10 @@ def evaluate_model(
         class_names=list(ls.class_names),
         tta=tta,
         flip_perm=flip_permutation(ls.flip_pairs, ls.num_classes),
-        window=img_size if eval_mode == "slide" else None,
+        window=h if eval_mode == "slide" else None,
         device=device,
         progress=progress,
     )
-    scores.update({"split": split, "tta": tta, "img_size": img_size, "eval_mode": eval_mode})
+    size = h if h == w else [h, w]
+    scores.update({"split": split, "tta": tta, "img_size": size, "eval_mode": eval_mode})
     return scores

@@ -43,9 +43,10 @@ from ..config import RunConfig, TrainConfig
 from ..data.batch_augment import BatchAugment
 from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
-from ..inference import flip_permutation
 from ..models import create_model
+from ..ops import flip_permutation
 from ..runtime import tune_cpu_allocator
+from ..settings import InferenceSettings
 from .data import TrainData, build_train_data, collate_batch, to_device_batch
 from .evaluate import collate_eval, evaluate
 from .losses import SegmentationLoss
@@ -769,10 +770,11 @@ def evaluate_and_checkpoint(
     else:
         st.bad_evals += 1
     if distributed.is_main():
+        settings = InferenceSettings(
+            image_size=cfg.data.img_size, label_set=data.label_set, **data.preprocess
+        )
         meta = {
-            "label_set": data.label_set.name,
-            "image_size": cfg.data.img_size,
-            **data.preprocess,
+            **settings.to_dict(),
             "data": {
                 "kind": cfg.data.kind,
                 "val_fraction": cfg.data.val_fraction,

@@ -22,7 +22,11 @@ from ..config import (
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """Build the module described by `config` (weights freshly initialised from torch's RNG)."""
+    """Build the module described by `config` (weights freshly initialised from torch's RNG).
+
+    This is the one place a config becomes a module: `create_model`, checkpoint loading, training
+    and the CE7454 ``run.py`` all build through it.
+    """
     return arch_class(config.arch)(config)
 
 

@@ -2,7 +2,9 @@
 
 A model directory holds everything needed to rebuild and use a model without this package's training
 code: the `ModelConfig`, the weights (safetensors, so loading never unpickles anything) and a `meta`
-mapping for inference (label set name, working image size, normalisation mean/std, ...).
+mapping: the `InferenceSettings` (working size, normalisation, mode, label set, TTA) and what training
+records about the run (epoch, scores, data split). Directories written before the settings existed
+hold the same entries (the label set by name); `InferenceSettings.from_meta` reads both.
 
 ``config.json``::
 
@@ -20,10 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ModelConfig
-from .errors import SegformerError
-from .fileio import atomic_dir
-from .models import build_model
+from ..config import ModelConfig
+from ..errors import SegformerError
+from ..fileio import atomic_dir
+from ..models import build_model
 
 FORMAT = "segformer"
 FORMAT_VERSION = 1
@@ -60,7 +62,9 @@ def is_model_dir(path: str | Path) -> bool:
 def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write `model` as a native model directory (atomically replacing `directory`).
 
-    `meta` is merged over the model's own ``model.meta`` (if any) and stored in config.json.
+    `meta` is merged over the model's own ``model.meta`` (if any) and stored in config.json: the
+    model's `InferenceSettings` (``InferenceSettings.to_dict()`` entries) and whatever else describes
+    it (training writes ``epoch``, ``scores`` and the ``data`` split).
     """
     model = unwrap(model)
     config: ModelConfig = model.config
@@ -74,7 +78,8 @@ def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | N
 
 
 def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """The `ModelConfig` and `meta` of a native model directory."""
+    """The `ModelConfig` and `meta` of a native model directory; a wrong type in any field is a
+    `SegformerError` naming the file and the field."""
     path = Path(directory) / CONFIG_FILE
     try:
         doc = json.loads(path.read_text())
@@ -84,9 +89,23 @@ def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise SegformerError(f"{path}: invalid JSON ({err})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SegformerError(f'{path}: not a segformer model config (no "format": "{FORMAT}")')
-    if doc.get("format_version", 1) > FORMAT_VERSION:
-        raise SegformerError(f"{path}: written by a newer segformer (format {doc['format_version']})")
-    return ModelConfig.from_dict(doc.get("model", {})), dict(doc.get("meta") or {})
+    version = doc.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise SegformerError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise SegformerError(f"{path}: written by a newer segformer (format {version})")
+    model, meta = doc.get("model", {}), doc.get("meta") or {}
+    if not isinstance(model, dict):
+        raise SegformerError(f'{path}: "model" must be a mapping of config fields, got {model!r}')
+    if not isinstance(meta, dict):
+        raise SegformerError(f'{path}: "meta" must be a mapping, got {meta!r}')
+    try:
+        config = ModelConfig.from_dict(model)
+    except SegformerError as err:
+        raise SegformerError(f"{path}: {err}") from None
+    except (TypeError, ValueError) as err:  # a value of the right type that the config cannot use
+        raise SegformerError(f"{path}: invalid model config ({err})") from None
+    return config, dict(meta)
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
