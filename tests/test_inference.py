@@ -15,7 +15,16 @@ from segformer.checkpoint import save_model
 from segformer.data.io import load_image, to_rgb
 from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize
-from segformer.ops import Preprocess, class_ids, preprocess, resize
+from segformer.ops import (
+    Preprocess,
+    class_ids,
+    predict_views,
+    preprocess,
+    resize,
+    resize_rows,
+    view_class_ids,
+    view_probs,
+)
 from segformer.settings import resolve_label_set
 
 from conftest import tiny_config
@@ -248,3 +257,60 @@ def test_class_ids_is_argmax_with_ties_to_the_lowest_id():
     ids = class_ids(probs)
     assert ids.dtype == torch.int64 and ids[0, 0, 0] == 0 and ids[0, 1, 1] == 3
     torch.testing.assert_close(ids, probs.argmax(1), rtol=0, atol=0)
+
+
+def test_logits_are_upsampled_in_bands_with_exactly_the_ids_of_the_whole_image(model, monkeypatch):
+    torch.manual_seed(1)
+    for in_size, out_size in (((32, 32), (77, 101)), ((48, 40), (17, 23)), ((13, 7), (200, 9))):
+        x = torch.randn(2, 5, *in_size)
+        whole = resize_rows(x, out_size)
+        # bilinear with half-pixel centres: F.interpolate's function, to float rounding
+        torch.testing.assert_close(
+            whole, F.interpolate(x, size=out_size, mode="bilinear", align_corners=False), atol=1e-5, rtol=0
+        )
+        for start, stop in ((0, 1), (3, 11), (out_size[0] - 4, out_size[0])):
+            assert torch.equal(resize_rows(x, out_size, start, stop), whole[:, :, start:stop])
+    image = _image(83, 67)
+    views = predict_views(model, [image, _image(83, 67, 1)], 48, tta="flip+scales", scales=(0.5, 1.0))
+    flip_perm = torch.arange(19).roll(1)  # any permutation: mirrored views must use it in every band
+    expected = class_ids(view_probs(views, (83, 67), flip_perm))
+    for band in (1, 19 * 2 * 67, 19 * 2 * 67 * 10 + 5, 10**9):  # one element, one row, ~10 rows, whole
+        assert torch.equal(view_class_ids(views, (83, 67), flip_perm, band).long(), expected)
+    # the Predictor's ids, computed in small bands, are those of the whole image (and of its probs)
+    ids, probs = Predictor(model, tta="flip")(image, return_probs=True)
+    np.testing.assert_array_equal(ids, class_ids(torch.from_numpy(probs)[None])[0].numpy())
+    monkeypatch.setattr("segformer.ops.BAND_ELEMENTS", 19 * 67 * 3)
+    np.testing.assert_array_equal(Predictor(model, tta="flip")(image), ids)
+
+
+def test_python_api_errors_are_one_line_segformer_errors(model):
+    image = _image(20, 24)
+    for device, message in (("gpu", "unknown device 'gpu'"), ("cuda:99", "cuda:99")):
+        if device == "cuda:99" or not torch.cuda.is_available():
+            with pytest.raises(SegformerError, match=message):
+                Predictor(model, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(SegformerError, match="sees no CUDA GPU"):
+            Predictor(model, device="cuda")
+    predictor = Predictor(model)
+    # float images must be in [0, 1]: 0-255 floats are not silently clipped to white
+    with pytest.raises(SegformerError, match=r"float image with values in \[15, 246\]: expected \[0, 1\]"):
+        predictor(image.astype(np.float32))
+    with pytest.raises(SegformerError, match=r"input 1: float image with values in \[nan"):
+        predictor([image, np.full((4, 4, 3), np.nan, np.float32)])
+    np.testing.assert_array_equal(predictor(image.astype(np.float64) / 255), predictor(image))
+    for bad in (np.zeros((8, 8, 5), np.uint8), np.zeros((3, 8, 8, 8), np.uint8)[0, :, :, :5]):
+        with pytest.raises(SegformerError, match=r"image array of shape"):
+            predictor(bad)
+    with pytest.raises(SegformerError, match="dtype bool"):
+        predictor(np.zeros((8, 8, 3), bool))
+    with pytest.raises(SegformerError, match="batch size must be a positive integer, got 0"):
+        Predictor(model, batch_size=0)
+    with pytest.raises(SegformerError, match=r"image_size: expected an integer >= 1, got -4"):
+        Predictor(model, image_size=-4)
+    with pytest.raises(SegformerError, match="scales: expected positive numbers"):
+        Predictor(model, scales=(0.0, 1.0))
+    with pytest.raises(SegformerError, match="unknown label set 'faces'"):
+        Predictor(model, label_set="faces")
+    with pytest.raises(SegformerError, match=r"image 0: expected \(H, W, 3\) uint8 RGB"):
+        predictor.predict_arrays([np.zeros((0, 5, 3), np.uint8)])

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.models import SegFormer, create_model
 from segformer.summary import count_flops, summarize
@@ -100,3 +101,37 @@ def test_count_flops_leaves_no_grad_state():
     count_flops(model, 32)
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_info_on_a_model_directory_and_an_onnx_file(tmp_path, capsys):
+    model = create_model(tiny_config("micro", num_classes=19))
+    save_model(model, tmp_path / "m", meta={"label_set": "celebamask", "image_size": 48, "epoch": 7})
+    params = sum(p.numel() for p in model.parameters())
+    out = run_json(capsys, str(tmp_path / "m"), "--size", "64")
+    assert out["params"] == params and out["config"] == model.config.to_dict()
+    assert out["settings"]["image_size"] == [48, 48] and out["settings"]["label_set"]["name"] == "celebamask"
+    assert out["meta"] == {"epoch": 7}
+    assert main(["info", str(tmp_path / "m"), "--size", "64"]) == 0
+    text = capsys.readouterr().out
+    assert f"{params:,}" in text and "48x48 px" in text and "label set celebamask" in text
+    pytest.importorskip("onnxruntime")
+    from segformer.onnx import export_onnx
+
+    export_onnx(tmp_path / "m", tmp_path / "m.onnx", check=False)
+    onnx_out = run_json(capsys, str(tmp_path / "m.onnx"), "--size", "64")
+    assert onnx_out["params"] == params and onnx_out["settings"] == out["settings"]
+    assert (
+        onnx_out["onnx"]["inputs"][0]["name"] == "image"
+        and onnx_out["onnx"]["outputs"][0]["name"] == "logits"
+    )
+    assert onnx_out["onnx"]["inputs"][0]["shape"][1] == 3
+
+
+def test_info_on_a_run_folder_suggests_its_best_model(tmp_path):
+    save_model(create_model(tiny_config()), tmp_path / "run" / "best")
+    proc = run_cli("info", str(tmp_path / "run"))
+    assert (
+        proc.returncode == 1
+        and "did you mean" in proc.stderr
+        and str(tmp_path / "run" / "best") in proc.stderr
+    )

@@ -3,6 +3,8 @@ probabilities out; bad files reported by name and skipped, with the exit code sa
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -137,3 +139,40 @@ def test_cli_subprocess_with_onnxruntime(model_dir, folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote 1 label map(s)" in proc.stdout
     assert load_mask(tmp_path / "o" / "b.png").shape == (33, 51)
+
+
+def test_a_run_folder_suggests_its_best_model(model_dir, folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    shutil.copytree(model_dir, run / "best")
+    assert main(["predict", str(run), str(folder / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{run}: a training run folder, not a model directory; did you mean {run / 'best'}?" in err
+    assert err.count("\n") == 1
+
+
+def test_a_partly_unreadable_video_is_reported(model_dir, tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 36))
+    for i in range(8):
+        writer.write(cv2.cvtColor(_image(36, 48, 20 + i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    data = video.read_bytes()
+    frames = [m.start() for m in re.finditer(b"00dc", data)]  # the chunk of every frame
+    assert len(frames) >= 8
+    video.write_bytes(data[: frames[6]])  # cut off the last frames: the header still lists 8
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    readable = 0
+    while capture.read()[0]:
+        readable += 1
+    assert 3 <= readable < 8
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(video), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    missing = 8 - readable
+    assert (
+        f"clip.avi: {missing} frame(s) could not be decoded ({readable}-7); wrote the other {readable}" in err
+    )
+    assert [p.name for p in sorted((out / "clip").glob("*.png"))] == [f"{i:06d}.png" for i in range(readable)]

@@ -31,6 +31,7 @@ from .errors import SegformerError
 from .fileio import write_json
 from .models.mit import EfficientSelfAttention
 from .ops import preprocess
+from .report import pyplot, save_figure
 from .settings import InferenceSettings
 
 
@@ -153,8 +154,6 @@ def write_attention_maps(
     `points` are (x, y) pixel coordinates of the image (default: the centre and two points at
     (0.35, 0.42) and (0.65, 0.42) of the width and height, roughly the eyes of an aligned face).
     """
-    from .report import pyplot, save_figure
-
     image = load_image(image_path)
     height, width = image.shape[:2]
     if points is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from .onnx import export_onnx
 from .settings import InferenceSettings, model_settings
 
 CE7454_BUDGET = 1_821_085  # parameters, exclusive: sum(p.numel() for p in model.parameters()) < this
-FORMATS = ("onnx", "ce7454")
 
 
 def _pin(distribution: str) -> str:
@@ -139,19 +139,27 @@ def verify_run_py(solution: str | Path, predictor: Predictor) -> None:
             )
 
 
+# Export formats by name: the function that writes one, and the options that are its own (the others
+# are `InferenceSettings` fields). Adding a format is one entry here.
+FORMATS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
+    "onnx": (export_onnx, ("exporter", "opset", "check")),
+    "ce7454": (export_ce7454, ("budget", "verify")),
+}
+
+
 def export_model(
     model: str | Path | nn.Module,
     out: str | Path,
     format: str = "onnx",
     **options: Any,
 ) -> dict[str, Any]:
-    """`export_onnx` or `export_ce7454` by name. `options` are `InferenceSettings` fields that
-    override the model's own (``tta``, ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep)
-    or options of the exporter."""
+    """Export `model` (a module, or anything `segformer.load` reads) in a format of `FORMATS`.
+    `options` are `InferenceSettings` fields that override the model's own (``tta``,
+    ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep) or options of the exporter."""
     if format not in FORMATS:
         raise SegformerError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
-    exporter_keys = {"onnx": ("exporter", "opset", "check"), "ce7454": ("budget", "verify")}[format]
-    exporter_options = {k: options.pop(k) for k in exporter_keys if k in options}
+    exporter, own = FORMATS[format]
+    exporter_options = {k: options.pop(k) for k in own if k in options}
     fields = {f.name for f in dataclasses.fields(InferenceSettings)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -159,9 +167,7 @@ def export_model(
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     source = str(model) if isinstance(model, (str, Path)) else None
     settings = model_settings(torch_model, None, source, **options)
-    if format == "onnx":
-        return export_onnx(torch_model, out, settings=settings, **exporter_options)
-    return export_ce7454(torch_model, out, settings=settings, **exporter_options)
+    return exporter(torch_model, out, settings=settings, **exporter_options)
 
 
 __all__ = [

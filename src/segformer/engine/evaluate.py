@@ -13,12 +13,13 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.datasets import SegmentationDataset
-from ..data.labels import LabelSet
+from ..data.labels import LabelSet, get_label_set
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SegformerError
 from ..metrics import SegmentationMetrics
 from ..ops import Preprocess, class_ids, flip_permutation, predict_probs
 from ..settings import InferenceSettings
+from .data import background_of
 
 
 def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
@@ -119,9 +120,6 @@ def evaluate_model(
     """Score a trained model on a dataset split. The working size, mode, normalisation and label set
     come from the model's `InferenceSettings` unless given; the hold-out split from what training
     recorded in ``model.meta["data"]``."""
-    from ..data.labels import get_label_set
-    from ..engine.data import background_of
-
     meta = getattr(model, "meta", None) or {}
     settings = InferenceSettings.from_meta(meta).replace(image_size=img_size, eval_mode=eval_mode)
     (h, w), eval_mode = settings.image_size, settings.eval_mode
