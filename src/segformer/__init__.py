@@ -5,10 +5,12 @@ from .config import ModelConfig
 from .errors import SegformerError
 from .inference import Predictor
 from .models import create_model, list_models
+from .settings import InferenceSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "InferenceSettings",
     "ModelConfig",
     "Predictor",
     "SegformerError",

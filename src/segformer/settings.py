@@ -194,9 +194,11 @@ class InferenceSettings:
         return cls.from_dict({k: v for k, v in meta.items() if k in known}, source)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (the label set written out whole); `from_dict` reads it back."""
+        """Plain JSON data (the label set written out whole, a square size as one number, as training
+        has always written it); `from_dict` reads it back."""
+        h, w = self.image_size
         return {
-            "image_size": list(self.image_size),
+            "image_size": h if h == w else [h, w],
             "mean": list(self.mean),
             "std": list(self.std),
             "eval_mode": self.eval_mode,

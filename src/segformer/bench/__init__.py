@@ -30,7 +30,7 @@ implementations), `inference` and `training` (the benchmarks), `memory` (peak me
 
 from .inference import BACKENDS, bench_inference, compare_logits, ours_inference
 from .memory import peak_memory_mb
-from .references import REFERENCES, Reference, build_model, hf_reference, load_reference
+from .references import REFERENCES, Reference, comparable_model, hf_reference, load_reference
 from .report import Report, Row, alternate, gemm_flops_per_s
 from .training import bench_train, bench_train_end_to_end
 
@@ -44,7 +44,7 @@ __all__ = [
     "bench_inference",
     "bench_train",
     "bench_train_end_to_end",
-    "build_model",
+    "comparable_model",
     "compare_logits",
     "gemm_flops_per_s",
     "hf_reference",

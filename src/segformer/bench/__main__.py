@@ -15,7 +15,7 @@ from ..errors import SegformerError
 from ..runtime import tune_cpu_allocator
 from .inference import ours_inference
 from .memory import peak_rss_kb, reset_peak_rss_kb
-from .references import build_model, load_reference
+from .references import comparable_model, load_reference
 from .training import train_step
 
 
@@ -25,7 +25,7 @@ def memory_child(args: dict[str, Any]) -> dict[str, float]:
         tune_cpu_allocator()
     spec = args["spec"]
     name, num_classes, compare = spec["name"], int(spec["num_classes"]), spec["compare"]
-    model = build_model(name, num_classes, compare, spec["overrides"])
+    model = comparable_model(name, num_classes, compare, spec["overrides"])
     h, w = args["size"]
     x = torch.randn(args["batch"], model.config.in_channels, h, w)
     train = args["mode"] == "train"

@@ -13,7 +13,7 @@ from ..models.fuse import maybe_fuse
 from ..runtime import tune_cpu_allocator
 from ..summary import count_flops
 from .memory import rows_with_memory
-from .references import build_model, load_reference
+from .references import comparable_model, load_reference
 from .report import Report, alternate, gemm_flops_per_s, hw, timed, title
 
 BACKENDS = ("torch", "compile", "onnxruntime")
@@ -75,7 +75,7 @@ def bench_inference(
     if tune:
         tune_cpu_allocator()
     h, w = hw(size)
-    model = build_model(name, num_classes, compare, overrides).eval()
+    model = comparable_model(name, num_classes, compare, overrides).eval()
     reference = load_reference(compare)
     x = torch.randn(batch, model.config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
     peak = gemm_flops_per_s()  # before the models: a quiet moment

@@ -73,7 +73,7 @@ def load_reference(compare: str) -> Callable[[nn.Module], Reference] | None:
         ) from None
 
 
-def build_model(
+def comparable_model(
     name: str, num_classes: int | None, compare: str, overrides: dict[str, Any] | None = None
 ) -> nn.Module:
     """A registered model with fresh weights and config `overrides`; for ``compare="hf"`` with

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from ..engine.losses import SegmentationLoss
 from ..errors import SegformerError
+from ..models import build_model
 from ..runtime import tune_cpu_allocator
 from ..summary import count_flops
 from .memory import rows_with_memory
-from .references import build_model, load_reference
+from .references import comparable_model, load_reference
 from .report import Report, Row, alternate, gemm_flops_per_s, hw, title
 
 
@@ -45,7 +46,7 @@ def bench_train(
     if tune:
         tune_cpu_allocator()
     h, w = hw(size)
-    model = build_model(name, num_classes, compare, overrides)
+    model = comparable_model(name, num_classes, compare, overrides)
     reference = load_reference(compare)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, model.config.in_channels, h, w, generator=gen)
@@ -103,7 +104,7 @@ def bench_train_end_to_end(
     """
     from ..config import load_recipe
     from ..engine.data import build_train_data
-    from ..engine.train import build_learner, build_model, resolve_device, train_loader
+    from ..engine.train import build_learner, model_config, resolve_device, train_loader
 
     torch.set_num_threads(threads)
     if tune:
@@ -120,7 +121,7 @@ def bench_train_end_to_end(
         train_data = build_train_data(
             cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False, device=dev
         )
-    model = build_model(cfg, train_data).to(dev)
+    model = build_model(model_config(cfg, train_data)).to(dev)
     learner = build_learner(model, cfg.train, train_data, dev)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loader, sampler = train_loader(

@@ -45,8 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
-    """The model MODEL names and what is known about it besides its architecture."""
+def _model(args: argparse.Namespace) -> tuple[nn.Module, InferenceSettings | None, dict[str, Any]]:
+    """The model MODEL names, the settings it carries (None for a registered name) and what else is
+    known about it."""
     overrides = parse_overrides(args.overrides)
     path = Path(args.model)
     if path.suffix == ".onnx":
@@ -57,17 +58,17 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             for kind, tensors in (("inputs", session.get_inputs()), ("outputs", session.get_outputs()))
         }
         # The graph computes what its config builds: count on the PyTorch model of the same config.
-        return build_model(runtime.config), {"settings": runtime.settings.to_dict(), "onnx": io}
+        return build_model(runtime.config), model_settings(runtime, source=str(path)), {"onnx": io}
     if path.exists():
         model = load(path, args.num_classes, **overrides)
         fields = {f.name for f in dataclasses.fields(InferenceSettings)}
         meta = {k: v for k, v in model.meta.items() if k not in fields}
-        return model, {"settings": model_settings(model, source=str(path)).to_dict(), "meta": meta}
-    return create_model(args.model, num_classes=args.num_classes, **overrides), {}
+        return model, model_settings(model, source=str(path)), {"meta": meta}
+    return create_model(args.model, num_classes=args.num_classes, **overrides), None, {}
 
 
 def run(args: argparse.Namespace) -> int:
-    model, extra = _model(args)
+    model, settings, extra = _model(args)
     rows = summarize(model, args.size)
     total = rows[-1]
     if args.json:
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 for r in rows
             ],
             "config": model.config.to_dict(),
+            **({"settings": settings.to_dict()} if settings is not None else {}),
             **extra,
         }
         print(json.dumps(out, indent=2))
@@ -96,13 +98,12 @@ def run(args: argparse.Namespace) -> int:
     for kind in ("inputs", "outputs"):
         for t in extra.get("onnx", {}).get(kind, []):
             print(f"{kind[:-1]} {t['name']}: {t['type']} {t['shape']}")
-    if "settings" in extra:
-        s = extra["settings"]
-        label_set = s["label_set"]
+    if settings is not None:
+        (h, w), ls = settings.image_size, settings.label_set
+        assert ls is not None  # resolved for the model
         print(
-            f"settings: {s['image_size'][0]}x{s['image_size'][1]} px, {s['eval_mode']}, TTA {s['tta']}, "
-            f"label set {label_set['name']} ({len(label_set['class_names'])} classes), "
-            f"mean {s['mean']}, std {s['std']}"
+            f"settings: {h}x{w} px, {settings.eval_mode}, TTA {settings.tta}, label set {ls.name} "
+            f"({ls.num_classes} classes), mean {list(settings.mean)}, std {list(settings.std)}"
         )
     for key, value in extra.get("meta", {}).items():
         print(f"{key}: {json.dumps(value)}")

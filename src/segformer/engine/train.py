@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpoint import save_model, unwrap
-from ..config import RunConfig, TrainConfig
+from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data.batch_augment import BatchAugment
 from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
-from ..models import create_model
+from ..models import build_model
 from ..ops import flip_permutation
 from ..runtime import tune_cpu_allocator
 from ..settings import InferenceSettings
@@ -315,13 +315,14 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
 # -- run folder: config, state, curves ---------------------------------------------------------------------
 
 
-def build_model(cfg: RunConfig, data: TrainData) -> nn.Module:
+def model_config(cfg: RunConfig, data: TrainData) -> ModelConfig:
+    """The run's model config, with the class count and names of the data's label set."""
     ls = data.label_set
     if "num_classes" in cfg.model_overrides() and cfg.model.num_classes != ls.num_classes:
         raise SegformerError(
             f"model.num_classes={cfg.model.num_classes} but label set {ls.name} has {ls.num_classes} classes"
         )
-    return create_model(cfg.model, ls.num_classes, class_names=cfg.model.class_names or ls.class_names)
+    return cfg.model.replace(num_classes=ls.num_classes, class_names=cfg.model.class_names or ls.class_names)
 
 
 def check_resume(saved: RunConfig, given: RunConfig, extensible: Iterable[str] = ()) -> RunConfig:
@@ -477,7 +478,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
 
     # -- model, optimizer, loss; the checkpoint of a resumed run
-    model = build_model(cfg, data).to(device)
+    model = build_model(model_config(cfg, data)).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     learner = build_learner(model, tc, data, device)
