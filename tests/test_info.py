@@ -109,7 +109,7 @@ def test_info_on_a_model_directory_and_an_onnx_file(tmp_path, capsys):
     params = sum(p.numel() for p in model.parameters())
     out = run_json(capsys, str(tmp_path / "m"), "--size", "64")
     assert out["params"] == params and out["config"] == model.config.to_dict()
-    assert out["settings"]["image_size"] == 48 and out["settings"]["label_set"]["name"] == "celebamask"
+    assert out["settings"]["image_size"] == 48 and out["settings"]["label_set"] == "celebamask"
     assert out["meta"] == {"epoch": 7}
     assert main(["info", str(tmp_path / "m"), "--size", "64"]) == 0
     text = capsys.readouterr().out

@@ -37,7 +37,11 @@ def test_defaults_and_round_trip():
     assert full.image_size == (64, 64) and full.label_set is CELEBAMASK and full.scales == (1.0, 1.5)
     doc = json.loads(json.dumps(full.to_dict()))  # plain JSON all the way
     assert InferenceSettings.from_dict(doc) == full
-    assert doc["label_set"] == label_set_dict(CELEBAMASK) and doc["label_set"]["ignore_index"] == 255
+    assert doc["label_set"] == "celebamask" and doc["image_size"] == 64  # as training always wrote them
+    custom = LabelSet("celebamask", CELEBAMASK.class_names, ((9, 9, 9),) * 19)
+    doc = InferenceSettings(image_size=(64, 32), label_set=custom).to_dict()
+    assert doc["label_set"] == label_set_dict(custom) and doc["label_set"]["ignore_index"] == 255
+    assert doc["image_size"] == [64, 32] and InferenceSettings.from_dict(doc).label_set == custom
     assert full.replace(tta=None, image_size=(32, 48)).image_size == (32, 48)  # None: not given
 
 

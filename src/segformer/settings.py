@@ -104,7 +104,7 @@ def parse_label_set(value: Any, what: str = "label_set") -> LabelSet | None:
 
 
 def label_set_dict(label_set: LabelSet) -> dict[str, Any]:
-    """A label set as plain data (what `parse_label_set` reads back)."""
+    """A label set written out whole as plain data (what `parse_label_set` reads back)."""
     return {
         "name": label_set.name,
         "class_names": list(label_set.class_names),
@@ -112,6 +112,14 @@ def label_set_dict(label_set: LabelSet) -> dict[str, Any]:
         "flip_pairs": [list(p) for p in label_set.flip_pairs],
         "ignore_index": label_set.ignore_index,
     }
+
+
+def _stored_label_set(label_set: LabelSet | None) -> str | dict[str, Any] | None:
+    """A shipped label set by name, any other (or a changed copy of a shipped one) written out whole."""
+    if label_set is None:
+        return None
+    shipped = label_set.name in list_label_sets() and get_label_set(label_set.name) == label_set
+    return label_set.name if shipped else label_set_dict(label_set)
 
 
 @dataclass(frozen=True)
@@ -194,15 +202,15 @@ class InferenceSettings:
         return cls.from_dict({k: v for k, v in meta.items() if k in known}, source)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (the label set written out whole, a square size as one number, as training
-        has always written it); `from_dict` reads it back."""
+        """Plain JSON data, as training has always written it (a shipped label set by name, any other
+        written out whole; a square size as one number); `from_dict` reads it back."""
         h, w = self.image_size
         return {
             "image_size": h if h == w else [h, w],
             "mean": list(self.mean),
             "std": list(self.std),
             "eval_mode": self.eval_mode,
-            "label_set": None if self.label_set is None else label_set_dict(self.label_set),
+            "label_set": _stored_label_set(self.label_set),
             "tta": self.tta,
             "scales": list(self.scales),
         }
