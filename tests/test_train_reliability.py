@@ -203,7 +203,7 @@ def test_a_state_without_records_resumes_from_a_torn_log(faces, tmp_path):
 def test_a_step_with_a_nan_loss_leaves_weights_and_optimizer_untouched(faces, tmp_path):
     cfg = tiny_run(faces)
     data = engine.build_train_data(cfg.data, seed=0, out=tmp_path, progress=False)
-    model = engine.build_model(cfg, data)
+    model = engine.build_model(engine.model_config(cfg, data))
     learner = engine.build_learner(model, cfg.train, data, torch.device("cpu"))
     images, masks = next(iter(torch.utils.data.DataLoader(data.train, batch_size=4, collate_fn=data.collate)))
     loss, skip = learner.step(iter([(images, masks)]), 1)
