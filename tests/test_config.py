@@ -237,7 +237,7 @@ def test_model_dir_whose_model_section_is_not_a_mapping(tmp_path):
 def test_choice_lists_are_the_ones_the_code_dispatches_on():
     import torch
 
-    from segformer import inference
+    from segformer import ops
     from segformer.data.layouts import LAYOUTS
     from segformer.engine import losses, optim
     from segformer.metrics import SegmentationMetrics
@@ -245,7 +245,7 @@ def test_choice_lists_are_the_ones_the_code_dispatches_on():
 
     assert losses.LOSSES is FIELD_RULES["train"]["loss"].choices
     assert optim.SCHEDULES is FIELD_RULES["train"]["schedule"].choices
-    assert tuple(inference.TTA_MODES) == TTA_MODES
+    assert tuple(ops.TTA_MODES) == TTA_MODES
     assert FIELD_RULES["data"]["kind"].allowed() == ["auto", *LAYOUTS]
     assert list_archs() == ["segformer", "unet"]
     # The standalone CE7454 run.py cannot use the registry (it copies plain definitions): its table

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import EVAL_MODES, TTA_MODES
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .errors import SegformerError
-from .settings import DEFAULT_SCALES, MODES, TTA_MODES
+from .settings import DEFAULT_SCALES
 
 # Upper bound on B x K x rows x W of one band of upsampled probabilities (float32: 64 MB); a few such
 # temporaries are alive at once.
@@ -257,8 +258,8 @@ def predict_views(
     ``mode="resize"`` runs the model at the working `size` (the logits are resized back later);
     ``mode="slide"`` keeps the full resolution and runs `size` x `size` windows (`slide_logits`).
     """
-    if mode not in MODES:
-        raise SegformerError(f"unknown inference mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode not in EVAL_MODES:
+        raise SegformerError(f"unknown inference mode {mode!r}; choose from {', '.join(EVAL_MODES)}")
     h, w = hw(size)
     if mode == "slide" and h != w:
         raise SegformerError(f"sliding windows are square; got working size {h}x{w}")

@@ -20,13 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ModelConfig
+from .config import EVAL_MODES, TTA_MODES, ModelConfig
 from .data.labels import IGNORE_INDEX, LabelSet, bit_palette, get_label_set, list_label_sets
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import SegformerError
 
-MODES = ("resize", "slide")
-TTA_MODES = ("none", "flip", "scales", "flip+scales")
 DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)
 DEFAULT_IMAGE_SIZE = 512
 
@@ -160,7 +158,7 @@ class InferenceSettings:
             if name == "std" and min(values) <= 0:
                 raise SegformerError(f"std: expected positive values, got {list(values)}")
             set_(name, values)
-        set_("eval_mode", _choice(self.eval_mode, "eval_mode", "inference mode", MODES))
+        set_("eval_mode", _choice(self.eval_mode, "eval_mode", "inference mode", EVAL_MODES))
         set_("tta", _choice(self.tta, "tta", "TTA mode", TTA_MODES))
         scales = tuple(_number(s, "scales") for s in _sequence(self.scales, "scales"))
         if not scales or min(scales) <= 0:
@@ -273,8 +271,6 @@ def model_settings(
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_SCALES",
-    "MODES",
-    "TTA_MODES",
     "InferenceSettings",
     "label_set_dict",
     "model_settings",

@@ -94,17 +94,13 @@ def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise SegformerError(f"{path}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise SegformerError(f"{path}: written by a newer segformer (format {version})")
-    model, meta = doc.get("model", {}), doc.get("meta") or {}
-    if not isinstance(model, dict):
-        raise SegformerError(f'{path}: "model" must be a mapping of config fields, got {model!r}')
+    meta = doc.get("meta") or {}
     if not isinstance(meta, dict):
         raise SegformerError(f'{path}: "meta" must be a mapping, got {meta!r}')
     try:
-        config = ModelConfig.from_dict(model)
-    except SegformerError as err:
-        raise SegformerError(f"{path}: {err}") from None
-    except (TypeError, ValueError) as err:  # a value of the right type that the config cannot use
-        raise SegformerError(f"{path}: invalid model config ({err})") from None
+        config = ModelConfig.from_dict(doc.get("model", {}))
+    except SegformerError as err:  # names the field (model.<field>: ...); the file goes last
+        raise SegformerError(f"{err} (in {path})") from None
     return config, dict(meta)
 
 

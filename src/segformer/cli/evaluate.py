@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..settings import TTA_MODES
+from ..config import TTA_MODES
 from .types import nonneg_int, positive_int
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import EVAL_MODES, TTA_MODES
 from ..export import CE7454_BUDGET, FORMATS, export_model
 from ..onnx import EXPORTERS
-from ..settings import MODES, TTA_MODES
 from .types import int_between, positive_int
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
     )
-    p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
+    p.add_argument(
+        "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
+    )
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="ONNX exporter (torch's)")
     p.add_argument("--opset", type=ONNX_OPSET, default=18, help="ONNX opset (default 18)")

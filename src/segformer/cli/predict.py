@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import EVAL_MODES, TTA_MODES
 from ..inference import BACKENDS, Predictor
 from ..predict import predict_files
-from ..settings import MODES, TTA_MODES
 from .types import positive_floats, positive_int
 
 
@@ -33,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
     )
-    p.add_argument("--mode", choices=MODES, help="resize to the working size (default) or sliding windows")
+    p.add_argument(
+        "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
+    )
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
     p.add_argument(
         "--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU, 8 on CUDA)"
