@@ -1,4 +1,4 @@
-"""Label sets: ids, palettes and flip pairs against SPEC.md §2.1, dataset lookup tables, face-order remaps."""
+"""Label sets: ids, palettes and flip pairs against the CelebAMask-HQ release, dataset lookup tables, face-order remaps."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from segformer.data.labels import (
     remap_lut,
 )
 
-# SPEC.md §2.1, written out again by hand.
-SPEC_NAMES = [
+# The CelebAMask-HQ classes and palette, written out again by hand.
+EXPECTED_NAMES = [
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
     "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
 ]  # fmt: skip
-SPEC_PALETTE = [
+EXPECTED_PALETTE = [
     (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
     (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
     (255, 51, 153), (0, 204, 204), (0, 51, 0), (255, 153, 51), (0, 204, 0),
@@ -32,8 +32,8 @@ SPEC_PALETTE = [
 
 
 def test_celebamask_matches_the_spec():
-    assert list(CELEBAMASK.class_names) == SPEC_NAMES
-    assert list(CELEBAMASK.palette) == SPEC_PALETTE
+    assert list(CELEBAMASK.class_names) == EXPECTED_NAMES
+    assert list(CELEBAMASK.palette) == EXPECTED_PALETTE
     assert CELEBAMASK.num_classes == 19 and CELEBAMASK.ignore_index == 255
     assert set(CELEBAMASK.flip_pairs) == {(4, 5), (6, 7), (8, 9)}
 
@@ -59,7 +59,7 @@ def test_palette_bytes_drive_pil_palettes():
     img = Image.fromarray(np.arange(19, dtype=np.uint8)[None], "P")
     img.putpalette(CELEBAMASK.palette_bytes())
     assert len(CELEBAMASK.palette_bytes()) == 768
-    assert [tuple(c) for c in np.asarray(img.convert("RGB"))[0]] == SPEC_PALETTE
+    assert [tuple(c) for c in np.asarray(img.convert("RGB"))[0]] == EXPECTED_PALETTE
     colours = CELEBAMASK.palette_array()
     assert tuple(colours[255]) == (255, 255, 255)  # ignore shows white
     assert tuple(colours[19]) == (128, 128, 128)  # unknown ids show grey

@@ -123,7 +123,7 @@ def test_parallel_workers_write_the_same_files(tmp_path):
 
 @pytest.mark.slow
 def test_generator_speed_at_256():
-    """SPEC target: at least 50 images/s at 256 x 256 on one core (measured 160-170/s on the dev machine)."""
+    """Target: at least 50 images/s at 256 x 256 on one core (measured 160-170/s on the dev machine)."""
     generate_face(np.random.default_rng(0), 256)
     start = time.perf_counter()
     n = 100

@@ -1,5 +1,5 @@
 """Exact rewrites: the fused inference model and the sum-of-projections decoder equal the literal
-concatenating formulation (SPEC.md 1.5), for every variant and with non-trivial norm statistics."""
+concatenating formulation, for every variant and with non-trivial norm statistics."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SEGFORMERS = [n for n in list_models() if get_config(n).arch == "segformer"]
 
 
 def concat_decoder(decoder: MLPDecoder | MicroDecoder, features: list[torch.Tensor]) -> torch.Tensor:
-    """The decoder as SPEC.md 1.2 / 1.3 write it: project, resize to stride 4, concatenate, fuse."""
+    """The decoder as the paper writes it: project, resize to stride 4, concatenate, fuse."""
     size = features[0].shape[-2:]
     maps = [
         F.interpolate(lin(f), size=size, mode="bilinear", align_corners=False)

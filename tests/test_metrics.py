@@ -15,7 +15,7 @@ IGNORE = 255
 
 
 def naive_image_fscore(pred: np.ndarray, gt: np.ndarray) -> float:
-    """CE7454 definition, straight from SPEC.md section 4, with boolean masks per class."""
+    """CE7454 definition, straight from the challenge's definition, with boolean masks per class."""
     valid = gt != IGNORE
     scores = []
     for c in np.unique(gt[valid]):

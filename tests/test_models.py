@@ -16,7 +16,7 @@ from segformer.models.mit import DropPath
 
 from conftest import randomize_norms, tiny_config
 
-# SPEC.md section 1.1 (equal to HF transformers' SegformerForSemanticSegmentation) and 1.3.
+# The published SegFormer configurations (equal to HF transformers' SegformerForSemanticSegmentation).
 EXPECTED_PARAMS = {
     150: {
         "segformer-b0": 3_752_694,
@@ -278,7 +278,7 @@ def test_config_round_trips_through_a_plain_dict():
     assert ModelConfig.from_dict(config.to_dict()) == config
 
 
-# --- a naive reference forward, written straight from SPEC.md -------------------------------------
+# --- a naive reference forward, written straight from the paper -------------------------------------
 
 
 def naive_forward(model: SegFormer, x: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_parameter_count_matches_the_hand_count(width, classes):
 
 
 def test_standard_unet_is_about_31m_parameters():
-    # SPEC.md 1.4: "standard 4-level, base width 64, about 31M parameters".
+    # The seed's baseline: "standard 4-level, base width 64, about 31M parameters".
     assert params_by_hand(64, 19) == 31_038_803
     assert "unet" in list_models()
     config = segformer.models.get_config("unet")

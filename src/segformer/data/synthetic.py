@@ -1,6 +1,6 @@
 """Synthetic face parsing: a seeded procedural generator of face-like images with CelebAMask-HQ labels.
 
-It is the embedded default data (SPEC.md §2.2) that lets every command run on a fresh machine. Each
+It is the embedded default data that lets every command run on a fresh machine. Each
 image is a painted head on a cluttered background: skin oval with a chin, hair cap (fringe, long hair,
 side locks, or bald), ears, brows, eyes with iris and eyelid, nose, lips with an open or closed mouth,
 neck, clothes, and sometimes glasses, a hat, earrings or a necklace, plus an occasional occluder.
@@ -36,7 +36,7 @@ from ..fileio import atomic_dir, write_json
 from .io import save_image, save_mask
 from .labels import CELEBAMASK
 
-# class ids (SPEC.md §2.1)
+# class ids of the CelebAMask-HQ label set (data/labels.py)
 BG, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = range(10)
 MOUTH, U_LIP, L_LIP, HAIR, HAT, EAR_R, NECK_L, NECK, CLOTH = range(10, 19)
 

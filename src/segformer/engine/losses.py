@@ -1,7 +1,7 @@
 """Segmentation losses on logits ``(B, K, h, w)`` and labels ``(B, H, W)``; all honour the ignore index.
 
 Logits smaller than the labels (the stride-4 output of the decoder) are upsampled bilinearly to the
-label size first (SPEC.md 1.2).
+label size first, as SegFormer's training does.
 
 - cross entropy;
 - soft Dice over the softmax (the CE7454 seed's formula): ``1 - mean_c (2 sum p_c y_c + eps) /

@@ -1,4 +1,4 @@
-"""Exact inference-time rewrites of a trained SegFormer (SPEC.md 1.5).
+"""Exact inference-time rewrites of a trained SegFormer.
 
 `fuse(model)` returns a `FusedSegFormer`: the same function as ``model.eval()`` (logits equal up to
 float rounding, ~1e-6) with a cheaper decoder. Every rewrite is linear algebra:

@@ -1,4 +1,4 @@
-"""U-Net, the convolutional baseline of the seed's parameter-efficiency comparison (SPEC.md 1.4).
+"""U-Net, the convolutional baseline of the seed's parameter-efficiency comparison.
 
 Ronneberger, Fischer and Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation",
 MICCAI 2015. Four downsamplings (2x2 max-pool) and four upsamplings (2x2 transposed convolution that
