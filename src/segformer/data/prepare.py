@@ -4,8 +4,8 @@ The raw release has ``CelebA-HQ-img/<i>.jpg`` (1024 x 1024) and one binary mask 
 ``CelebAMask-HQ-mask-anno/<i // 2000>/<i:05d>_<part>.png`` (512 x 512). Label maps are built as the
 official preprocessing does (`g_mask.py` of switchablenorms/CelebAMask-HQ): start from background and
 paint the parts in the order skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip,
-l_lip, hair, hat, ear_r, neck_l, neck, cloth, the value of part k being k (its id in the CelebAMask-HQ label set, data/labels.py), so
-later parts overwrite earlier ones.
+l_lip, hair, hat, ear_r, neck_l, neck, cloth, the value of part k being k (its id in the CelebAMask-HQ
+label set, data/labels.py), so later parts overwrite earlier ones.
 
 The official split follows CelebA's: ``CelebA-HQ-to-CelebA-mapping.txt`` gives each HQ image its
 original CelebA file, and CelebA's ``list_eval_partition.txt`` puts that file in train (0), val (1) or
