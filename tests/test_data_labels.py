@@ -1,4 +1,4 @@
-"""Label sets: ids, palettes and flip pairs against the CelebAMask-HQ release, lookup tables, face-order remaps."""
+"""Label sets: ids, palettes and flip pairs against the CelebAMask-HQ release, lookups, face-order remaps."""
 
 from __future__ import annotations
 
