@@ -506,7 +506,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     checkpoint = f"{run.state} (epoch {_epoch_of(st, steps_per_epoch):g})" if saved else None
     if not st.stopped and st.epoch >= tc.epochs:
         st.stopped = "epochs done"
-    if not st.stopped and saved and clock.out_of_time(0.0):
+    if not st.stopped and saved and distributed.any_process(clock.out_of_time(0.0)):
         st.stopped = f"time budget of {tc.max_minutes:g} minutes"
     while not st.stopped:
         # -- train one epoch (or what is left of it)
@@ -533,16 +533,17 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
             last_scores = evaluate_and_checkpoint(learner, val_loader, data, cfg, run, st, record, progress)
             if tc.early_stop and st.bad_evals >= tc.early_stop and not st.stopped:
                 st.stopped = f"early stopping ({tc.early_stop} evaluations without improvement)"
-            if clock.budget is not None:
-                eval_every = fit_eval_every(
-                    tc.eval_every, st, clock, stats.seconds / stats.steps * steps_per_epoch
+            if clock.budget is not None:  # (from the main process's clock: all must evaluate together)
+                epoch_seconds = stats.seconds / stats.steps * steps_per_epoch
+                eval_every = distributed.broadcast_object(
+                    fit_eval_every(tc.eval_every, st, clock, epoch_seconds)
                 )
 
         # -- log: state.pt (with the metrics records), metrics.jsonl, curves, one line
         records.append(json_safe({**record, "elapsed_minutes": clock() / 60}))
         if main:
             log_epoch(run, learner, st, records, clock, tc.monitor, writer, progress)
-            checkpoint = f"{run.state} (epoch {records[-1]['epoch']:g})"
+        checkpoint = f"{run.state} (epoch {records[-1]['epoch']:g})"
         distributed.barrier()
 
     if writer is not None:
