@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import load_recipe
+from ..engine.data import build_train_data
 from ..engine.losses import SegmentationLoss
+from ..engine.train import build_learner, model_config, resolve_device, train_loader
 from ..errors import SegformerError
 from ..models import build_model
 from ..runtime import tune_cpu_allocator
@@ -102,10 +105,6 @@ def bench_train_end_to_end(
     Each end-to-end block starts a new epoch of the loader, so it pays for filling the pipeline as
     every epoch of training does. `overrides` are dotted recipe keys (``{"train.amp": "bf16"}``).
     """
-    from ..config import load_recipe
-    from ..engine.data import build_train_data
-    from ..engine.train import build_learner, model_config, resolve_device, train_loader
-
     torch.set_num_threads(threads)
     if tune:
         tune_cpu_allocator()
