@@ -79,3 +79,15 @@ def test_failed_save_leaves_the_previous_model(tmp_path):
         save_model(Broken(tiny_config("micro")), target)
     assert load_model(target).config.decoder == "mlp"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_an_unknown_or_absent_device_is_a_one_line_error(tmp_path):
+    from segformer import load
+
+    save_model(SegFormer(tiny_config()), tmp_path / "m")
+    with pytest.raises(SegformerError, match="unknown device 'gpu'; use cpu, cuda, cuda:N or auto"):
+        load(tmp_path / "m", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SegformerError, match="'cuda:1' requested but torch sees no CUDA GPU"):
+            load(tmp_path / "m", device="cuda:1")
+    assert load(tmp_path / "m", device="auto").config == tiny_config()

@@ -22,6 +22,7 @@ from .checkpoint import CONFIG_FILE, is_model_dir, load
 from .config import ModelConfig
 from .data.io import load_image, to_rgb
 from .data.labels import LabelSet
+from .devices import resolve_device
 from .errors import SegformerError
 from .models.fuse import maybe_fuse
 from .onnx import OnnxRuntimeModel
@@ -32,29 +33,6 @@ from .settings import InferenceSettings, model_settings
 BACKENDS = ("torch", "onnxruntime")
 
 Input = str | Path | Image.Image | np.ndarray
-
-
-def resolve_device(device: str | torch.device | None, model: Any = None) -> torch.device:
-    """`device` as a `torch.device` that exists here: None is the model's own device (the CPU for
-    files), ``"auto"`` CUDA when present; an unknown or absent device is a `SegformerError`."""
-    if device is None:
-        params = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-        return params.device if params is not None else torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise SegformerError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SegformerError(f"device {device!r} requested but torch sees no CUDA GPU")
-        if resolved.index is not None and resolved.index >= count:
-            raise SegformerError(f"device {device!r} requested but torch sees {count} CUDA GPU(s)")
-    elif resolved.type != "cpu":
-        raise SegformerError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
-    return resolved
 
 
 def _source(model: str | Path) -> str:
@@ -109,7 +87,10 @@ class Predictor:
         if backend not in BACKENDS:
             raise SegformerError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         tune_cpu_allocator()
-        self.device = resolve_device(device, model)
+        if device is None:  # a model object stays where it is; files load on the CPU
+            params = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+            device = params.device if params is not None else "cpu"
+        self.device = resolve_device(device)
         source = None
         if isinstance(model, (str, Path)):
             source = _source(model)
@@ -264,4 +245,4 @@ class Predictor:
         return results
 
 
-__all__ = ["BACKENDS", "Predictor", "resolve_device"]
+__all__ = ["BACKENDS", "Predictor"]

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import load_recipe
+from ..devices import resolve_device
 from ..engine.data import build_train_data
 from ..engine.losses import SegmentationLoss
-from ..engine.train import build_learner, model_config, resolve_device, train_loader
+from ..engine.train import build_learner, model_config, train_loader
 from ..errors import SegformerError
 from ..models import build_model
 from ..runtime import tune_cpu_allocator
@@ -115,7 +116,7 @@ def bench_train_end_to_end(
     if workers is not None:
         changes["data.workers"] = workers
     cfg = load_recipe(recipe).override({**changes, **(overrides or {})})
-    dev = torch.device(resolve_device(cfg.train.device))
+    dev = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory() as tmp:  # (written into only for synthetic data)
         train_data = build_train_data(
             cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False, device=dev

@@ -38,6 +38,7 @@ from ..config import ModelConfig
 from ..convert.hf import HF, config_from_hf, config_to_hf, hf_to_native, native_to_hf
 from ..convert.keymap import KeyMap
 from ..convert.original import ORIGINAL, infer_config, is_encoder_only
+from ..devices import resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_dir
 from ..models import build_model
@@ -226,6 +227,7 @@ def load(
     >>> model = segformer.load("segformer-b0-finetuned-ade-512-512/")   # HF directory
     >>> model = segformer.load("mit_b2.pth", num_classes=19)            # ImageNet encoder
     """
+    device = resolve_device(device)
     path = Path(path)
     source = str(path)
     if path.is_dir():

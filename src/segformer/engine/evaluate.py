@@ -15,6 +15,7 @@ from .. import distributed
 from ..data.datasets import SegmentationDataset
 from ..data.labels import LabelSet, get_label_set
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..devices import resolve_device
 from ..errors import SegformerError
 from ..metrics import SegmentationMetrics
 from ..ops import Preprocess, class_ids, flip_permutation, predict_probs
@@ -143,6 +144,7 @@ def evaluate_model(
             f"{ls.name} ({ls.num_classes})"
         )
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval)
+    device = resolve_device(device)
     model = model.to(device)
     scores = evaluate(
         model,

@@ -41,6 +41,7 @@ from .. import distributed
 from ..checkpoint import save_model, unwrap
 from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data.batch_augment import BatchAugment
+from ..devices import resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_path, write_json, write_text
 from ..models import build_model
@@ -85,16 +86,6 @@ class RunState:
 
 class TrainingDiverged(SegformerError):
     pass
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SegformerError("device cuda requested but torch sees no CUDA GPU")
-    if name not in ("cpu", "cuda"):
-        raise SegformerError(f"unknown device {name!r} (expected auto, cpu or cuda)")
-    return name
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -436,7 +427,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     tune_cpu_allocator()
     try:
-        device = distributed.init(resolve_device(cfg.train.device))
+        device = distributed.init(str(resolve_device(cfg.train.device)))
         run = RunDir(out)
         with writer_lock(run):
             return _train(cfg, run, resume, progress, device)
