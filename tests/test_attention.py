@@ -15,7 +15,9 @@ import segformer
 from segformer import SegformerError, create_model
 from segformer.attention import attention_probs, collect_attention, write_attention_maps
 from segformer.cli import main
-from segformer.data.io import save_image
+from segformer.data.io import load_image, save_image
+from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segformer.inference import preprocess
 from segformer.models import SegFormer
 from segformer.models.mit import EfficientSelfAttention
 
@@ -133,6 +135,31 @@ def test_writes_one_figure_per_stage_and_the_stage1_comparison(tmp_path, face_im
     assert all(0 <= e <= np.log(4) + 1e-9 for e in stages[0]["entropy"])
     assert all(0 <= e <= np.log(256) + 1e-9 for e in stages[0]["entropy_without_sr"])
     assert stages[3]["entropy_without_sr"] is None
+    # One colour scale for every panel: 0 to the largest weight drawn, as a multiple of uniform.
+    tensor = preprocess(load_image(face_image), 64, IMAGENET_MEAN, IMAGENET_STD)
+    blocks = collect_attention(model, tensor, [(40 / 80, 30 / 60), (10 / 80, 50 / 60)])
+    last = {b.stage: b for b in blocks}
+    drawn = [m for b in last.values() for m in b.maps] + list(last[0].full)
+    assert doc["colour_scale"] == pytest.approx(
+        [0.0, max(float(m.max()) * m.numel() for m in drawn)], rel=1e-5
+    )
+
+
+def test_a_nearly_uniform_map_is_drawn_nearly_flat():
+    from matplotlib.colors import Normalize
+
+    from segformer.attention import _heatmap
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    attn = torch.full((4, 4), 1 / 16)
+    attn[0, 0] *= 1.02  # 2% above uniform somewhere
+    attn /= attn.sum()
+    panel = _heatmap(image, attn, Normalize(0.0, 8.0)).astype(int)
+    assert np.ptp(panel, axis=(0, 1)).max() <= 2  # flat on the shared scale, not stretched to full contrast
+    peaked = torch.zeros(4, 4)
+    peaked[0, 0] = 1.0  # 16x uniform: saturates the same scale
+    panel = _heatmap(image, peaked, Normalize(0.0, 8.0)).astype(int)
+    assert np.ptp(panel, axis=(0, 1)).max() > 60
 
 
 def test_cli_on_a_model_directory(tmp_path, face_image, capsys):

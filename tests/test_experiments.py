@@ -307,3 +307,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "pass --data ROOT or --synthetic N" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["experiment", "depths", "--quick"])
+
+
+def test_ctrl_c_stops_a_suite_within_seconds_and_leaves_resumable_state(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "segformer", "experiment", "schedule", "--quick", "--synthetic", "12",
+               "--epochs", "500", "--out", str(out), "--quiet", "--threads", "1"]  # fmt: skip
+    # A terminal's Ctrl-C signals the whole process group (DataLoader workers included).
+    proc = subprocess.Popen(
+        command, env={**os.environ, "PYTHONPATH": str(SRC)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state = out / "schedule" / "constant" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert state.exists(), proc.communicate()[1]
+    time.sleep(1.0)
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 3.0  # 3-4 s of interpreter teardown before the exit in cli.main
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert state.is_file() and not (out / "schedule" / "constant" / "summary.json").exists()
+    meta = json.loads((out / "schedule" / "suite.json").read_text())
+    assert meta["complete"] is False  # resumable: the same command continues from state.pt

@@ -3,6 +3,7 @@ by headless Chromium in a slow test."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -144,9 +145,9 @@ def test_report_of_a_suite_and_a_run_is_self_contained(experiment, tmp_path, cap
     page = (report / "index.html").read_text()
     for run in ("constant", "step", "cosine"):
         assert f"<td>{run}</td>" in page
-    assert "Suite: schedule" in page and "Run: cosine" in page
+    assert "Suite: schedule" in page and "Run: schedule/cosine" in page
     md = (report / "report.md").read_text()
-    assert "| constant |" in md and "## Run: cosine" in md
+    assert "| constant |" in md and "## Run: schedule/cosine" in md
     # moving the folder keeps it whole
     moved = tmp_path / "moved"
     shutil.move(report, moved)
@@ -210,3 +211,30 @@ def test_report_of_a_run_on_its_own_synthetic_faces_and_after_its_data_is_gone(t
     shutil.rmtree(run / "data")
     page = build_report([run], tmp_path / "r2", samples=2).read_text()
     assert "sample predictions skipped" in page and "predictions.png" not in page
+    # A folder called "run" is titled with its parent, not "Run: run".
+    assert f"Run: {tmp_path.name}/run" in page
+
+
+def test_report_of_an_interrupted_suite_shows_the_finished_runs_marked_partial(tmp_path, monkeypatch):
+    import segformer.experiments as experiments
+    from segformer.engine.train import train
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, num=20, size=32, seed=0, val_fraction=0.2, progress=False)
+
+    def interrupted_second(cfg, out, resume=False, progress=True):
+        if Path(out).name == "step":
+            raise KeyboardInterrupt
+        return train(cfg, out, resume=resume, progress=progress)
+
+    monkeypatch.setattr(experiments, "train", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite("schedule", data, tmp_path / "exp", QUICK, progress=False)
+    meta = json.loads((tmp_path / "exp" / "schedule" / "suite.json").read_text())
+    assert meta["complete"] is False and meta["runs"] == ["constant", "step", "cosine"]
+    page = build_report([tmp_path / "exp"], tmp_path / "r", samples=0).read_text()
+    assert "Suite: schedule (PARTIAL)" in page
+    assert "PARTIAL RESULTS: 1 of 3 runs finished; not finished: step, cosine" in page
+    assert "<td>constant</td>" in page and "<td>step</td>" not in page
+    summary = json.loads((tmp_path / "exp" / "schedule" / "constant" / "summary.json").read_text())
+    assert f"<td>{summary['last_scores']['ce7454_f']:.4f}</td>" in page

@@ -1,4 +1,5 @@
-"""Attention maps of the MiT encoder, for the figures of a report (seed 003: 注意力可视化, SR前后对比).
+"""Attention maps of the MiT encoder, for the figures of a report (maps per stage, and stage 1 with and
+without sequence reduction).
 
 For a query pixel, the map of a block is ``softmax(q k^T / sqrt(d))`` of that query's token over the
 block's keys, averaged over heads, as the model computes it: forward pre-hooks on every
@@ -118,21 +119,37 @@ def collect_attention(
     return found
 
 
-def _heatmap(image: np.ndarray, attn: Tensor, alpha: float = 0.55) -> np.ndarray:
-    """`attn` (h, w) upsampled to the image, stretched to [0, 1] (min to max) and blended in as a colour
-    map; how peaked the map really is goes into the panel titles (`_peak`)."""
+def relative_attention(attn: Tensor) -> Tensor:
+    """`attn` (h, w), weights summing to 1, as multiples of uniform attention (1.0: the query attends to
+    every key alike), so maps over different numbers of keys share one scale."""
+    return attn.float() * attn.numel()
+
+
+def _heatmap(image: np.ndarray, attn: Tensor, norm, alpha: float = 0.55) -> np.ndarray:
+    """`attn` (h, w) as multiples of uniform (`relative_attention`), upsampled to the image and blended
+    in with the colour map under `norm`, the scale shared by every panel (and shown by the colour bar):
+    a map at 1.02x uniform stays flat instead of being stretched to full contrast."""
     import matplotlib
 
-    a = attn[None, None].float()
-    a = F.interpolate(a, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-    a = ((a - a.min()) / (a.max() - a.min()).clamp(min=1e-12)).numpy()
-    colour = matplotlib.colormaps["inferno"](a)[..., :3] * 255.0
+    a = relative_attention(attn)[None, None]
+    a = F.interpolate(a, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()
+    colour = matplotlib.colormaps[_CMAP](norm(a))[..., :3] * 255.0
     return (image.astype(np.float32) * (1 - alpha) + colour * alpha + 0.5).clip(0, 255).astype(np.uint8)
+
+
+_CMAP = "inferno"
+
+
+def _colorbar(fig, axes, norm) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=_CMAP), ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label("attention / uniform attention (one scale for all panels)", fontsize=8)
 
 
 def _peak(attn: Tensor) -> str:
     """The largest weight as a multiple of uniform attention (1.0: the query attends everywhere alike)."""
-    return f"peak {float(attn.max()) * attn.numel():.2f}x uniform"
+    return f"peak {float(relative_attention(attn).max()):.2f}x uniform"
 
 
 def _mark(ax, point_px: tuple[float, float]) -> None:
@@ -172,11 +189,18 @@ def write_attention_maps(
     last = {b.stage: b for b in blocks}  # the last block of each stage
     out = Path(out)
     plt = pyplot()
+    from matplotlib.colors import Normalize
+
+    # One scale for every map drawn: 0 to the largest weight (as a multiple of uniform) of any of them.
+    drawn = [m for e in last.values() for m in e.maps] + (
+        list(last[0].full) if last[0].full is not None else []
+    )
+    norm = Normalize(0.0, max(float(relative_attention(m).max()) for m in drawn))
     written = []
     for stage, entry in sorted(last.items()):
         fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), squeeze=False)
         for q, (ax, point) in enumerate(zip(axes[0], points, strict=True)):
-            ax.imshow(_heatmap(image, entry.maps[q]))
+            ax.imshow(_heatmap(image, entry.maps[q], norm))
             _mark(ax, point)
             ax.set_axis_off()
             ax.set_title(f"query ({point[0]:.0f}, {point[1]:.0f}): {_peak(entry.maps[q])}", fontsize=9)
@@ -186,6 +210,7 @@ def write_attention_maps(
             f"{kh}x{kw} keys (sr {entry.sr_ratio})",
             fontsize=10,
         )
+        _colorbar(fig, axes, norm)
         path = out / f"stage{stage + 1}.png"
         save_figure(fig, path)
         written.append(path)
@@ -202,11 +227,12 @@ def write_attention_maps(
                 ]
             ):
                 ax = axes[q, col]
-                ax.imshow(_heatmap(image, maps[q]))
+                ax.imshow(_heatmap(image, maps[q], norm))
                 _mark(ax, point)
                 ax.set_axis_off()
                 ax.set_title(f"{title}\n{_peak(maps[q])}", fontsize=9)
         fig.suptitle(f"stage 1, block {first.block + 1}: sequence reduction on / off", fontsize=10)
+        _colorbar(fig, axes, norm)
         path = out / "stage1_sr_vs_full.png"
         save_figure(fig, path)
         written.append(path)
@@ -218,6 +244,7 @@ def write_attention_maps(
     doc = {
         "image": str(image_path),
         "working_size": size,
+        "colour_scale": [norm.vmin, norm.vmax],  # multiples of uniform attention, shared by every panel
         "points": [list(p) for p in points],
         "stages": [
             {

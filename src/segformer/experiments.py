@@ -1,4 +1,5 @@
-"""The experiments of the CE7454 seed (seed 003, "论文写作要点"), as data, run through the training engine.
+"""The experiments of the CE7454 face-parsing project (ablations and an efficiency comparison), as data,
+run through the training engine.
 
 A suite is a list of variants, each a run name and the recipe overrides that make it. Every variant is
 trained by `segformer.engine.train.train` from the same recipe, seed, data split, image size, epochs
@@ -22,7 +23,9 @@ fitted to the budget (see `segformer.engine.train`), so a slower model trains fe
 same wall-clock time; results.csv records the epochs each run completed.
 
 A suite is resumable: a run folder with ``summary.json`` is finished and reused (its settings must
-match), one with ``state.pt`` but no summary is resumed, others are trained.
+match), one with ``state.pt`` but no summary is resumed, others are trained. ``suite.json`` is written
+when a suite starts (``"complete": false``) and again when its tables are written, so a report of an
+interrupted suite shows the runs that finished.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import functools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,11 +88,22 @@ def matched_unet_width(
     return min((max(1, width - 1), width), key=lambda w: abs(unet_params(w, num_classes) - target))
 
 
-def _suites() -> dict[str, Suite]:
+def _suites() -> dict[str, Suite | Callable[[], Suite]]:
     def v(name: str, **overrides: Any) -> Variant:
         return Variant(name, {k.replace("__", "."): val for k, val in overrides.items()})
 
-    matched = matched_unet_width()
+    def efficiency() -> Suite:  # a function: finding the matched U-Net width builds 15 models
+        matched = matched_unet_width()
+        return Suite(
+            "efficiency",
+            "parameter efficiency: MicroSegFormer vs SegFormer-B0 vs U-Net (standard and parameter-matched)",
+            (
+                v("microsegformer", model__name="microsegformer"),
+                v("segformer-b0", model__name="segformer-b0"),
+                v("unet", model__name="unet"),
+                v(f"unet-w{matched}", model__name="unet", model__unet_width=matched),
+            ),
+        )
 
     return {
         "depth": Suite(
@@ -130,16 +145,7 @@ def _suites() -> dict[str, Suite]:
             "learning-rate schedule after the linear warmup",
             tuple(v(s, train__schedule=s) for s in ("constant", "step", "cosine")),
         ),
-        "efficiency": Suite(
-            "efficiency",
-            "parameter efficiency: MicroSegFormer vs SegFormer-B0 vs U-Net (standard and parameter-matched)",
-            (
-                v("microsegformer", model__name="microsegformer"),
-                v("segformer-b0", model__name="segformer-b0"),
-                v("unet", model__name="unet"),
-                v(f"unet-w{matched}", model__name="unet", model__unet_width=matched),
-            ),
-        ),
+        "efficiency": efficiency,
     }
 
 
@@ -150,7 +156,8 @@ def get_suite(name: str) -> Suite:
     """The suite called `name` (one of `SUITE_NAMES`)."""
     if name not in SUITE_NAMES:
         raise SegformerError(f"unknown experiment suite {name!r}; choose from {', '.join(SUITE_NAMES)}")
-    return _suites()[name]
+    suite = _suites()[name]
+    return suite() if callable(suite) else suite
 
 
 @dataclass(frozen=True)
@@ -335,6 +342,15 @@ def run_suite(
 
     suite = get_suite(name)
     suite_dir = Path(out) / suite.name
+    meta = {
+        "suite": suite.name,
+        "description": suite.description,
+        "settings": {**settings.__dict__, "data": str(Path(data).resolve())},
+        "runs": [v.name for v in suite.variants],
+    }
+    # Written first, marked incomplete, so that `segformer report` can show the runs an interrupted
+    # suite has finished.
+    write_json(suite_dir / "suite.json", {**meta, "complete": False})
     rows, runs, trained = [], {}, []
     for i, variant in enumerate(suite.variants):
         cfg = run_config(settings, data, variant)
@@ -349,14 +365,8 @@ def run_suite(
         measured = measure_run(run_dir, settings, remeasure)
         rows.append(result_row(suite, variant, cfg, summary, scores, measured))
         runs[variant.name] = {"dir": run_dir, "scores": scores}
-    meta = {
-        "suite": suite.name,
-        "description": suite.description,
-        "settings": {**settings.__dict__, "data": str(Path(data).resolve())},
-        "runs": [v.name for v in suite.variants],
-    }
     files = write_suite_outputs(suite_dir, rows, runs, meta, settings.sample_images)
-    write_json(suite_dir / "suite.json", {**meta, "files": sorted(files)})
+    write_json(suite_dir / "suite.json", {**meta, "complete": True, "files": sorted(files)})
     return {"suite": suite.name, "dir": str(suite_dir), "rows": rows, "files": files}
 
 
@@ -385,6 +395,14 @@ def run_experiments(
                                     val_fraction=0.1, progress=progress)  # fmt: skip
     elif not Path(data).is_dir():
         raise SegformerError(f"{data}: dataset folder not found")
+    if progress:
+        from .runtime import thread_choice
+
+        runs = sum(len(get_suite(name).variants) for name in names)
+        print(
+            f"experiment: {', '.join(names)}: {runs} runs x {settings.epochs} epochs at "
+            f"{settings.img_size} px on {data}, {thread_choice().describe()} -> {out}"
+        )
     return [run_suite(name, data, out, settings, progress, remeasure) for name in names]
 
 

@@ -1,8 +1,8 @@
 """Report material: result tables (CSV, Markdown, LaTeX booktabs), figures, and an offline HTML page.
 
-The tables and figures are what the CE7454 seed's writing notes ("论文写作要点", 图表建议) ask for:
-a comparison table (params / GFLOPs / FPS / score), training curves, per-class scores, a
-parameter-score plot and sample predictions. `build_report` gathers run folders (written by
+The tables and figures are those a face-parsing project report needs: a comparison table (params /
+GFLOPs / FPS / score), training curves, per-class scores, a parameter-score plot and sample
+predictions. `build_report` gathers run folders (written by
 `segformer train`) and suite folders (written by `segformer experiment`) into one self-contained
 folder, ``index.html`` + ``report.md`` + ``assets/``, that opens in a browser with no network.
 """
@@ -146,10 +146,13 @@ def pyplot():
     return plt
 
 
+_DPI = 110
+
+
 def save_figure(fig, path: Path) -> None:
     """Write `fig` as a PNG atomically and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
     pyplot().close(fig)
 
 
@@ -232,8 +235,33 @@ def validation_images(run_dir: Path):
     )
 
 
+def add_class_legend(fig, label_set, classes: Sequence[int] | None = None, ncol: int = 6) -> None:
+    """A legend of class colours (the label set's palette) under `fig`'s axes: `classes` (ids; default
+    all) in id order. The one legend of every mask figure (`plot_predictions`, `segformer data preview`
+    sheets drawn with matplotlib)."""
+    from matplotlib.patches import Patch
+
+    ids = sorted(set(range(label_set.num_classes) if classes is None else classes))
+    handles = [
+        Patch(
+            facecolor=np.asarray(label_set.palette[i]) / 255.0,
+            edgecolor="#444",
+            label=label_set.class_names[i],
+        )
+        for i in ids
+        if 0 <= i < label_set.num_classes
+    ]
+    if handles:
+        fig.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(handles)),
+            fontsize=8, frameon=False, title="classes", title_fontsize=8,
+        )  # fmt: skip
+
+
 def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, size: int) -> None:
-    """Rows of validation images: image | ground truth | one prediction per model."""
+    """Rows of validation images: image | ground truth | one prediction per model, column titles on top,
+    a legend of the classes shown underneath. Each panel is drawn at least at the image's own resolution
+    (predictions are resized back to it), so small structures stay visible."""
     from .data.io import colorize
     from .inference import Predictor
 
@@ -241,17 +269,29 @@ def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, si
     predictors = [Predictor(m, image_size=size, label_set=dataset.label_set) for m in models.values()]
     n = min(count, len(dataset))
     cols = 2 + len(models)
-    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    rows, shown = [], set()
     for i in range(n):
         image, truth = dataset.load(i)
-        panels = [image, colorize(truth, dataset.label_set)]
-        panels += [colorize(predictor(image), dataset.label_set) for predictor in predictors]
-        for j, (panel, title) in enumerate(zip(panels, ["image", "ground truth", *models], strict=True)):
-            axes[i, j].imshow(panel)
+        masks = [np.asarray(truth), *(np.asarray(p(image)) for p in predictors)]
+        for m in masks:
+            shown.update(int(v) for v in np.unique(m))
+        rows.append([image, *(colorize(m, dataset.label_set) for m in masks)])
+    height, width = max(r[0].shape[0] for r in rows), max(r[0].shape[1] for r in rows)
+    scale = max(1.0, 192 / min(height, width))  # tiny images are enlarged so titles fit above them
+    panel = (width * scale / _DPI, height * scale / _DPI)
+    fig, axes = plt.subplots(
+        n, cols, figsize=(panel[0] * cols * 1.04, panel[1] * n * 1.06 + 0.3), squeeze=False
+    )
+    for i, panels in enumerate(rows):
+        for j, (image, title) in enumerate(zip(panels, ["image", "ground truth", *models], strict=True)):
+            axes[i, j].imshow(image, interpolation="nearest")
             axes[i, j].set_axis_off()
             if i == 0:
-                axes[i, j].set_title(title, fontsize=8)
-    fig.tight_layout()
+                axes[i, j].set_title(title, fontsize=9)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, top=1 - 0.3 / fig.get_figheight(), bottom=0.0, wspace=0.03, hspace=0.03
+    )
+    add_class_legend(fig, dataset.label_set, sorted(shown))
     save_figure(fig, path)
 
 
@@ -397,8 +437,34 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None or v != v else f"{v:.{digits}f}"
 
 
+def _partial_suite_section(page: _Page, suite_dir: Path, meta: dict[str, Any]) -> None:
+    """An interrupted suite: the final-epoch scores of the runs that finished (their summaries), the
+    others listed as missing; no speed measurements or figures (those are made once all runs are done)."""
+    page.section(f"Suite: {meta['suite']} (PARTIAL)")
+    done = [r for r in meta["runs"] if RunDir(suite_dir / r).is_finished()]
+    missing = [r for r in meta["runs"] if r not in done]
+    page.para(
+        f"PARTIAL RESULTS: {len(done)} of {len(meta['runs'])} runs finished; "
+        f"not finished: {', '.join(missing) or 'none'} (the suite was interrupted; run the same "
+        "`segformer experiment` command again to complete it). " + meta["description"] + "."
+    )
+    keys = [("CE7454 F", "ce7454_f"), ("mIoU", "miou"), ("mean F1", "mean_f1_fg"), ("pixel acc", "pixel_acc")]
+    table = []
+    for run in done:
+        summary = RunDir(suite_dir / run).read_summary()
+        last = summary.get("last_scores") or {}
+        table.append([run, f"{summary['epochs_completed']:g}", *(_fmt(last.get(k)) for _, k in keys)])
+    if table:
+        page.table(["Run", "Epochs", *(h for h, _ in keys)], table)
+        page.para("Validation scores of each finished run's final epoch.", "caption")
+    page.end_section()
+
+
 def _suite_section(page: _Page, suite_dir: Path) -> None:
     meta = json.loads((suite_dir / "suite.json").read_text())
+    if not meta.get("complete", True) or not (suite_dir / "results.csv").is_file():
+        _partial_suite_section(page, suite_dir, meta)
+        return
     rows = read_csv(suite_dir / "results.csv")
     slug = page.section(f"Suite: {meta['suite']}")
     page.para(meta["description"])
@@ -429,13 +495,21 @@ def _suite_section(page: _Page, suite_dir: Path) -> None:
     page.end_section()
 
 
+def run_label(run_dir: Path) -> str:
+    """A run's name for titles: its folder with the parent (``segformer-demo/run``, ``loss/ce``), since
+    run folders are often called just ``run``."""
+    run_dir = Path(run_dir).resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
+
+
 def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
     from .checkpoint import load
 
     run = RunDir(run_dir)
     summary = run.read_summary()
     cfg = yaml.safe_load(run.config.read_text())
-    slug = page.section(f"Run: {run_dir.name}")
+    label = run_label(run_dir)
+    slug = page.section(f"Run: {label}")
     model = load(run.last)
     params = sum(p.numel() for p in model.parameters())
     page.para(
@@ -453,7 +527,7 @@ def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
         table.append([f"best epoch ({best['epoch']})"] + [_fmt(best.get(k)) for _, k in keys])
     page.table(["validation", *(h for h, _ in keys)], table)
     if run.curves.is_file():
-        page.figure(page.asset(run.curves, slug), f"{run_dir.name}: training loss, validation scores, lr")
+        page.figure(page.asset(run.curves, slug), f"{label}: training loss, validation scores, lr")
     if last.get("per_class"):
         page.heading("Per-class scores (validation, final epoch)")
         page.table(
@@ -477,10 +551,10 @@ def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
             page.para(f"sample predictions skipped: {err}", "caption")
         else:
             path = page.out / "assets" / slug / "predictions.png"
-            plot_predictions({run_dir.name: model}, dataset, path, samples, cfg["data"]["img_size"])
+            plot_predictions({"prediction": model}, dataset, path, samples, cfg["data"]["img_size"])
             page.figure(
                 f"assets/{slug}/predictions.png",
-                f"{run_dir.name}: validation image | ground truth | prediction",
+                f"{label}: validation image | ground truth | prediction",
             )
     page.end_section()
 

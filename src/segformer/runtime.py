@@ -1,4 +1,5 @@
-"""Process-level settings that make PyTorch faster on a CPU without changing any result.
+"""Process-level settings that make PyTorch faster on a CPU without changing any result: the allocator
+(`tune_cpu_allocator`) and the number of compute threads (`set_threads`).
 
 Segmentation logits and losses at full resolution are large short-lived tensors (19 classes x 256 x
 256 px x 16 images is 80 MB). glibc's malloc serves blocks over its mmap threshold (128 KB growing
@@ -22,7 +23,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SegformerError
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -42,3 +49,111 @@ def tune_cpu_allocator() -> bool:
             return False
         _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _applied
+
+
+# -- threads --------------------------------------------------------------------------------------------
+#
+# PyTorch starts one OpenMP thread per core. When other processes keep some cores busy, the extra
+# threads do not just run slower: every parallel region waits for its slowest thread, OpenMP threads
+# spin while they wait, and a descheduled thread stalls the whole region. Measured on this project's
+# 2-core machine (MicroSegFormer training steps at 128 px, batch 8, images/s):
+#
+#   other busy processes   1 thread   2 threads   2 threads, OMP_WAIT_POLICY=PASSIVE
+#   none                        91         152          72
+#   1                           95      29-61          64-69
+#   2                        55-58          46          74
+#
+# Using every core is best on an idle machine and the worst choice as soon as one core is taken; the
+# passive wait policy halves idle speed (threads sleep and wake between small operators), so it is not
+# the default either. The default counts the cores that are idle right now and uses that many threads.
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The number of compute threads in use and why (``reason`` is printed at the start of a run)."""
+
+    threads: int
+    cores: int
+    reason: str
+
+    def describe(self) -> str:
+        plural = "s" if self.threads != 1 else ""
+        return f"{self.threads} CPU thread{plural} of {self.cores} cores ({self.reason})"
+
+
+_threads: ThreadChoice | None = None
+
+
+def thread_choice() -> ThreadChoice:
+    """What `set_threads` chose last in this process (or PyTorch's own setting if it was never called),
+    for start lines and summaries."""
+    import torch
+
+    if _threads is not None and _threads.threads == torch.get_num_threads():
+        return _threads
+    return ThreadChoice(torch.get_num_threads(), available_cores(), "set by the program")
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, or None where it does not exist."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    return values[3] + values[4], sum(values[:8])  # idle + iowait; user..steal
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def idle_cores(interval: float = 0.25) -> float | None:
+    """How many cores no process used during the next `interval` seconds (this one sleeps meanwhile),
+    from /proc/stat; None where that is not available. Unlike the load average (a 1-minute mean) it
+    reflects the machine now, not the run that has just finished."""
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(interval)
+    after = _cpu_times()
+    if after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return share * (os.cpu_count() or 1)
+
+
+def choose_threads(requested: int | None = None) -> ThreadChoice:
+    """`requested` threads (capped at the cores available), or by default as many as there are idle
+    cores now (at least 1; all of them where idleness cannot be measured)."""
+    cores = available_cores()
+    if requested is not None:
+        if requested < 1:
+            raise SegformerError(f"--threads must be at least 1 (got {requested})")
+        return ThreadChoice(requested, cores, "--threads")
+    idle = idle_cores()
+    if idle is None:
+        return ThreadChoice(cores, cores, "default: all cores")
+    threads = max(1, min(cores, round(idle)))
+    return ThreadChoice(threads, cores, f"default: {idle:.1f} cores idle now; --threads N to choose")
+
+
+def set_threads(requested: int | None = None) -> ThreadChoice:
+    """Choose the thread count (`choose_threads`) and apply it to PyTorch and OpenCV; the one place the
+    command line sets threads."""
+    import torch
+
+    global _threads
+    choice = _threads = choose_threads(requested)
+    torch.set_num_threads(choice.threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(choice.threads)
+    except ImportError:
+        pass
+    return choice

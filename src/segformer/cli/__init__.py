@@ -23,6 +23,18 @@ def add_set_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> 
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` of the commands that compute; `main` applies it (`segformer.runtime.set_threads`)
+    before the command runs and says what it chose."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU compute threads (default: as many as there are idle cores when the command starts)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -51,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"
     try:
+        if hasattr(args, "threads"):
+            from ..runtime import set_threads
+
+            set_threads(args.threads)  # the run's start line or summary says what was chosen
         return int(args.func(args) or 0)
     except SegformerError as err:
         if debug:
@@ -59,4 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"segformer {args.command}: interrupted", file=sys.stderr)
+        if argv is None:
+            # From the command line: leave at once. Every file is already written atomically, and the
+            # interpreter's teardown (collecting a training process's objects) took seconds after Ctrl-C.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130

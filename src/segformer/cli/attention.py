@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import add_threads_option
 from .types import positive_int
 
 
@@ -28,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "OUT/stage1_sr_vs_full.png (stage 1 with sequence reduction, as the model runs, beside the same "
         "query over un-reduced full-resolution keys) and OUT/attention.json.",
     )
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("model", metavar="MODEL", help="model directory, HF directory or .pth file")
+    p.add_argument("image", metavar="IMAGE", help="image file to query")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and attention.json")
     p.add_argument(
         "--point",
         dest="points",
@@ -40,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="query pixel in IMAGE coordinates (repeatable; default: centre and two eye-height points)",
     )
     p.add_argument("--size", type=positive_int, help="working size (default: the model's training size)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train, bench_train_end_to_end
 from ..errors import SegformerError
 from ..models import list_models
+from . import add_threads_option
 from .types import nonneg_int, positive_int
 
 
@@ -37,7 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"reference: {', '.join(REFERENCES)} or module:function (default none)")  # fmt: skip
     p.add_argument("--num-classes", type=positive_int, default=None, help="classes (default: the model's)")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="our inference path (default torch)")
-    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     p.add_argument("--rounds", type=positive_int, default=None, help="timed calls per side (default 10 / 6)")
     p.add_argument(
         "--warmup", type=nonneg_int, default=None, help="untimed calls per side first (default 3 / 2)"
@@ -62,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--steps", type=positive_int, default=10, help="steps per timed block, --end-to-end (default 10)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.size) > 2 or min(args.size) < 1:
         raise SegformerError(f"--size takes S or H W (positive), got {' '.join(map(str, args.size))}")
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
-    common = {"num_classes": args.num_classes, "threads": args.threads, "memory": args.memory,
+    common = {"num_classes": args.num_classes, "threads": torch.get_num_threads(), "memory": args.memory,
               "tune": args.tune}  # fmt: skip
     if args.rounds is not None:
         common["rounds"] = args.rounds
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             raise SegformerError("--end-to-end takes one square --size S and --steps >= 1")
         report = bench_train_end_to_end(
             args.model, args.data, args.size[0], args.batch_size or 16, recipe=args.config,
-            augment=args.augment, workers=args.workers, threads=args.threads, steps=args.steps,
+            augment=args.augment, workers=args.workers, threads=torch.get_num_threads(), steps=args.steps,
             rounds=args.rounds or 3, warmup=1 if args.warmup is None else args.warmup, tune=args.tune,
         )  # fmt: skip
     elif args.mode == "infer":

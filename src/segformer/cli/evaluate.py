@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..config import TTA_MODES
+from . import add_threads_option
 from .types import nonneg_int, positive_int
 
 
@@ -25,10 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
     )
-    p.add_argument("--batch-size", type=positive_int, default=4)
-    p.add_argument("--workers", type=nonneg_int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

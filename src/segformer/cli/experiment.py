@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_set_option
+from . import add_set_option, add_threads_option
 from .types import nonneg_int, positive_float, positive_int
 
 
@@ -68,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure parameters, GFLOPs and FPS of finished runs again instead of reusing them",
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

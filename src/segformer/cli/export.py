@@ -7,6 +7,7 @@ import argparse
 from ..config import EVAL_MODES, TTA_MODES
 from ..export import CE7454_BUDGET, FORMATS, export_model
 from ..onnx import EXPORTERS
+from . import add_threads_option
 from .types import int_between, positive_int
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"export a CE7454 package with {CE7454_BUDGET:,} parameters or more (not a valid submission)",
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import sys
 from ..config import EVAL_MODES, TTA_MODES
 from ..inference import BACKENDS, Predictor
 from ..predict import predict_files
+from . import add_threads_option
 from .types import positive_floats, positive_int
 
 
@@ -40,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU, 8 on CUDA)"
     )
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)"
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -49,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "always use ONNX Runtime; needs `pip install segformer[onnx]`)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_threads_option
 from .types import nonneg_int
 
 
@@ -16,15 +17,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "experiment`; an experiment folder holding several suites includes them all). Images are copied "
         "into OUT/assets/, so the folder opens offline and can be moved as a whole.",
     )
-    p.add_argument("inputs", nargs="+", metavar="RUN_OR_SUITE")
+    p.add_argument(
+        "inputs", nargs="+", metavar="RUN_OR_SUITE", help="run folders, suite folders or experiment folders"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
-    p.add_argument("--title", default="segformer report")
+    p.add_argument("--title", default="segformer report", help="page title (default: segformer report)")
     p.add_argument(
         "--samples",
         type=nonneg_int,
         default=4,
         help="validation images in each run's prediction figure (0: none)",
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

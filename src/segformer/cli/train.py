@@ -9,7 +9,7 @@ from ..config import list_recipes, load_recipe, parse_overrides
 from ..data.layouts import default_recipe
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
-from . import add_set_option
+from . import add_set_option, add_threads_option
 from .types import nonneg_int, positive_float, positive_int
 
 
@@ -40,14 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--synthetic", type=positive_int, metavar="N", help="no --data: train on N generated synthetic faces"
     )
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/MODEL-DATE-TIME)")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: the recipe's)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per optimizer step (default: the recipe's)"
+    )
     p.add_argument("--img-size", type=positive_int, help="training resolution (square)")
     p.add_argument(
         "--max-minutes", type=positive_float, help="wall-clock budget; the lr schedule is fitted to it"
     )
     p.add_argument("--workers", type=nonneg_int, help="DataLoader worker processes")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="training device (default: the recipe's, auto)"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -62,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars or per-epoch lines, only the summary"
     )
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
