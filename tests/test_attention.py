@@ -17,9 +17,9 @@ from segformer.attention import attention_probs, collect_attention, write_attent
 from segformer.cli import main
 from segformer.data.io import load_image, save_image
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segformer.inference import preprocess
 from segformer.models import SegFormer
 from segformer.models.mit import EfficientSelfAttention
+from segformer.ops import preprocess
 
 from conftest import tiny_config
 
