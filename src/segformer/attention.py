@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .data.io import load_image
 from .errors import SegformerError
-from .fileio import write_json
+from .fileio import check_output_dir, write_json
 from .models.mit import EfficientSelfAttention
 from .ops import preprocess
 from .report import pyplot, save_figure
@@ -163,13 +163,15 @@ def write_attention_maps(
     out: str | Path,
     points: Sequence[tuple[float, float]] | None = None,
     size: int | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``stage{i}.png`` (heatmaps of every query over the image, last block of stage i),
     ``stage1_sr_vs_full.png`` (stage 1 with and without sequence reduction, side by side) and
     ``attention.json`` (points, grids, key grids, entropies) into `out`.
 
     `points` are (x, y) pixel coordinates of the image (default: the centre and two points at
-    (0.35, 0.42) and (0.65, 0.42) of the width and height, roughly the eyes of an aligned face).
+    (0.35, 0.42) and (0.65, 0.42) of the width and height, roughly the eyes of an aligned face). A
+    non-empty `out` holding other files is refused unless `overwrite` (they are then kept).
     """
     image = load_image(image_path)
     height, width = image.shape[:2]
@@ -187,7 +189,7 @@ def write_attention_maps(
     fractions = [(x / width, y / height) for x, y in points]
     blocks = collect_attention(model, tensor, fractions)
     last = {b.stage: b for b in blocks}  # the last block of each stage
-    out = Path(out)
+    out = check_output_dir(out, "attention", overwrite)
     plt = pyplot()
     from matplotlib.colors import Normalize
 

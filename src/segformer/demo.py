@@ -37,7 +37,7 @@ from .engine.losses import SegmentationLoss
 from .engine.rundir import RunDir
 from .engine.train import train
 from .errors import SegformerError
-from .fileio import write_text
+from .fileio import check_output_dir, write_text
 from .inference import Predictor
 from .metrics import format_per_class
 from .models import create_model
@@ -295,10 +295,12 @@ def run_demo(
     seed: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the demo into `out` (`num` training faces, `val` held-out ones, `epochs` epochs; None: the
-    folder's setting, else `DEFAULTS`); returns the validation scores, paths and the warning, if any."""
-    out = Path(out)
+    folder's setting, else `DEFAULTS`); returns the validation scores, paths and the warning, if any.
+    A non-empty `out` that is not a demo folder is refused unless `overwrite` (its files are kept)."""
+    out = check_output_dir(out, "demo", overwrite)
     settings = _resolve(out, {"num": num, "val": val, "size": size, "seed": seed, "epochs": epochs})
     settings["device"] = device
     data = out / "data"

@@ -47,7 +47,7 @@ from .config import RunConfig, load_recipe
 from .engine.rundir import RunDir
 from .engine.train import check_resume, train
 from .errors import SegformerError
-from .fileio import write_json
+from .fileio import OutputKind, check_output_dir, write_json
 from .models import create_model
 from .summary import count_flops
 
@@ -150,6 +150,12 @@ def _suites() -> dict[str, Suite | Callable[[], Suite]]:
 
 
 SUITE_NAMES = ("depth", "width", "loss", "augment", "schedule", "efficiency")
+
+
+# OUT holds a folder per suite and the shared synthetic data; each is checked again when written.
+EXPERIMENT_OUTPUT = OutputKind(
+    "experiment", "a segformer experiment folder", {name: True for name in (*SUITE_NAMES, "data")}
+)
 
 
 def get_suite(name: str) -> Suite:
@@ -378,12 +384,15 @@ def run_experiments(
     synthetic: int | None = None,
     progress: bool = True,
     remeasure: bool = False,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the suites `names` in turn. Without `data`, `synthetic` faces are generated once into
     ``OUT/data`` (at the suites' image size, 10% for validation) and shared by every run. Finished
-    runs are reused; `remeasure` times their inference speed again (e.g. on a quieter machine)."""
+    runs are reused; `remeasure` times their inference speed again (e.g. on a quieter machine). A
+    non-empty `out` holding anything else is refused unless `overwrite` (its files are then kept)."""
     for name in names:
         get_suite(name)  # fail on a typo before hours of training
+    check_output_dir(out, EXPERIMENT_OUTPUT, overwrite)
     if data is None:
         if not synthetic:
             raise SegformerError("no data: pass --data ROOT or --synthetic N")

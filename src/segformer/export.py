@@ -28,7 +28,7 @@ from .bundle import standalone_source
 from .checkpoint import load, plain_state_dict, unwrap
 from .config import ModelConfig, arch_class, list_archs
 from .errors import SegformerError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, atomic_file, check_output_dir
 from .inference import Predictor
 from .onnx import export_onnx
 from .settings import InferenceSettings, model_settings
@@ -90,6 +90,7 @@ def export_ce7454(
     `verify`, the generated ``run.py`` is loaded from the written folder and must reproduce the
     `Predictor`'s masks on two random images before the folder replaces ``OUT/solution``.
     """
+    solution = check_output_dir(Path(out) / "solution", "ce7454")  # before the work
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     settings = settings or model_settings(torch_model)
     config: ModelConfig = torch_model.config
@@ -104,9 +105,9 @@ def export_ce7454(
         "config": config.to_dict(),
         "meta": settings.to_dict(),
     }
-    solution = Path(out) / "solution"
-    with atomic_dir(solution) as tmp:
-        torch.save(ckpt, tmp / "ckpt.pth")
+    with atomic_dir(solution, "ce7454") as tmp:
+        with atomic_file(tmp / "ckpt.pth") as f:  # a failed write names its reason (see fileio)
+            torch.save(ckpt, f)
         (tmp / "requirements.txt").write_text("\n".join(_pin(d) for d in ("torch", "numpy", "pillow")) + "\n")
         (tmp / "run.py").write_text(run_py_source(torch_model))
         if verify:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import mmap
 import types
 import warnings
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from .checkpoint import load, unwrap
 from .config import ModelConfig
 from .errors import SegformerError
-from .fileio import atomic_path
+from .fileio import check_output_file, write_bytes
 from .models.fuse import maybe_fuse
 from .settings import InferenceSettings, model_settings
 
@@ -210,6 +211,14 @@ def check_onnx(
     return diffs
 
 
+def is_segformer_onnx(path: str | Path) -> bool:
+    """Whether `path` is an ONNX file carrying our metadata (an export that may be replaced)."""
+    # The metadata entry is a protobuf StringStringEntryProto: field 1 (key) = ONNX_METADATA_KEY.
+    key = ONNX_METADATA_KEY.encode()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(b"\n" + bytes([len(key)]) + key + b"\x12") >= 0
+
+
 def export_onnx(
     model: nn.Module | str | Path,
     path: str | Path,
@@ -221,14 +230,15 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Write `model` (a module, or anything `segformer.load` reads) as an ONNX file with dynamic
     batch/height/width and its `settings` (default: the model's own) in the metadata; with `check`,
-    verify it first (`check_onnx`). Returns what was written and checked."""
+    verify it first (`check_onnx`). Returns what was written and checked. Only an ONNX file exported
+    by segformer is replaced."""
+    check_output_file(path, is_segformer_onnx, "ONNX file")  # before the work
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     settings = settings or model_settings(torch_model)
     metadata = {"config": torch_model.config.to_dict(), "meta": settings.to_dict()}
     data = onnx_bytes(torch_model, metadata, exporter, opset)
     diffs = check_onnx(data, torch_model) if check else {}
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    write_bytes(check_output_file(path, is_segformer_onnx, "ONNX file"), data)
     return {
         "path": str(path),
         "exporter": exporter,

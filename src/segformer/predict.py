@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .data.io import IMAGE_EXTENSIONS, load_image, overlay, save_image, save_mask
+from .data.io import IMAGE_EXTENSIONS, is_segformer_png, load_image, overlay, save_image, save_mask
 from .errors import SegformerError
-from .fileio import atomic_path
+from .fileio import atomic_file, check_output_file, make_dirs
 from .inference import Predictor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -71,6 +71,19 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
 
 def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_our_probs(path: Path) -> bool:
+    """Whether `path` is a ``(K, H, W)`` float16 array, as `predict_files` writes."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return array.dtype == np.float16 and array.ndim == 3
+
+
+def _check_output(path: Path) -> Path:
+    """Only a file predict wrote itself is ever replaced: never an input, never a user's file."""
+    if path.suffix == ".npy":
+        return check_output_file(path, _is_our_probs, "probability file")
+    return check_output_file(path, is_segformer_png, "label map or overlay")
 
 
 # Consecutive undecodable frames after which the rest of a video is taken to be unreadable.
@@ -150,6 +163,17 @@ def predict_files(
                 "different --out folders"
             )
         seen[key] = path
+    # Refuse before any work when an output would replace something that is not ours (a video's
+    # frames are checked as they are written).
+    make_dirs(out)
+    subdirs = [("", ".png")] + [("overlays", ".png")] * overlay_images + [("probs", ".npy")] * probs
+    for path in files:
+        for sub, ext in subdirs:
+            frames = out / sub / path.stem
+            if _is_video(path) and (frames.exists() or frames.is_symlink()) and not frames.is_dir():
+                raise SegformerError(f"{frames}: is a file, not a folder (the frames of {path} go there)")
+            if not _is_video(path):
+                _check_output(out / sub / f"{path.stem}{ext}")
     report = PredictReport(out)
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
@@ -167,11 +191,12 @@ def predict_files(
         for (name, image), result in zip(pending, results, strict=True):
             mask, prob = result if probs else (result, None)
             try:
-                save_mask(out / f"{name}.png", mask, predictor.label_set)
+                save_mask(_check_output(out / f"{name}.png"), mask, predictor.label_set)
                 if overlay_images:
-                    save_image(out / "overlays" / f"{name}.png", overlay(image, mask, predictor.label_set))
+                    blend = overlay(image, mask, predictor.label_set)
+                    save_image(_check_output(out / "overlays" / f"{name}.png"), blend)
                 if prob is not None:
-                    with atomic_path(out / "probs" / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+                    with atomic_file(_check_output(out / "probs" / f"{name}.npy")) as f:
                         np.save(f, prob.astype(np.float16))
             except (OSError, SegformerError) as err:
                 fail(name, str(err))

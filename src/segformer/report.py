@@ -25,7 +25,7 @@ import yaml
 
 from .engine.rundir import RunDir
 from .errors import SegformerError
-from .fileio import atomic_path, write_text
+from .fileio import atomic_file, atomic_path, check_output_dir, make_dirs, write_text
 
 # (header, results.csv key, formatter, higher is better) of the comparison tables.
 COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
@@ -151,8 +151,8 @@ _DPI = 110
 
 def save_figure(fig, path: Path) -> None:
     """Write `fig` as a PNG atomically and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+    with atomic_file(path) as f:  # a file object: Pillow ignores a short write to a path
+        fig.savefig(f, format="png", dpi=_DPI, bbox_inches="tight")
     pyplot().close(fig)
 
 
@@ -398,8 +398,8 @@ class _Page:
         """Copy `src` into assets/<slug>/ and return its path relative to the page."""
         rel = f"assets/{slug}/{src.name}"
         dst = self.out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
         return rel
 
     def figure(self, rel: str, text: str) -> None:
@@ -560,7 +560,11 @@ def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
 
 
 def build_report(
-    inputs: Sequence[str | Path], out: str | Path, title: str = "segformer report", samples: int = 4
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    title: str = "segformer report",
+    samples: int = 4,
+    overwrite: bool = False,
 ) -> Path:
     """Gather run folders (``summary.json``) and experiment suite folders (``suite.json``; an experiment
     folder holding several suites counts as all of them) into ``OUT/index.html`` + ``OUT/report.md``
@@ -577,8 +581,7 @@ def build_report(
             raise SegformerError(
                 f"{item}: neither a run folder (summary.json) nor an experiment suite folder (suite.json)"
             )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(check_output_dir(out, "report", overwrite))
     page = _Page(out)
     for kind, path in sections:
         if kind == "suite":

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..config import ModelConfig
@@ -40,16 +40,18 @@ from ..convert.keymap import KeyMap
 from ..convert.original import ORIGINAL, infer_config, is_encoder_only
 from ..devices import resolve_device
 from ..errors import SegformerError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_output_dir
 from ..models import build_model
 from .native import (
     CONFIG_FILE,
+    WEIGHTS_FILE,
     is_model_dir,
     load_model,
     load_state_dict_strict,
     plain_state_dict,
     save_model,
     unwrap,
+    write_safetensors,
 )
 
 FORMATS = ("native", "hf")
@@ -283,17 +285,22 @@ def load(
 
 
 def save(
-    model: nn.Module, directory: str | Path, format: str = "native", meta: dict[str, Any] | None = None
+    model: nn.Module,
+    directory: str | Path,
+    format: str = "native",
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `model` as a native model directory or, with ``format="hf"``, an HF transformers directory.
 
     The HF directory (``config.json`` + ``model.safetensors``, legacy key names) loads with
     ``SegformerForSemanticSegmentation.from_pretrained``; class names go to ``id2label``. Only SegFormer
     models (MiT with Mix-FFN + All-MLP decoder) have an HF equivalent; others raise `SegformerError`.
-    The directory is replaced atomically.
+    A model directory there is replaced atomically; any other non-empty `directory` is refused unless
+    `overwrite`, and then the model is written next to the files there, which are kept.
     """
     if format == "native":
-        return save_model(model, directory, meta)
+        return save_model(model, directory, meta, overwrite)
     if format != "hf":
         raise SegformerError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     model = unwrap(model)
@@ -307,8 +314,8 @@ def save(
                 state[key.removesuffix("weight") + "bias"] = value.new_zeros(value.shape[0])
     weights = native_to_hf(state)
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_dir(directory, "model", overwrite) as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, weights)
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return directory
 
@@ -318,13 +325,15 @@ def convert(
     out: str | Path,
     to: str = "native",
     num_classes: int | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """`load` `src` and `save` it to `out` in format `to`; returns the model."""
     if to not in FORMATS:
         raise SegformerError(f"unknown format {to!r}; expected one of {', '.join(FORMATS)}")
+    check_output_dir(out, "model", overwrite)  # before the (possibly long) load
     model = load(src, num_classes, **overrides)
-    save(model, out, format=to)
+    save(model, out, format=to, overwrite=overwrite)
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..config import ModelConfig
@@ -59,19 +59,29 @@ def is_model_dir(path: str | Path) -> bool:
         return False
 
 
-def save_model(model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model` as a native model directory (atomically replacing `directory`).
+def write_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """`state` as a safetensors file. Serialised in memory and written by Python, so that a full disk
+    is an `OSError` naming the system's reason (safetensors' own writer reports it as a string)."""
+    path.write_bytes(save(state, metadata={"format": "pt"}))
+
+
+def save_model(
+    model: nn.Module, directory: str | Path, meta: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
+    """Write `model` as a native model directory (atomically replacing a model directory there).
 
     `meta` is merged over the model's own ``model.meta`` (if any) and stored in config.json: the
     model's `InferenceSettings` (``InferenceSettings.to_dict()`` entries) and whatever else describes
-    it (training writes ``epoch``, ``scores`` and the ``data`` split).
+    it (training writes ``epoch``, ``scores`` and the ``data`` split). A non-empty `directory` that is
+    not a model directory is refused; with `overwrite` the model is written next to the files there,
+    which are kept (see `segformer.fileio.check_output_dir`).
     """
     model = unwrap(model)
     config: ModelConfig = model.config
     merged = {**getattr(model, "meta", {}), **(meta or {})}
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_file(plain_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    with atomic_dir(directory, "model", overwrite) as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, plain_state_dict(model))
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict(), "meta": merged}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return directory

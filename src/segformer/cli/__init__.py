@@ -73,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"segformer {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # The write helpers name the path themselves; this catches what reaches the user otherwise
+        # (a file that vanished while being read, a full disk under a third-party writer).
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"segformer {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"segformer {args.command}: interrupted", file=sys.stderr)
         if argv is None:

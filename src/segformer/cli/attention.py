@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE", help="image file to query")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and attention.json")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out holding other files (they are kept)",
+    )
+    p.add_argument(
         "--point",
         dest="points",
         action="append",
@@ -49,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from ..attention import write_attention_maps
     from ..checkpoint import load
 
-    paths = write_attention_maps(load(args.model), args.image, args.out, args.points, args.size)
+    paths = write_attention_maps(
+        load(args.model), args.image, args.out, args.points, args.size, overwrite=args.overwrite
+    )
     for path in paths:
         print(path)
     return 0

@@ -20,7 +20,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "torch.load(weights_only=True); files that need more are refused.",
     )
     p.add_argument("src", metavar="SRC", help="checkpoint directory or .pth/.bin/.safetensors file")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory: a model directory there is replaced atomically, other non-empty folders "
+        "are refused",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that is not a model directory (its files are kept)",
+    )
     p.add_argument("--to", choices=FORMATS, default="native", help="output format (default native)")
     p.add_argument(
         "--num-classes",
@@ -39,7 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = convert(
-        args.src, args.out, to=args.to, num_classes=args.num_classes, **parse_overrides(args.overrides)
+        args.src,
+        args.out,
+        to=args.to,
+        num_classes=args.num_classes,
+        overwrite=args.overwrite,
+        **parse_overrides(args.overrides),
     )
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({args.to}): {params:,} parameters, {model.config.num_classes} classes")

@@ -11,7 +11,13 @@ from ..data.prepare import prepare_celebamask
 from ..data.preview import preview_dataset
 from ..data.synthetic import write_synthetic_dataset
 from ..data.transforms import PRESETS
+from ..fileio import check_output_dir
 from .types import nonneg_int, positive_int, unit_interval
+
+OVERWRITE_HELP = (
+    "replace OUT if it is a dataset written by segformer, or write next to the other files in OUT (they "
+    "are kept)"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--val-fraction", type=unit_interval, default=0.1, help="fraction written to val/ (default 0.1)"
     )
-    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.add_argument(
         "--workers", type=positive_int, default=1, help="processes drawing faces (same files for any number)"
     )
@@ -60,6 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write a corrected copy to OUT: mirrored masks un-mirrored, out-of-range labels set to 255, "
         "unreadable, unpaired and mismatched samples dropped",
     )
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --fix: " + OVERWRITE_HELP,
+    )
     c.set_defaults(func=run_check)
 
     v = data_sub.add_parser(
@@ -76,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--size", type=positive_int, default=None, help="output size (default: each image's own)")
     v.add_argument("--label-set", default="celebamask", help=f"one of {', '.join(list_label_sets())}")
     v.add_argument("--out", required=True, metavar="OUT", help="output folder (must not exist or be empty)")
+    v.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=OVERWRITE_HELP,
+    )
     v.set_defaults(func=run_preview)
 
     r = data_sub.add_parser(
@@ -91,6 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--size", type=positive_int, default=512, help="output size (default 512, the masks' size)"
     )
     r.add_argument("--limit", type=positive_int, default=None, help="convert only the first N images")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     r.set_defaults(func=run_prepare)
 
 
@@ -109,8 +126,12 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if args.fix:
+        check_output_dir(args.fix, "dataset", args.overwrite)  # before the scan
     report = check_dataset(args.root, args.split, args.label_set)
-    done = fix_dataset(args.root, args.fix, args.split, args.label_set, report=report) if args.fix else None
+    done = None
+    if args.fix:
+        done = fix_dataset(args.root, args.fix, args.split, args.label_set, report, args.overwrite)
     if args.json:
         out = report.to_dict()
         if done is not None:
@@ -125,14 +146,22 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_preview(args: argparse.Namespace) -> int:
     out = preview_dataset(
-        args.root, args.out, args.augment, args.num, args.seed, args.split, args.size, args.label_set
+        args.root,
+        args.out,
+        args.augment,
+        args.num,
+        args.seed,
+        args.split,
+        args.size,
+        args.label_set,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.num} '{args.augment}' samples to {out} (contact sheet: {out / 'contact_sheet.png'})")
     return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    counts = prepare_celebamask(args.raw, args.out, args.size, args.limit)
+    counts = prepare_celebamask(args.raw, args.out, args.size, args.limit, overwrite=args.overwrite)
     rule = counts.pop("split_rule")
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({rule})")
     return 0

@@ -38,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--seed", type=nonneg_int, help=f"seed of the faces and of training (default {DEFAULTS['seed']})"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not a demo folder (its files are kept)",
+    )
+    p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and evaluate (default cpu)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or time estimate")
@@ -49,7 +54,15 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import format_epochs, run_demo
 
     result = run_demo(
-        args.out, args.epochs, args.num, args.val, args.size, args.seed, args.device, not args.quiet
+        args.out,
+        args.epochs,
+        args.num,
+        args.val,
+        args.size,
+        args.seed,
+        args.device,
+        not args.quiet,
+        overwrite=args.overwrite,
     )
     s = result["scores"]
     print(

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="no --data: generate N synthetic faces into OUT/data",
     )
     p.add_argument("--out", default="experiments", help="output folder (default experiments)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not an experiment folder (its files are kept)",
+    )
     p.add_argument("--epochs", type=positive_int, help="epochs per run (default 30; --quick 2)")
     p.add_argument(
         "--img-size", type=positive_int, help="training and measuring size (default 128; --quick 32)"
@@ -89,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides) or None,
     )
     results = run_experiments(
-        args.suites, args.data, args.out, settings, args.synthetic, not args.quiet, args.remeasure
+        args.suites,
+        args.data,
+        args.out,
+        settings,
+        args.synthetic,
+        not args.quiet,
+        args.remeasure,
+        overwrite=args.overwrite,
     )
     for result in results:
         print(f"\n{result['suite']}  ->  {result['dir']}/ ({', '.join(result['files'])})\n")

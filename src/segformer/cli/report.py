@@ -21,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", metavar="RUN_OR_SUITE", help="run folders, suite folders or experiment folders"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not a report folder (its files are kept)",
+    )
     p.add_argument("--title", default="segformer report", help="page title (default: segformer report)")
     p.add_argument(
         "--samples",
@@ -35,6 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..report import build_report
 
-    path = build_report(args.inputs, args.out, args.title, args.samples)
+    path = build_report(args.inputs, args.out, args.title, args.samples, overwrite=args.overwrite)
     print(f"report: {path}  (and {path.with_name('report.md')})")
     return 0

@@ -58,6 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out from its state.pt; with a larger --epochs or --max-minutes, "
         "extend a finished run (the schedule is re-fitted)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write the run into a non-empty --out that is not a run folder (its files are kept)",
+    )
     add_set_option(
         p,
         "SECTION.KEY=VALUE",
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     changes.update(parse_overrides(args.overrides))
     cfg = cfg.override(changes)
     out = args.out or f"runs/{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     from .. import distributed
 
     if distributed.is_main():

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_output_dir, write_json
 from .datasets import scan_folder
 from .io import copy_file, load_image, load_mask, save_mask
 from .labels import LabelSet, get_label_set
@@ -284,15 +284,14 @@ def fix_dataset(
     label_set = get_label_set(label_set)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise SegformerError(f"{out}: the fixed copy must go outside the dataset {root}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SegformerError(f"{out}: already exists and is not empty")
+    check_output_dir(out, "dataset", overwrite)
     report = report or check_dataset(root, split, label_set, progress)
     by_stem: dict[tuple[str, str], set[str]] = {}
     for p in report.problems:
         by_stem.setdefault((p.split, p.stem), set()).add(p.kind)
     done = Counter()
     lut_flip, valid = label_set.flip_lut(), label_set.valid_lut()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset", overwrite) as tmp:
         for name in report.splits:
             scan = scan_folder(root, name)
             for stem in tqdm(scan.stems, desc=f"fix {name}", disable=not progress):
@@ -322,4 +321,7 @@ def fix_dataset(
             done["dropped"] += sum(
                 p.split == name and p.kind in ("missing_mask", "missing_image") for p in report.problems
             )
-    return {k: done[k] for k in ("images", "masks", "unmirrored", "relabelled", "dropped")}
+        counts = {k: done[k] for k in ("images", "masks", "unmirrored", "relabelled", "dropped")}
+        meta = {"generator": "segformer data check --fix", "source": str(root), "label_set": label_set.name}
+        write_json(tmp / "dataset.json", {**meta, **counts})
+    return counts

@@ -23,13 +23,31 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from ..errors import SegformerError
-from ..fileio import atomic_path
+from ..fileio import atomic_file, atomic_path
 from .labels import LabelSet, get_label_set
 
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The PNGs written here carry this text chunk, so that a later run knows they are its own to replace.
+PNG_MARK = ("Software", "segformer")
+
+
+def _png_info() -> PngInfo:
+    info = PngInfo()
+    info.add_text(*PNG_MARK)
+    return info
+
+
+def is_segformer_png(path: str | Path) -> bool:
+    """Whether `path` is a PNG written by `save_image` / `save_mask` (reads the header only)."""
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get(PNG_MARK[0]) == PNG_MARK[1]
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
 
 
 def _open(path: str | Path, what: str) -> Image.Image:
@@ -181,8 +199,11 @@ def save_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     if fmt is None:
         raise SegformerError(f"{path}: unsupported image extension (use .jpg or .png)")
     img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    options = {"JPEG": {"quality": quality}, "WEBP": {"quality": quality}, "PNG": {"pnginfo": _png_info()}}
+    # Pillow writes to a file object with Python's write, which reports a short write (a full disk);
+    # given a path it writes the file descriptor itself and ignores one.
+    with atomic_file(path) as f:
+        img.save(f, format=fmt, **options.get(fmt, {}))
 
 
 def save_mask(path: str | Path, mask: np.ndarray, label_set: LabelSet | str) -> None:
@@ -196,8 +217,8 @@ def save_mask(path: str | Path, mask: np.ndarray, label_set: LabelSet | str) -> 
         mask = mask.astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(mask), "P")
     img.putpalette(get_label_set(label_set).palette_bytes())
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    with atomic_file(path) as f:  # a file object: see save_image
+        img.save(f, format="PNG", pnginfo=_png_info())
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_output_dir, write_json
 from .io import load_image, load_mask, save_image, save_mask
 from .labels import CELEBAMASK
 
@@ -140,8 +140,7 @@ def prepare_celebamask(
     for d in (image_dir, anno_dir):
         if not d.is_dir():
             raise SegformerError(f"{d}: folder not found (is {raw_root} the raw CelebAMask-HQ folder?)")
-    if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())) and not overwrite:
-        raise SegformerError(f"{out_root}: already exists and is not empty")
+    check_output_dir(out_root, "dataset", overwrite)
     indices = sorted(int(p.stem) for p in image_dir.glob("*.jpg") if p.stem.isdigit())
     if not indices:
         raise SegformerError(f"{image_dir}: no <index>.jpg images")
@@ -161,12 +160,15 @@ def prepare_celebamask(
         save_image(tmp / split / "images" / f"{i}.jpg", image, quality=95)
         save_mask(tmp / split / "masks" / f"{i}.png", mask, CELEBAMASK)
 
-    with atomic_dir(out_root) as tmp, ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        jobs = pool.map(lambda i: convert(i, tmp), indices)
-        for _ in tqdm(jobs, total=len(indices), desc="prepare CelebAMask-HQ", disable=not progress):
-            pass
     counts: dict[str, int | str] = {
         s: sum(v == s for v in split_of.values()) for s in ("train", "val", "test")
     }
     counts["split_rule"] = rule
+    with atomic_dir(out_root, "dataset", overwrite) as tmp:
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            jobs = pool.map(lambda i: convert(i, tmp), indices)
+            for _ in tqdm(jobs, total=len(indices), desc="prepare CelebAMask-HQ", disable=not progress):
+                pass
+        meta = {"generator": "segformer data prepare", "source": str(raw_root), "size": size, "limit": limit}
+        write_json(tmp / "dataset.json", {**meta, **counts})
     return counts

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_output_dir, write_json
 from .datasets import FolderDataset
 from .io import colorize, save_image, save_mask
 from .labels import LabelSet, get_label_set
@@ -61,8 +61,7 @@ def preview_dataset(
         raise SegformerError(f"unknown augmentation preset {augment!r}; known: {', '.join(PRESETS)}")
     if num < 1:
         raise SegformerError(f"--num must be at least 1, got {num}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SegformerError(f"{out}: already exists and is not empty")
+    check_output_dir(out, "dataset", overwrite)
     label_set = get_label_set(label_set)
     ds = FolderDataset(root, split, label_set=label_set)
     if ds.mask_path(0) is None:
@@ -70,7 +69,7 @@ def preview_dataset(
     order = np.random.default_rng(seed).permutation(len(ds))
     indices = [int(order[k % len(ds)]) for k in range(num)]
     sheet_images, sheet_masks = [], []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset", overwrite) as tmp:
         for k, i in enumerate(tqdm(indices, desc=f"preview {augment}", disable=not progress)):
             image, mask = ds.load(i)
             out_size = (size, size) if size else image.shape[:2]
@@ -83,4 +82,6 @@ def preview_dataset(
                 sheet_images.append(image)
                 sheet_masks.append(mask)
         save_image(tmp / "contact_sheet.png", contact_sheet(sheet_images, sheet_masks, label_set))
+        meta = {"generator": "segformer data preview", "source": str(Path(root) / split), "augment": augment}
+        write_json(tmp / "dataset.json", {**meta, "num": num, "seed": seed, "size": size})
     return out

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir, write_json
+from ..fileio import atomic_dir, check_output_dir, write_json
 from .io import save_image, save_mask
 from .labels import CELEBAMASK
 
@@ -624,10 +624,9 @@ def write_synthetic_dataset(
     out = Path(out)
     if num < 1 or not 0.0 <= val_fraction < 1.0:
         raise SegformerError(f"{out}: need num >= 1 and 0 <= val_fraction < 1 (got {num}, {val_fraction})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SegformerError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    check_output_dir(out, "dataset", overwrite)
     n_val = round(num * val_fraction)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "dataset", overwrite) as tmp:
         jobs = [(tmp, seed, size, n_val, i) for i in range(num)]
         bar = tqdm(total=num, desc="synthetic faces", unit="img", disable=not progress)
         if workers > 1:

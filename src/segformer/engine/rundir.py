@@ -35,7 +35,7 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import SegformerError
-from ..fileio import write_text
+from ..fileio import make_dirs, write_text
 
 try:
     import fcntl
@@ -139,7 +139,7 @@ class RunDir:
         taken over without a race. The file names the owner for the error message of the next one.
         """
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path)
         fd = _acquire(self.lock_file)
         try:
             yield

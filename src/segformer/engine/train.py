@@ -43,7 +43,7 @@ from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data.batch_augment import BatchAugment
 from ..devices import resolve_device
 from ..errors import SegformerError
-from ..fileio import atomic_path, write_json, write_text
+from ..fileio import atomic_file, check_output_dir, write_json, write_text
 from ..models import build_model
 from ..ops import flip_permutation
 from ..runtime import tune_cpu_allocator
@@ -348,8 +348,8 @@ def save_state(path: Path, learner: Learner, counters: dict[str, Any], records: 
             "python": random.getstate(),
         },
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_file(path) as f:
+        torch.save(payload, f)
 
 
 def load_state(path: Path, learner: Learner) -> tuple[RunState, list[dict[str, Any]] | None]:
@@ -398,8 +398,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    with atomic_file(path) as f:  # a file object: Pillow ignores a short write to a path
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -422,13 +422,18 @@ def writer_lock(run: RunDir) -> Iterator[None]:
 # -- the loop ---------------------------------------------------------------------------------------------
 
 
-def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a model as `cfg` says, writing the run folder `out`; returns the summary."""
+def train(
+    cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train a model as `cfg` says, writing the run folder `out`; returns the summary. A non-empty `out`
+    that is not a run folder is refused unless `overwrite` (its files are then kept)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     tune_cpu_allocator()
     try:
         device = distributed.init(str(resolve_device(cfg.train.device)))
         run = RunDir(out)
+        if not resume:
+            check_output_dir(out, "run", overwrite)  # before the lock creates the folder
         with writer_lock(run):
             return _train(cfg, run, resume, progress, device)
     finally:
