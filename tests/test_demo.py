@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from segformer import load
-from segformer.demo import DEFAULTS, DEMO_OVERRIDES, PROMISED_CE7454, format_epochs, promise_warning
+from segformer.demo import DEFAULTS, DEMO_OVERRIDES, PROMISED_CE7454, promise_warning
+from segformer.engine.train import format_epochs
 
 from conftest import run_cli
 

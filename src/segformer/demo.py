@@ -35,7 +35,7 @@ from .data.synthetic import write_synthetic_dataset
 from .engine.evaluate import evaluate_model
 from .engine.losses import SegmentationLoss
 from .engine.rundir import RunDir
-from .engine.train import train
+from .engine.train import format_epochs, train
 from .errors import SegformerError
 from .fileio import check_output_dir, write_text
 from .inference import Predictor
@@ -66,14 +66,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "train.eval_every": 4,
     "train.warmup_epochs": 0.35,
 }
-
-
-def format_epochs(epochs: float) -> str:
-    """ "14 epochs", "1 epoch", "1.29 epochs": whole numbers as such, fractions with 2 decimals."""
-    if abs(epochs - round(epochs)) < 5e-3:
-        n = round(epochs)
-        return f"{n} epoch{'s' if n != 1 else ''}"
-    return f"{epochs:.2f} epochs"
 
 
 def demo_config(data: Path, size: int, epochs: int, seed: int, device: str) -> RunConfig:

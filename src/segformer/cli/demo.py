@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import format_epochs, run_demo
+    from ..demo import run_demo
+    from ..engine.train import format_epochs
 
     result = run_demo(
         args.out,

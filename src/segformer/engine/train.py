@@ -499,7 +499,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     schedule = Schedule(tc, steps_per_epoch, clock)
     eval_every = tc.eval_every
     last_scores: dict[str, Any] | None = None
-    checkpoint = f"{run.state} (epoch {_epoch_of(st, steps_per_epoch):g})" if saved else None
+    checkpoint = f"{run.state} (epoch {format_epoch(_epoch_of(st, steps_per_epoch))})" if saved else None
     if not st.stopped and st.epoch >= tc.epochs:
         st.stopped = "epochs done"
     if not st.stopped and saved and distributed.any_process(clock.out_of_time(0.0)):
@@ -539,7 +539,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         records.append(json_safe({**record, "elapsed_minutes": clock() / 60}))
         if main:
             log_epoch(run, learner, st, records, clock, tc.monitor, writer, progress)
-        checkpoint = f"{run.state} (epoch {records[-1]['epoch']:g})"
+        checkpoint = f"{run.state} (epoch {format_epoch(records[-1]['epoch'])})"
         distributed.barrier()
 
     if writer is not None:
@@ -754,7 +754,8 @@ def evaluate_and_checkpoint(
         ignore_index=data.label_set.ignore_index, background=data.background,
         class_names=list(data.label_set.class_names), tta=tc.eval_tta,
         flip_perm=flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes),
-        device=learner.device, amp_dtype=learner.dtype, progress=progress, desc=f"eval {record['epoch']:g}",
+        device=learner.device, amp_dtype=learner.dtype, progress=progress,
+        desc=f"eval {format_epoch(record['epoch'])}",
     )  # fmt: skip
     st.eval_cost = time.perf_counter() - start
     st.eval_seconds += st.eval_cost
@@ -810,8 +811,8 @@ def log_epoch(
     if "val" in record and progress:
         v = record["val"]
         tqdm.write(
-            f"epoch {record['epoch']:g}: loss {_fmt(record['train_loss'])}  {monitor} {_fmt(v[monitor])}  "
-            f"mIoU {_fmt(v['miou'])}  {record['images_per_s']:.1f} img/s  "
+            f"epoch {format_epoch(record['epoch'])}: loss {_fmt(record['train_loss'])}  "
+            f"{monitor} {_fmt(v[monitor])}  mIoU {_fmt(v['miou'])}  {record['images_per_s']:.1f} img/s  "
             f"(best {_fmt(st.best_score)} @ {st.best_epoch})"
         )
 
@@ -862,6 +863,16 @@ def open_tensorboard(run: RunDir) -> Any:
 def _epoch_of(st: RunState, steps_per_epoch: int) -> float:
     """Epochs done, as a fraction inside an unfinished epoch (an int at epoch ends)."""
     return st.epoch + st.step_in_epoch / steps_per_epoch if st.step_in_epoch else st.epoch
+
+
+def format_epoch(epoch: float) -> str:
+    """An epoch count as people read it: "14", "1.29" (a time budget stops runs mid-epoch)."""
+    return str(round(epoch)) if abs(epoch - round(epoch)) < 5e-3 else f"{epoch:.2f}"
+
+
+def format_epochs(epochs: float) -> str:
+    """ "14 epochs", "1 epoch", "1.29 epochs"."""
+    return f"{format_epoch(epochs)} epoch{'' if format_epoch(epochs) == '1' else 's'}"
 
 
 def _fmt(value: float | None) -> str:
