@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .onnx import OnnxRuntimeModel
 from .ops import class_ids, flip_permutation, predict_views, view_class_ids, view_probs
 from .runtime import tune_cpu_allocator
 from .settings import InferenceSettings, model_settings
+
+if TYPE_CHECKING:
+    from .faces import FaceParse
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -66,6 +69,9 @@ class Predictor:
     `device` defaults to the model's own device (CPU for files); ``"auto"`` picks CUDA when present.
     Class ids are computed a band of rows at a time (`segformer.ops.view_class_ids`), so a huge photo
     needs memory for its pixels, not for its full-size probabilities (unless `return_probs`).
+    For face label sets (`segformer.faces.is_face_label_set`) each image is treated as a photo: its
+    faces are found, parsed at the framing the model was trained on and pasted back, the rest is
+    background (`segformer.faces`); ``faces=False`` parses every image as one aligned crop.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class Predictor:
         batch_size: int | None = None,
         backend: str = "torch",
         settings: InferenceSettings | None = None,
+        faces: bool | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise SegformerError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -129,6 +136,10 @@ class Predictor:
         self.model = model
         # What runs: the exactly equivalent fused graph of a SegFormer (`segformer.models.fuse`).
         self.net = maybe_fuse(model) if isinstance(model, nn.Module) else model
+        from .faces import is_face_label_set
+
+        # Face parsers learn from aligned crops: in a photo, find the faces and parse each at that framing.
+        self.faces = is_face_label_set(self.label_set) if faces is None else bool(faces)
 
     # The settings one by one (read-only: build another Predictor to change them).
     @property
@@ -188,6 +199,13 @@ class Predictor:
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list:
         return self.predict(inputs, return_probs=return_probs)
 
+    def parse_faces(self, image: Input, **options: Any) -> FaceParse:
+        """Every face of one image found, parsed at the training framing and pasted back (ids,
+        faces, optionally probabilities and an instance map): `segformer.faces.parse_faces`."""
+        from .faces import parse_faces
+
+        return parse_faces(self, self.read(image), **options)
+
     def predict(
         self, inputs: Input | Sequence[Input], *, return_probs: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list:
@@ -206,8 +224,15 @@ class Predictor:
         results = self.predict_arrays(images, return_probs=return_probs)
         return results[0] if single else results
 
-    def predict_arrays(self, images: Sequence[np.ndarray], *, return_probs: bool = False) -> list:
-        """`predict` on (H, W, 3) uint8 RGB arrays, in order; same-size images share batches."""
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], *, return_probs: bool = False, faces: bool | None = None
+    ) -> list:
+        """`predict` on (H, W, 3) uint8 RGB arrays, in order; same-size images share batches.
+        `faces` (default: the predictor's) parses each face at its training framing instead of
+        treating each image as one crop."""
+        if self.faces if faces is None else faces:
+            parses = [self.parse_faces(image, return_probs=return_probs) for image in images]
+            return [(p.ids, p.probs) if return_probs else p.ids for p in parses]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:

@@ -1,0 +1,188 @@
+"""Face localisation with OpenCV's Haar cascade (Viola & Jones, 2001), made rotation tolerant.
+
+The frontal cascade finds upright faces within about ±12° of roll. Faces tilted further are found by
+running it on copies of the image rotated by a few angles and mapping each box back; one face found
+on several copies is kept once (greedy non-maximum suppression on the boxes in the photo, highest
+score first). The angle a face was found at is its first estimate of roll; `segformer.faces.pipeline`
+refines it from the parse (the eye line).
+
+Why a cascade: it ships inside the ``opencv-python-headless`` 4.x wheel (OpenCV 5's wheel dropped the
+cascade files), so faces are found offline right after ``pip install``, on a CPU, in milliseconds per
+megapixel; see ``docs/faces.md`` for the measurements behind the choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import SegformerError
+
+DEFAULT_ANGLES = (0.0, -25.0, 25.0)
+"""Rotated copies searched (degrees, counter-clockwise): with the cascade's own tolerance of about
+±12° they cover a roll of ±37°."""
+DETECT_SIDE = 640
+"""The image is searched at this longest side (faces smaller than `MIN_FACE` of the shorter side
+of the image are not looked for)."""
+MIN_FACE = 0.08
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face: a square box in the photo (the cascade's box, un-rotated about its own centre by
+    `angle`) and how confident the detector is."""
+
+    cx: float
+    cy: float
+    size: float
+    """Side of the detector's square box, in photo pixels."""
+    angle: float = 0.0
+    """Roll in degrees, counter-clockwise on screen (the face's right eye higher than its left > 0)."""
+    score: float = 1.0
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Axis-aligned (x0, y0, x1, y1) of the rotated square box."""
+        half = (
+            self.size
+            / 2
+            * (abs(math.cos(math.radians(self.angle))) + abs(math.sin(math.radians(self.angle))))
+        )
+        return (self.cx - half, self.cy - half, self.cx + half, self.cy + half)
+
+    def to_dict(self) -> dict[str, float | list[float]]:
+        return {
+            "box": [round(v, 1) for v in self.box],
+            "center": [round(self.cx, 1), round(self.cy, 1)],
+            "size": round(self.size, 1),
+            "angle": round(self.angle, 1),
+            "score": round(self.score, 3),
+        }
+
+
+@cache
+def _cascade(name: str) -> cv2.CascadeClassifier:
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    path = Path(folder or "") / name
+    if not folder or not path.is_file():
+        raise SegformerError(
+            f"OpenCV {cv2.__version__} ships no Haar cascade {name}: face localisation needs "
+            '`pip install "opencv-python-headless>=4.8,<5"` (OpenCV 5 wheels dropped the cascade files)'
+        )
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise SegformerError(f"{path}: OpenCV could not read the Haar cascade")
+    return cascade
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def nms(faces: Sequence[Face], threshold: float = 0.3) -> list[Face]:
+    """Greedy non-maximum suppression: highest score first, dropping faces whose boxes overlap a
+    kept one by more than `threshold` IoU."""
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -f.score):
+        if all(iou(face.box, k.box) <= threshold for k in kept):
+            kept.append(face)
+    return kept
+
+
+def detect_faces(
+    image: np.ndarray,
+    *,
+    angles: Sequence[float] = DEFAULT_ANGLES,
+    min_face: float = MIN_FACE,
+    min_neighbors: int = 4,
+    cascade: str = "haarcascade_frontalface_default.xml",
+) -> list[Face]:
+    """Every face in an (H, W, 3) uint8 RGB image, most confident first.
+
+    The score is the number of overlapping raw detections the cascade merged into the box (its
+    usual confidence), summed over the rotated copies that found the face.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SegformerError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    scale = min(1.0, DETECT_SIDE / max(h, w))
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        grey = cv2.resize(
+            grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    grey = cv2.equalizeHist(grey)
+    gh, gw = grey.shape
+    min_side = max(20, round(min_face * min(gh, gw)))
+    found: list[Face] = []
+    for angle in angles:
+        # Rotate about the centre onto a canvas that holds the whole rotated image.
+        centre = (gw / 2, gh / 2)
+        rot = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        cos, sin = abs(rot[0, 0]), abs(rot[0, 1])
+        cw, ch = math.ceil(gh * sin + gw * cos), math.ceil(gh * cos + gw * sin)
+        rot[0, 2] += cw / 2 - centre[0]
+        rot[1, 2] += ch / 2 - centre[1]
+        view = grey if angle == 0 else cv2.warpAffine(grey, rot, (cw, ch), flags=cv2.INTER_LINEAR)
+        boxes, neighbours = _cascade(cascade).detectMultiScale2(
+            view, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(min_side, min_side)
+        )
+        back = cv2.invertAffineTransform(rot) if angle != 0 else None
+        for (x, y, bw, bh), n in zip(
+            np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).ravel(), strict=True
+        ):
+            cx, cy = x + bw / 2, y + bh / 2
+            if back is not None:
+                cx, cy = back @ np.array([cx, cy, 1.0])
+            # Turning the image counter-clockwise by `angle` made this face upright: it is rolled
+            # clockwise by `angle`, a roll of -angle.
+            found.append(
+                Face(float(cx) / scale, float(cy) / scale, float(bw) / scale, -float(angle), float(n))
+            )
+    return _merge(found)
+
+
+def overlap_of_smaller(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection of two (x0, y0, x1, y1) boxes over the smaller one's area."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def _merge(found: list[Face], threshold: float = 0.3, nested: float = 0.6) -> list[Face]:
+    """NMS that also pools the evidence. A face whose box overlaps a stronger one by more than
+    `threshold` IoU is the same face seen again (often on another rotated copy): the kept face's
+    score is the sum of their scores (a face seen on several copies outranks a one-copy false hit)
+    and its geometry their score-weighted mean (a face rolled by 12 degrees is found both upright
+    and at 25 degrees: the mean is the better roll). A box mostly inside or around a stronger one
+    (`nested` of the smaller's area) is a part or a surrounding of that face and is dropped."""
+    groups: list[list[Face]] = []
+    for face in sorted(found, key=lambda f: -f.score):
+        for group in groups:
+            if iou(face.box, group[0].box) > threshold:
+                group.append(face)
+                break
+            if overlap_of_smaller(face.box, group[0].box) > nested:
+                break
+        else:
+            groups.append([face])
+    merged = []
+    for g in groups:
+        w = np.array([f.score for f in g])
+        geometry = np.array([(f.cx, f.cy, f.size, f.angle) for f in g]).T @ w / w.sum()
+        merged.append(Face(*(float(v) for v in geometry), float(w.sum())))
+    return sorted(merged, key=lambda f: -f.score)

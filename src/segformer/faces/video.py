@@ -1,0 +1,164 @@
+"""Faces through a video: tracked across frames, their labels smoothed over time.
+
+Per frame the faces are detected and matched to the tracks of the previous frames by box IoU (greedy,
+best overlap first). A track smooths its face's geometry (centre, size, roll) and the probabilities of
+its aligned crop with exponential moving averages: the crop frame then barely moves between frames of
+a still shot, so averaging crop probabilities averages the same facial positions. A track that misses
+a detection keeps its last face for `patience` frames (a detector dropping one frame would otherwise
+blank the face), then ends. New faces start new tracks.
+
+`flicker` is the measure of temporal noise: the mean fraction of pixels whose label changes between
+consecutive frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import SegformerError
+from .align import FRAMING, Framing, warp_to_crop
+from .detect import Face, detect_faces, iou
+from .pipeline import FaceParse, align_faces, parse_crops, paste
+
+MATCH_IOU = 0.3
+
+
+@dataclass
+class Track:
+    face: Face
+    probs: Tensor  # (K, S, S) smoothed crop probabilities
+    missed: int = 0
+
+
+def _blend(a: Face, b: Face, keep: float) -> Face:
+    mix = lambda x, y: keep * x + (1 - keep) * y  # noqa: E731
+    return Face(mix(a.cx, b.cx), mix(a.cy, b.cy), mix(a.size, b.size), mix(a.angle, b.angle), b.score)
+
+
+class FaceVideo:
+    """Parses frames one after another, tracking and smoothing faces.
+
+    `smoothing` is the weight of the past in the moving averages (0: every frame on its own).
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        *,
+        smoothing: float = 0.7,
+        patience: int = 3,
+        framing: Framing = FRAMING,
+        detect: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise SegformerError(f"smoothing must lie in [0, 1), got {smoothing}")
+        self.predictor = predictor
+        self.smoothing = smoothing
+        self.patience = patience
+        self.framing = framing
+        self.detect = detect or {}
+        self.tracks: list[Track] = []
+
+    def _match(self, faces: Sequence[Face]) -> list[tuple[int, int]]:
+        pairs = sorted(
+            (
+                (iou(t.face.box, f.box), ti, fi)
+                for ti, t in enumerate(self.tracks)
+                for fi, f in enumerate(faces)
+            ),
+            reverse=True,
+        )
+        used_t: set[int] = set()
+        used_f: set[int] = set()
+        matches = []
+        for overlap, ti, fi in pairs:
+            if overlap < MATCH_IOU or ti in used_t or fi in used_f:
+                continue
+            used_t.add(ti)
+            used_f.add(fi)
+            matches.append((ti, fi))
+        return matches
+
+    def __call__(self, frame: np.ndarray, *, instances: bool = False) -> FaceParse:
+        """The labels of the next frame."""
+        size = self.predictor.image_size[0]
+        detected = detect_faces(frame, **self.detect)
+        matches = dict(self._match(detected))  # track -> face
+        matched_faces = set(matches.values())
+        keep = self.smoothing
+        faces: list[Face] = []
+        for ti, track in enumerate(self.tracks):
+            if ti in matches:
+                track.face = _blend(track.face, detected[matches[ti]], keep)
+                track.missed = 0
+            else:
+                track.missed += 1
+            faces.append(track.face)
+        new = [f for fi, f in enumerate(detected) if fi not in matched_faces]
+        if new:
+            new_faces, new_probs = align_faces(self.predictor, frame, new, size=size, framing=self.framing)
+            for face, probs in zip(new_faces, new_probs, strict=True):
+                self.tracks.append(Track(face, probs))
+        old = [i for i, t in enumerate(self.tracks[: len(faces)]) if t.missed <= self.patience]
+        if old:
+            crops = [warp_to_crop(frame, self.tracks[i].face, size, self.framing) for i in old]
+            fresh = parse_crops(self.predictor, crops)
+            for j, i in enumerate(old):
+                track = self.tracks[i]
+                # A missed frame carries no new evidence about the face: only parse when seen.
+                if track.missed == 0:
+                    track.probs = keep * track.probs + (1 - keep) * fresh[j]
+        self.tracks = [t for t in self.tracks if t.missed <= self.patience]
+        if not self.tracks:
+            empty = torch.zeros(0, self.predictor.config.num_classes, 1, 1)
+            return paste(empty, [], frame.shape[:2], framing=self.framing, instances=instances)
+        return paste(
+            torch.stack([t.probs for t in self.tracks]), [t.face for t in self.tracks], frame.shape[:2],
+            framing=self.framing, instances=instances,
+        )  # fmt: skip
+
+
+def parse_video(
+    predictor: Any, frames: Iterable[np.ndarray], *, smoothing: float = 0.7, instances: bool = False
+) -> Iterator[FaceParse]:
+    """`FaceParse` of each frame, in order (one per frame)."""
+    video = FaceVideo(predictor, smoothing=smoothing)
+    for frame in frames:
+        yield video(frame, instances=instances)
+
+
+def flicker(labels: Sequence[np.ndarray]) -> float:
+    """Mean fraction of pixels whose label changes between consecutive frames (0 for < 2 frames)."""
+    if len(labels) < 2:
+        return 0.0
+    return float(np.mean([np.mean(a != b) for a, b in itertools.pairwise(labels)]))
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> int:
+    """(H, W, 3) uint8 RGB frames into an mp4 (OpenCV's mp4v codec); returns the frame count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    count = 0
+    try:
+        for frame in frames:
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise SegformerError(f"{path}: OpenCV cannot write an mp4 here")
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            count += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    return count
