@@ -241,3 +241,22 @@ def test_detector_finds_real_faces_rotated_in_clutter():
     assert abs(by_x[0].cx - 180) < 30 and abs(by_x[1].cx - 470) < 30
     assert by_x[0].angle > 0 > by_x[1].angle
     assert detect_faces(np.full((200, 300, 3), 127, np.uint8)) == []
+
+
+def test_composed_scenes_and_their_scores():
+    from segformer.faces.scenes import compose_scene, face_scores
+
+    rng = np.random.default_rng(0)
+    face = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 1
+    face[mask == 1] = (230, 20, 20)
+    scene = compose_scene(rng, [(face, mask)], (240, 320), faces=(3, 3))
+    assert scene.image.shape == (240, 320, 3) and len(scene.sources) >= 2
+    assert set(np.unique(scene.regions)) == set(range(len(scene.sources) + 1))
+    assert not scene.mask[scene.regions == 0].any()  # clutter is background
+    for i in range(len(scene.sources)):  # each region holds its face: a quarter of it labelled 1
+        assert 0.15 < scene.mask[scene.regions == i + 1].mean() < 0.35
+    assert face_scores(scene.mask, scene, 19) == [1.0] * len(scene.sources)
+    parsed = parse_faces(predictor(), scene.image, faces=[], refine=False)
+    assert max(face_scores(parsed.ids, scene, 19)) < 1.0

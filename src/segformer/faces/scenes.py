@@ -44,7 +44,7 @@ def clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         :, None, None
     ] * rng.uniform(0, 0.7)
     img = (a + (b - a) * (t / t.max())).astype(np.uint8)
-    img = np.ascontiguousarray(np.broadcast_to(img, (h, w, 3)))
+    img = np.array(np.broadcast_to(img, (h, w, 3)))  # writable: drawn on below
     for _ in range(int(rng.integers(15, 40))):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
