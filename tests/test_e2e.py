@@ -44,7 +44,22 @@ def test_train_eval_predict_export(tmp_path, capsys):
     # predict: score the written PNGs against the masks like evaluation does. Evaluation runs batches
     # of 4 in file order; predict does the same here, so even float rounding is identical.
     images = str(data / "val" / "images")
-    assert main(["predict", str(best), images, "--out", str(preds), "--batch-size", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--whole-image",
+                str(best),
+                images,
+                "--out",
+                str(preds),
+                "--batch-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = SegmentationMetrics(19, 255, 0, list(CELEBAMASK.class_names))
     stems = sorted(p.stem for p in (data / "val" / "masks").glob("*.png"))
     assert sorted(p.stem for p in preds.glob("*.png")) == stems
@@ -58,8 +73,21 @@ def test_train_eval_predict_export(tmp_path, capsys):
 
     # ONNX: the exported graph gives the same masks (up to exact near-ties)
     assert main(["export", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["predict", str(tmp_path / "m.onnx"), images, "--out", str(tmp_path / "po"), "--quiet"]) == 0
-    predictor = Predictor(best)
+    assert (
+        main(
+            [
+                "predict",
+                "--whole-image",
+                str(tmp_path / "m.onnx"),
+                images,
+                "--out",
+                str(tmp_path / "po"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    predictor = Predictor(best, faces=False)
     for stem in stems:
         _, probs = predictor(data / "val" / "images" / f"{stem}.jpg", return_probs=True)
         top2 = np.sort(probs, axis=0)[-2:]

@@ -78,13 +78,13 @@ def test_onnx_matches_pytorch_at_any_size(decoder, tmp_path):
 
 def test_onnx_file_predicts_like_the_model(model_dir, tmp_path):
     export_onnx(model_dir, tmp_path / "m.onnx")
-    torch_p, onnx_p = Predictor(model_dir), Predictor(tmp_path / "m.onnx")
+    torch_p, onnx_p = Predictor(model_dir, faces=False), Predictor(tmp_path / "m.onnx", faces=False)
     assert onnx_p.backend == "onnxruntime" and onnx_p.settings() == torch_p.settings()
     assert onnx_p.label_set == CELEBAMASK and onnx_p.image_size == (48, 48)
     image = _image(61, 83)
     ids, probs = torch_p(image, return_probs=True)
     _equal_but_ties(onnx_p(image), ids, probs)
-    in_memory = Predictor(model_dir, backend="onnxruntime")  # exported on the fly
+    in_memory = Predictor(model_dir, backend="onnxruntime", faces=False)  # exported on the fly
     assert isinstance(in_memory.model, OnnxRuntimeModel)
     _equal_but_ties(in_memory(image), ids, probs)
 
@@ -102,15 +102,15 @@ def test_onnx_errors(model_dir, tmp_path, monkeypatch):
         runtime(torch.zeros(1, 3, side - 1, 40))
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(SegformerError, match=r"junk\.onnx: cannot load as an ONNX model"):
-        Predictor(tmp_path / "junk.onnx")
+        Predictor(tmp_path / "junk.onnx", faces=False)
     bare = onnx.load(str(tmp_path / "m.onnx"))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(SegformerError, match="no segformer metadata"):
-        Predictor(tmp_path / "bare.onnx")
+        Predictor(tmp_path / "bare.onnx", faces=False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     with pytest.raises(SegformerError, match=r"pip install segformer\[onnx\]"):
-        Predictor(tmp_path / "m.onnx")
+        Predictor(tmp_path / "m.onnx", faces=False)
 
 
 @pytest.mark.slow
@@ -148,7 +148,12 @@ def test_ce7454_package_runs_standalone_and_reproduces_predict(model_dir, tmp_pa
     exif[0x0112] = 6
     grey.save(clean / "rotated.png", exif=exif.tobytes())
     inputs = [str(clean / "odd.jpg"), str(clean / "rotated.png")]
-    assert main(["predict", str(model_dir), *inputs, "--out", str(tmp_path / "pred"), "--quiet"]) == 0
+    assert (
+        main(
+            ["predict", "--whole-image", str(model_dir), *inputs, "--out", str(tmp_path / "pred"), "--quiet"]
+        )
+        == 0
+    )
     # A real standalone run (subprocess, no PYTHONPATH, segformer unimportable) for one image, and the
     # same file run in this process for the other input and for a missing one.
     argv = ["--input", str(clean / "rotated.png"), "--output", str(clean / "rotated.png.out.png")]

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from segformer import ModelConfig
@@ -17,6 +18,7 @@ from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
+from segformer.data.io import load_mask  # noqa: E402
 from segformer.data.labels import get_label_set  # noqa: E402
 from segformer.faces import (  # noqa: E402
     Face,
@@ -188,7 +190,7 @@ def test_video_keeps_frames_and_smoothing_reduces_flicker():
     from segformer.faces import video as video_module
 
     def run(smoothing):
-        v = FaceVideo(p, smoothing=smoothing)
+        v = FaceVideo(p, smoothing=smoothing, verify=False)
         original = video_module.detect_faces
         video_module.detect_faces = lambda frame, **kw: [face]
         try:
@@ -260,3 +262,75 @@ def test_composed_scenes_and_their_scores():
     assert face_scores(scene.mask, scene, 19) == [1.0] * len(scene.sources)
     parsed = parse_faces(predictor(), scene.image, faces=[], refine=False)
     assert max(face_scores(parsed.ids, scene, 19)) < 1.0
+
+
+class PaletteModel(nn.Module):
+    """A stand-in parser that labels each pixel with the CelebAMask-HQ class whose palette colour is
+    nearest: a face drawn in palette colours is parsed exactly as drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = ModelConfig(num_classes=19)
+        colours = torch.tensor(get_label_set("celebamask").palette, dtype=torch.float32) / 255
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        self.register_buffer("colours", (colours - mean) / std)  # (K, 3), normalised like inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
+
+
+def draw_face(image: np.ndarray, face: Face) -> np.ndarray:
+    """A schematic face in palette colours (skin, nose, eyes, brows) inside `face`'s crop; returns the
+    class ids drawn."""
+    ids = np.zeros(image.shape[:2], np.uint8)
+    m = invert(crop_transform(face, 100))
+    centre = apply(m, np.array([[49.5, 55.0]]))[0]
+    axes = (round(face.size * 0.45), round(face.size * 0.6))
+    cv2.ellipse(ids, tuple(int(v) for v in centre.round()), axes, -face.angle, 0, 360, 1, -1)
+    for k, (x, y, r) in (
+        (2, (49.5, 60, 4)),
+        (4, (38, 48, 3)),
+        (5, (61, 48, 3)),
+        (6, (38, 40, 2)),
+        (7, (61, 40, 2)),
+    ):
+        p = apply(m, np.array([[x, y]]))[0].round().astype(int)
+        cv2.circle(ids, tuple(int(v) for v in p), round(r * face.size * 1.547 / 100), k, -1)
+    palette = np.array(get_label_set("celebamask").palette, np.uint8)
+    image[ids > 0] = palette[ids[ids > 0]]
+    return ids
+
+
+def test_predict_files_with_faces_writes_boxes_instances_and_videos(tmp_path, monkeypatch):
+    import json
+
+    from segformer.faces import pipeline, video
+    from segformer.faces.video import write_video
+    from segformer.predict import predict_files
+
+    face = Face(160, 120, 80, 12.0)
+    photo = np.zeros((240, 320, 3), np.uint8)
+    drawn = draw_face(photo, face)
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, **kw: [face])
+    monkeypatch.setattr(video, "detect_faces", lambda image, **kw: [face])
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo).save(src / "photo.png")
+    write_video(src / "clip.mp4", [photo] * 5, fps=10)
+    out = tmp_path / "out"
+    report = predict_files(
+        p, [src], out, overlay_images=True, faces_json=True, instances=True, mp4=True, progress=False
+    )
+    assert report.failed == [] and report.written == 6
+    labels = load_mask(out / "photo.png")
+    inner = cv2.erode((drawn == 1).astype(np.uint8), np.ones((5, 5))) > 0
+    assert (labels[inner] == 1).mean() > 0.97 and (labels[drawn == 0] == 0).mean() > 0.97
+    boxes = json.loads((out / "faces" / "photo.json").read_text())["faces"]
+    assert len(boxes) == 1 and boxes[0]["angle"] == pytest.approx(12.0, abs=2.0)
+    assert set(np.unique(np.asarray(Image.open(out / "instances" / "photo.png")))) == {0, 1}
+    assert sorted(q.name for q in (out / "clip").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    capture = cv2.VideoCapture(str(out / "overlays" / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    capture.release()
+    assert (out / "overlays" / "photo.png").is_file()

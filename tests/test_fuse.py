@@ -130,7 +130,7 @@ def test_fuse_shares_the_encoder_and_leaves_the_model_alone():
 
 def test_predictor_runs_the_fused_model_with_the_same_masks():
     model = randomize_norms(SegFormer(tiny_config())).eval()
-    predictor = Predictor(model, image_size=64)
+    predictor = Predictor(model, image_size=64, faces=False)
     assert isinstance(predictor.net, FusedSegFormer)
     assert predictor.model is model
     image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)

@@ -58,7 +58,7 @@ def reference_ids(model: nn.Module, image: np.ndarray, size: int) -> np.ndarray:
 
 def test_predictor_matches_a_naive_reference(model):
     image = _image(37, 53)
-    ids = Predictor(model)(image)
+    ids = Predictor(model, faces=False)(image)
     assert ids.shape == (37, 53) and ids.dtype == np.uint8
     ref = reference_ids(model, image, 48)
     assert len(np.unique(ref)) > 1  # a mask worth comparing
@@ -67,7 +67,7 @@ def test_predictor_matches_a_naive_reference(model):
 
 
 def test_every_image_kind_gives_a_mask_of_the_displayed_size(model, tmp_path):
-    predictor = Predictor(model)
+    predictor = Predictor(model, faces=False)
     rgb = _image(29, 41)
     files = {}
     Image.fromarray(rgb).save(files.setdefault("odd", tmp_path / "odd.png"))
@@ -119,10 +119,10 @@ def test_arrays_and_pil_images_convert_like_files(tmp_path):
 
 
 def test_batches_give_the_masks_of_single_images(model):
-    predictor = Predictor(model, batch_size=2)
+    predictor = Predictor(model, batch_size=2, faces=False)
     images = [_image(40, 40, 1), _image(23, 57, 2), _image(40, 40, 3), _image(40, 40, 4), _image(23, 57, 5)]
     batched = predictor(images)
-    single = Predictor(model, batch_size=1)
+    single = Predictor(model, batch_size=1, faces=False)
     for image, mask in zip(images, batched, strict=True):
         ids, probs = single(image, return_probs=True)
         # batched convolutions may round differently (~1e-7): only near-tied pixels may change
@@ -138,7 +138,7 @@ def test_batches_give_the_masks_of_single_images(model):
 
 def test_probabilities(model):
     image = _image(31, 45)
-    ids, probs = Predictor(model)(image, return_probs=True)
+    ids, probs = Predictor(model, faces=False)(image, return_probs=True)
     assert probs.shape == (19, 31, 45) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(probs.argmax(0), ids)
@@ -166,30 +166,30 @@ class SidedModel(nn.Module):
 def test_flip_tta_swaps_left_and_right_classes():
     model = SidedModel()
     image = _image(32, 32)
-    plain = Predictor(model, tta="none")(image)
+    plain = Predictor(model, tta="none", faces=False)(image)
     assert set(np.unique(plain)) == {4, 5, 6}
     # The mirrored view calls the left half l_eye; flipping back and swapping 4 <-> 5 undoes that, so
     # the average is the plain prediction.
-    np.testing.assert_array_equal(Predictor(model, tta="flip")(image), plain)
+    np.testing.assert_array_equal(Predictor(model, tta="flip", faces=False)(image), plain)
     # Without the swap every eye pixel is an exact 4/5 tie, which argmax gives to 4.
     no_pairs = LabelSet("no-pairs", CELEBAMASK.class_names, CELEBAMASK.palette)
-    unswapped = Predictor(model, tta="flip", label_set=no_pairs)(image)
+    unswapped = Predictor(model, tta="flip", label_set=no_pairs, faces=False)(image)
     assert 5 not in unswapped and (unswapped != plain).mean() > 0.3
 
 
 def test_scales_tta_and_sliding_windows_keep_the_input_size(model):
     image = _image(70, 90)
-    assert Predictor(model, tta="flip+scales", scales=(0.5, 1.0))(image).shape == (70, 90)
-    slide = Predictor(model, mode="slide", image_size=32)
+    assert Predictor(model, tta="flip+scales", scales=(0.5, 1.0), faces=False)(image).shape == (70, 90)
+    slide = Predictor(model, mode="slide", image_size=32, faces=False)
     assert slide(image).shape == (70, 90)
     # a window at least as large as the image runs the model once on the full-resolution image
     small = _image(30, 20)
     x = preprocess(small, None)[None]
     with torch.no_grad():
         expected = model(x).argmax(1)[0].numpy()
-    np.testing.assert_array_equal(Predictor(model, mode="slide", image_size=32)(small), expected)
+    np.testing.assert_array_equal(Predictor(model, mode="slide", image_size=32, faces=False)(small), expected)
     with pytest.raises(SegformerError, match="square"):
-        Predictor(model, mode="slide", image_size=(32, 48))(small)
+        Predictor(model, mode="slide", image_size=(32, 48), faces=False)(small)
 
 
 def test_evaluation_transform_is_the_predictors_preprocessing():
@@ -206,16 +206,16 @@ def test_settings_come_from_meta_or_defaults(model, tmp_path):
     save_model(
         model, tmp_path / "m", meta={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "eval_mode": "slide"}
     )
-    p = Predictor(tmp_path / "m")
+    p = Predictor(tmp_path / "m", faces=False)
     assert p.image_size == (48, 48) and p.mean == (0.5, 0.5, 0.5) and p.mode == "slide" and p.tta == "none"
     assert p.label_set is CELEBAMASK and p.device == torch.device("cpu")
     bare = create_model(tiny_config("micro", num_classes=19))  # e.g. loaded from an HF dir: no meta
-    q = Predictor(bare, tta="flip")
+    q = Predictor(bare, tta="flip", faces=False)
     assert q.image_size == (512, 512) and q.mean == IMAGENET_MEAN and q.std == IMAGENET_STD
     assert q.mode == "resize" and q.tta == "flip" and q.label_set is CELEBAMASK
     # settings round-trip through plain data (what exports store)
     bare.meta = q.settings()
-    r = Predictor(bare)
+    r = Predictor(bare, faces=False)
     assert r.settings() == q.settings() and r.label_set == CELEBAMASK
 
 
@@ -233,21 +233,23 @@ def test_label_sets_are_chosen_by_names_then_count():
 
 
 def test_bad_inputs(model, tmp_path):
-    predictor = Predictor(model)
+    predictor = Predictor(model, faces=False)
     with pytest.raises(SegformerError, match=r"missing\.png: image not found"):
         predictor(tmp_path / "missing.png")
     with pytest.raises(SegformerError, match="cannot predict on a int"):
         predictor([_image(8, 8), 3])
     with pytest.raises(SegformerError, match="unknown TTA"):
-        Predictor(model, tta="mirror")
+        Predictor(model, tta="mirror", faces=False)
     with pytest.raises(SegformerError, match="unknown backend"):
-        Predictor(model, backend="tensorrt")
+        Predictor(model, backend="tensorrt", faces=False)
 
 
 def test_loads_model_directories(model, tmp_path):
     save_model(model, tmp_path / "m")
     image = _image(33, 44)
-    np.testing.assert_array_equal(Predictor(tmp_path / "m")(image), Predictor(load(tmp_path / "m"))(image))
+    np.testing.assert_array_equal(
+        Predictor(tmp_path / "m", faces=False)(image), Predictor(load(tmp_path / "m"), faces=False)(image)
+    )
 
 
 def test_class_ids_is_argmax_with_ties_to_the_lowest_id():
@@ -277,10 +279,10 @@ def test_logits_are_upsampled_in_bands_with_exactly_the_ids_of_the_whole_image(m
     for band in (1, 19 * 2 * 67, 19 * 2 * 67 * 10 + 5, 10**9):  # one element, one row, ~10 rows, whole
         assert torch.equal(view_class_ids(views, (83, 67), flip_perm, band).long(), expected)
     # the Predictor's ids, computed in small bands, are those of the whole image (and of its probs)
-    ids, probs = Predictor(model, tta="flip")(image, return_probs=True)
+    ids, probs = Predictor(model, tta="flip", faces=False)(image, return_probs=True)
     np.testing.assert_array_equal(ids, class_ids(torch.from_numpy(probs)[None])[0].numpy())
     monkeypatch.setattr("segformer.ops.BAND_ELEMENTS", 19 * 67 * 3)
-    np.testing.assert_array_equal(Predictor(model, tta="flip")(image), ids)
+    np.testing.assert_array_equal(Predictor(model, tta="flip", faces=False)(image), ids)
 
 
 def test_python_api_errors_are_one_line_segformer_errors(model):
@@ -288,11 +290,11 @@ def test_python_api_errors_are_one_line_segformer_errors(model):
     for device, message in (("gpu", "unknown device 'gpu'"), ("cuda:99", "cuda:99")):
         if device == "cuda:99" or not torch.cuda.is_available():
             with pytest.raises(SegformerError, match=message):
-                Predictor(model, device=device)
+                Predictor(model, device=device, faces=False)
     if not torch.cuda.is_available():
         with pytest.raises(SegformerError, match="sees no CUDA GPU"):
-            Predictor(model, device="cuda")
-    predictor = Predictor(model)
+            Predictor(model, device="cuda", faces=False)
+    predictor = Predictor(model, faces=False)
     # float images must be in [0, 1]: 0-255 floats are not silently clipped to white
     with pytest.raises(SegformerError, match=r"float image with values in \[15, 246\]: expected \[0, 1\]"):
         predictor(image.astype(np.float32))
@@ -305,12 +307,12 @@ def test_python_api_errors_are_one_line_segformer_errors(model):
     with pytest.raises(SegformerError, match="dtype bool"):
         predictor(np.zeros((8, 8, 3), bool))
     with pytest.raises(SegformerError, match="batch size must be a positive integer, got 0"):
-        Predictor(model, batch_size=0)
+        Predictor(model, batch_size=0, faces=False)
     with pytest.raises(SegformerError, match=r"image_size: expected an integer >= 1, got -4"):
-        Predictor(model, image_size=-4)
+        Predictor(model, image_size=-4, faces=False)
     with pytest.raises(SegformerError, match="scales: expected positive numbers"):
-        Predictor(model, scales=(0.0, 1.0))
+        Predictor(model, scales=(0.0, 1.0), faces=False)
     with pytest.raises(SegformerError, match="unknown label set 'faces'"):
-        Predictor(model, label_set="faces")
+        Predictor(model, label_set="faces", faces=False)
     with pytest.raises(SegformerError, match=r"image 0: expected \(H, W, 3\) uint8 RGB"):
         predictor.predict_arrays([np.zeros((0, 5, 3), np.uint8)])

@@ -56,12 +56,24 @@ def folder(tmp_path) -> Path:
 
 def test_folder_with_corrupt_files(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["predict", str(model_dir), str(folder), "--out", str(out), "--quiet", "--batch-size", "2"])
+    code = main(
+        [
+            "predict",
+            "--whole-image",
+            str(model_dir),
+            str(folder),
+            "--out",
+            str(out),
+            "--quiet",
+            "--batch-size",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "e_truncated.jpg" in err and "f_text.png" in err and "2 input(s) failed" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, faces=False)
     for stem in "abcd":
         image = load_image(next(folder.glob(f"{stem}.*")))
         png = Image.open(out / f"{stem}.png")
@@ -74,7 +86,15 @@ def test_folder_with_corrupt_files(model_dir, folder, tmp_path, capsys):
 
 def test_files_globs_overlays_and_probabilities(model_dir, folder, tmp_path):
     out = tmp_path / "out"
-    args = ["predict", str(model_dir), str(folder / "a.jpg"), str(folder / "[bc].png"), "--out", str(out)]
+    args = [
+        "predict",
+        "--whole-image",
+        str(model_dir),
+        str(folder / "a.jpg"),
+        str(folder / "[bc].png"),
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--overlay", "--probs", "--quiet"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
     for stem in "abc":
@@ -93,7 +113,7 @@ def test_files_globs_overlays_and_probabilities(model_dir, folder, tmp_path):
 
 def test_missing_inputs_and_collisions(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "out"
-    predict = ["predict", str(model_dir)]
+    predict = ["predict", "--whole-image", str(model_dir)]
     assert main([*predict, str(folder / "a.jpg"), str(tmp_path / "nope*.jpg"), "--out", str(out)]) == 1
     assert "nope*.jpg: no such file" in capsys.readouterr().err
     assert (out / "a.png").is_file()
@@ -116,25 +136,59 @@ def test_video_writes_one_mask_per_frame(model_dir, tmp_path):
         writer.write(cv2.cvtColor(_image(36, 48, 10 + i), cv2.COLOR_RGB2BGR))
     writer.release()
     out = tmp_path / "out"
-    assert main(["predict", str(model_dir), str(video), "--out", str(out), "--overlay", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--whole-image",
+                str(model_dir),
+                str(video),
+                "--out",
+                str(out),
+                "--overlay",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     masks = sorted((out / "clip").glob("*.png"))
     assert [p.name for p in masks] == [f"{i:06d}.png" for i in range(5)]
     assert len(list((out / "overlays" / "clip").glob("*.png"))) == 5
     capture = cv2.VideoCapture(str(video))
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, faces=False)
     for path in masks:
         ok, frame = capture.read()
         assert ok
         np.testing.assert_array_equal(load_mask(path), predictor(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
-    assert main(["predict", str(model_dir), str(tmp_path / "broken.mp4"), "--out", str(out), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--whole-image",
+                str(model_dir),
+                str(tmp_path / "broken.mp4"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
 
 
 def test_cli_subprocess_with_onnxruntime(model_dir, folder, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "o"
     proc = run_cli(
-        "predict", str(model_dir), str(folder / "b.png"), "--out", str(out), "--backend", "onnxruntime"
+        "predict",
+        "--whole-image",
+        str(model_dir),
+        str(folder / "b.png"),
+        "--out",
+        str(out),
+        "--backend",
+        "onnxruntime",
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote 1 label map(s)" in proc.stdout
@@ -146,7 +200,20 @@ def test_a_run_folder_suggests_its_best_model(model_dir, folder, tmp_path, capsy
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     shutil.copytree(model_dir, run / "best")
-    assert main(["predict", str(run), str(folder / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--whole-image",
+                str(run),
+                str(folder / "a.jpg"),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"{run}: a training run folder, not a model directory; did you mean {run / 'best'}?" in err
     assert err.count("\n") == 1
@@ -169,7 +236,7 @@ def test_a_partly_unreadable_video_is_reported(model_dir, tmp_path, capsys):
         readable += 1
     assert 3 <= readable < 8
     out = tmp_path / "out"
-    assert main(["predict", str(model_dir), str(video), "--out", str(out), "--quiet"]) == 1
+    assert main(["predict", "--whole-image", str(model_dir), str(video), "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     missing = 8 - readable
     assert (

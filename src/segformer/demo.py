@@ -133,7 +133,7 @@ def write_predictions(model: torch.nn.Module, data: Path, out: Path, size: int, 
 
     ls = get_label_set("celebamask")
     ds = FolderDataset(data, "val", None, ls)
-    predictor = Predictor(model, image_size=size, label_set=ls)
+    predictor = Predictor(model, image_size=size, label_set=ls, faces=False)  # aligned crops
     for i in range(min(count, len(ds))):
         image = load_image(ds.image_path(i))
         save_image(out / "predictions" / f"{ds.stems[i]}.png", overlay(image, predictor(image), ls))

@@ -111,7 +111,7 @@ def export_ce7454(
         (tmp / "requirements.txt").write_text("\n".join(_pin(d) for d in ("torch", "numpy", "pillow")) + "\n")
         (tmp / "run.py").write_text(run_py_source(torch_model))
         if verify:
-            verify_run_py(tmp, Predictor(torch_model, settings=settings))
+            verify_run_py(tmp, Predictor(torch_model, settings=settings, faces=False))  # run.py parses crops
     return {"dir": str(solution), "params": params, "budget": budget}
 
 

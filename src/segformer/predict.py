@@ -10,6 +10,13 @@ For an input ``<stem>.<ext>`` the output folder OUT gets:
 
 A video (``.mp4``, ``.avi``, ... read with OpenCV) gives one of each per frame:
 ``OUT/<stem>/<frame:06d>.png`` (and ``OUT/overlays/<stem>/...``, ``OUT/probs/<stem>/...``).
+
+A predictor that parses faces (`Predictor.faces`, the default for face label sets) finds the faces of
+each image (`segformer.faces`); overlays then draw their boxes, and it can also write
+``OUT/faces/<stem>.json`` (`faces_json`: boxes, centres, sizes, rolls, scores) and
+``OUT/instances/<stem>.png`` (`instances`: 0 outside faces, i + 1 on face i). In a video the faces are
+tracked and their labels smoothed over time (`smoothing`); `mp4` also writes the overlays as
+``OUT/overlays/<stem>.mp4``.
 An unreadable input is reported by name on stderr and skipped; the report counts the failures. A video
 whose container lists frames that cannot be decoded is a failure too (its readable frames are written,
 under their own frame numbers).
@@ -18,18 +25,23 @@ under their own frame numbers).
 from __future__ import annotations
 
 import glob
+import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from .data.io import IMAGE_EXTENSIONS, is_segformer_png, load_image, overlay, save_image, save_mask
+from .data.io import IMAGE_EXTENSIONS, PNG_MARK, is_segformer_png, load_image, overlay, save_image, save_mask
 from .errors import SegformerError
+from .faces import FaceParse, FaceVideo, NoFaceWarning, VideoWriter, draw_faces, video_fps
 from .fileio import atomic_file, check_output_file, make_dirs
 from .inference import Predictor
 
@@ -79,10 +91,20 @@ def _is_our_probs(path: Path) -> bool:
     return array.dtype == np.float16 and array.ndim == 3
 
 
+def _is_our_faces_json(path: Path) -> bool:
+    """Whether `path` is a faces file as `predict_files` writes it."""
+    try:
+        return set(json.loads(path.read_text())) == {"faces", "whole_image"}
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _check_output(path: Path) -> Path:
     """Only a file predict wrote itself is ever replaced: never an input, never a user's file."""
     if path.suffix == ".npy":
         return check_output_file(path, _is_our_probs, "probability file")
+    if path.suffix == ".json":
+        return check_output_file(path, _is_our_faces_json, "faces file")
     return check_output_file(path, is_segformer_png, "label map or overlay")
 
 
@@ -144,6 +166,10 @@ def predict_files(
     overlay_images: bool = False,
     probs: bool = False,
     progress: bool = True,
+    faces_json: bool = False,
+    instances: bool = False,
+    smoothing: float = 0.7,
+    mp4: bool = False,
 ) -> PredictReport:
     """Label maps (and overlays / probabilities) of every image and video frame named by `inputs`
     into `out` (see the module docstring). Files that cannot be read are reported on stderr and
@@ -185,16 +211,48 @@ def predict_files(
     for item, why in missing:
         fail(item, why)
     pending: list[tuple[str, np.ndarray]] = []  # (output name without .png, image)
+    video: FaceVideo | None = None  # the face tracker of the video being read
+    movie: VideoWriter | None = None
+
+    def parse(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None, FaceParse | None]]:
+        if not predictor.faces:
+            results = predictor.predict_arrays(images, return_probs=probs)
+            return [(*(r if probs else (r, None)), None) for r in results]
+        parses = []
+        for (name, _), image in zip(pending, images, strict=True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NoFaceWarning)
+                if video is not None:
+                    result = video(image, instances=instances, return_probs=probs)
+                else:
+                    result = predictor.parse_faces(image, instances=instances, return_probs=probs)
+            if caught and video is None:
+                bar.write(f"{name}: {caught[0].message}", file=sys.stderr)
+            parses.append((result.ids, result.probs, result))
+        return parses
 
     def flush() -> None:
-        results = predictor.predict_arrays([image for _, image in pending], return_probs=probs)
-        for (name, image), result in zip(pending, results, strict=True):
-            mask, prob = result if probs else (result, None)
+        results = parse([image for _, image in pending])
+        for (name, image), (mask, prob, found) in zip(pending, results, strict=True):
             try:
                 save_mask(_check_output(out / f"{name}.png"), mask, predictor.label_set)
-                if overlay_images:
-                    blend = overlay(image, mask, predictor.label_set)
-                    save_image(_check_output(out / "overlays" / f"{name}.png"), blend)
+                if overlay_images or movie is not None:
+                    shown = overlay(image, mask, predictor.label_set)
+                    if found is not None:
+                        shown = draw_faces(shown, found.faces)
+                    if overlay_images:
+                        save_image(_check_output(out / "overlays" / f"{name}.png"), shown)
+                    if movie is not None:
+                        movie.write(shown)
+                if found is not None and faces_json:
+                    boxes = {"faces": found.faces_json(), "whole_image": found.whole_image}
+                    with atomic_file(_check_output(out / "faces" / f"{name}.json")) as f:
+                        f.write(json.dumps(boxes).encode())
+                if found is not None and found.instances is not None:
+                    info = PngInfo()
+                    info.add_text(*PNG_MARK)
+                    with atomic_file(_check_output(out / "instances" / f"{name}.png")) as f:
+                        Image.fromarray(found.instances, "L").save(f, format="PNG", pnginfo=info)
                 if prob is not None:
                     with atomic_file(_check_output(out / "probs" / f"{name}.npy")) as f:
                         np.save(f, prob.astype(np.float16))
@@ -216,6 +274,10 @@ def predict_files(
             continue
         flush()
         frames, bad = 0, []
+        if predictor.faces:
+            video = FaceVideo(predictor, smoothing=smoothing)
+        if mp4:
+            movie = VideoWriter(out / "overlays" / f"{path.stem}.mp4", video_fps(path))
         try:
             for index, frame in _video_frames(path, bad):
                 pending.append((f"{path.stem}/{index:06d}", frame))
@@ -233,6 +295,11 @@ def predict_files(
         except SegformerError as err:
             flush()  # the frames decoded before a broken one are still written
             fail(str(path), str(err) + (f" after {frames} frames" if frames else ""))
+        finally:
+            video = None
+            if movie is not None:
+                movie.close()
+                movie = None
         bar.update(1)
     flush()
     bar.close()

@@ -266,7 +266,9 @@ def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, si
     from .inference import Predictor
 
     plt = pyplot()
-    predictors = [Predictor(m, image_size=size, label_set=dataset.label_set) for m in models.values()]
+    predictors = [
+        Predictor(m, image_size=size, label_set=dataset.label_set, faces=False) for m in models.values()
+    ]
     n = min(count, len(dataset))
     cols = 2 + len(models)
     rows, shown = [], set()

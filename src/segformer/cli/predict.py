@@ -9,7 +9,7 @@ from ..config import EVAL_MODES, TTA_MODES
 from ..inference import BACKENDS, Predictor
 from ..predict import predict_files
 from . import add_threads_option
-from .types import positive_floats, positive_int
+from .types import positive_floats, positive_int, unit_interval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "'photos/**/*.jpg', video files) with MODEL (a model directory, an HF directory, an NVlabs .pth, "
         "or an .onnx file from `segformer export`) and write DIR/<stem>.png: a palette PNG whose pixel "
         "values are class ids. A video writes DIR/<stem>/<frame:06d>.png. Unreadable inputs are "
-        "reported and skipped; the exit code is 1 if any input failed.",
+        "reported and skipped; the exit code is 1 if any input failed. A face parser (a face label set) "
+        "finds every face in a photo, parses each at the framing it was trained on and pastes the labels "
+        "back (the rest is background); in a video it tracks the faces and smooths their labels.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best), .pth or .onnx file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders or glob patterns")
@@ -51,6 +53,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the model with PyTorch (default) or ONNX Runtime (exported in memory; .onnx models "
         "always use ONNX Runtime; needs `pip install segformer[onnx]`)",
     )
+    p.add_argument(
+        "--whole-image",
+        action="store_true",
+        help="face label sets: parse each image as one aligned face crop (no face localisation)",
+    )
+    p.add_argument(
+        "--faces-json", action="store_true", help="faces: write the boxes found to DIR/faces/<stem>.json"
+    )
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="faces: write DIR/instances/<stem>.png (0 outside faces, i + 1 on face i)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=unit_interval,
+        default=0.7,
+        help="faces in videos: weight of the past frames in the moving average of the labels, in [0, 1) "
+        "(0: none; default 0.7)",
+    )
+    p.add_argument(
+        "--mp4", action="store_true", help="videos: also write the overlays as DIR/overlays/<stem>.mp4"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -67,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         label_set=args.label_set,
         batch_size=args.batch_size,
         backend=args.backend,
+        faces=False if args.whole_image else None,
     )
     report = predict_files(
         predictor,
@@ -75,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         overlay_images=args.overlay,
         probs=args.probs,
         progress=not args.quiet,
+        faces_json=args.faces_json,
+        instances=args.instances,
+        smoothing=args.smoothing,
+        mp4=args.mp4,
     )
     rate = f" in {report.seconds:.1f} s ({report.written / max(report.seconds, 1e-9):.2f} images/s)"
     failed = f"; {len(report.failed)} input(s) failed (listed above)" if report.failed else ""

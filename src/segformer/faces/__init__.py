@@ -10,8 +10,8 @@ from __future__ import annotations
 from ..data.labels import LabelSet
 from .align import FRAMING, Framing, crop_transform, invert, warp_to_crop
 from .detect import Face, detect_faces
-from .pipeline import FaceParse, NoFaceWarning, parse_faces, paste
-from .video import FaceVideo, flicker, parse_video, write_video
+from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces, paste
+from .video import FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
 
 FACE_CLASSES = ("skin", "nose")
 
@@ -29,14 +29,17 @@ __all__ = [
     "FaceVideo",
     "Framing",
     "NoFaceWarning",
+    "VideoWriter",
     "crop_transform",
     "detect_faces",
+    "draw_faces",
     "flicker",
     "invert",
     "is_face_label_set",
     "parse_faces",
     "parse_video",
     "paste",
+    "video_fps",
     "warp_to_crop",
     "write_video",
 ]

@@ -20,17 +20,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops import class_ids, predict_batch
 from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
 from .detect import Face, detect_faces, iou
 
 TILE = 1024
 """Side of the tiles the probabilities are pasted back in (memory: K x TILE² floats per face)."""
-WHOLE_IMAGE_IOU = 0.7
+WHOLE_IMAGE_IOU = 0.6
 """A single face whose training crop covers the image this well (IoU) is parsed as the image."""
 WHOLE_IMAGE_ROLL = 10.0
 """...and is upright within this many degrees (the cascade's own tolerance)."""
@@ -81,8 +83,6 @@ def _settings(predictor: Any) -> dict[str, Any]:
 def parse_crops(predictor: Any, crops: Sequence[np.ndarray]) -> Tensor:
     """(N, K, S, S) float32 CPU probabilities of aligned (S, S, 3) uint8 crops, with the predictor's
     model, normalisation and test-time augmentation."""
-    from ..ops import predict_batch
-
     out = []
     size = crops[0].shape[0]
     with torch.inference_mode():
@@ -161,8 +161,6 @@ def paste(
     instances: bool = False,
 ) -> FaceParse:
     """Class ids of a photo of `shape` (H, W) from the (N, K, S, S) crop probabilities of `faces`."""
-    from ..ops import class_ids
-
     h, w = shape
     n, k, s, _ = crops.shape
     ids = np.full((h, w), background, np.uint8)
@@ -260,6 +258,7 @@ def parse_faces(
     *,
     faces: Sequence[Face] | None = None,
     refine: bool = True,
+    verify: bool = True,
     return_probs: bool = False,
     instances: bool = False,
     tile: int = TILE,
@@ -269,8 +268,9 @@ def parse_faces(
     """Labels of every face in an (H, W, 3) uint8 RGB photo (see the module docstring).
 
     `predictor` is a `segformer.Predictor` (its model, working size, normalisation and TTA are
-    used). `faces` skips detection (and the check that each box holds a face); `detect` passes
-    options to `detect_faces`. With no face found the image is all background and a
+    used). `faces` skips detection and the check that the parse of each box looks like a face
+    (`looks_like_a_crop`; `verify=False` skips only the check); `detect` passes options to
+    `detect_faces`. With no face found the image is all background and a
     `NoFaceWarning` is issued.
     """
     shape = image.shape[:2]
@@ -284,16 +284,20 @@ def parse_faces(
     crops = None
     if faces:
         faces, crops = align_faces(predictor, image, faces, refine=refine, framing=framing)
-        if detected:  # the cascade also fires on face-like clutter; the parser tells a face from it
+        if (
+            detected and verify
+        ):  # the cascade also fires on face-like clutter; the parser tells a face from it
             real = [
                 i for i in range(len(faces)) if looks_like_a_crop(crops[i].argmax(0).to(torch.uint8).numpy())
             ]
             faces, crops = [faces[i] for i in real], crops[real]
     if not faces:
-        # The cascade misses about 2% of aligned crops; the parser recognises those itself.
-        result = _whole(predictor, image, [], return_probs, instances)
-        if looks_like_a_crop(result.ids):
-            return result
+        # The cascade misses about 2% of aligned crops; the parser recognises those itself (first
+        # at the working size, so that a huge photo without faces costs one small forward pass).
+        size = predictor.image_size[0]
+        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        if looks_like_a_crop(parse_crops(predictor, [small])[0].argmax(0).to(torch.uint8).numpy()):
+            return _whole(predictor, image, [], return_probs, instances)
         warnings.warn(
             f"no face found in the {shape[1]}x{shape[0]} image: labelled all background "
             "(parse it as one aligned crop with --whole-image / faces=False)",
@@ -315,3 +319,36 @@ def _whole(
     ids, probs = result if return_probs else (result, None)
     inst = (ids != 0).astype(np.uint8) if instances else None
     return FaceParse(ids, faces, probs, inst, whole_image=True)
+
+
+def face_polygon(face: Face) -> np.ndarray:
+    """(4, 2) corners of the face's detector box, rotated with the face."""
+    half = face.size / 2
+    rad = math.radians(face.angle)
+    c, s = math.cos(rad), math.sin(rad)
+    # The face's right/down axes on screen (y down): rolled counter-clockwise by `angle`.
+    right, down = np.array([c, -s]), np.array([s, c])
+    centre = np.array([face.cx, face.cy])
+    return np.array([centre + half * (i * right + j * down) for i, j in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
+
+
+def draw_faces(
+    image: np.ndarray, faces: Sequence[Face], colour: tuple[int, int, int] = (255, 255, 0)
+) -> np.ndarray:
+    """A copy of `image` with each face's (rotated) box and its index drawn on it."""
+    out = np.ascontiguousarray(image).copy()
+    thick = max(1, round(max(image.shape[:2]) / 400))
+    for i, face in enumerate(faces):
+        corners = np.round(face_polygon(face)).astype(np.int32)
+        cv2.polylines(out, [corners], True, colour, thick, cv2.LINE_AA)
+        x, y = corners[0]
+        cv2.putText(
+            out,
+            str(i + 1),
+            (int(x), int(y) - 2 * thick),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thick,
+            colour,
+            thick,
+        )
+    return out

@@ -157,9 +157,11 @@ def score_scenes(
     scenes: int = 20,
     seed: int = 0,
     size: tuple[int, int] = (720, 960),
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Composes `scenes` seeded scenes from `samples`, parses them with `segformer.faces.parse_faces`
-    and scores them (see the module docstring); the reference is `crop_scores` on the same faces."""
+    and scores them (see the module docstring); the reference is `crop_scores` on the same faces.
+    `options` go to `parse_faces`."""
     from .pipeline import parse_faces
 
     rng = np.random.default_rng(seed)
@@ -173,7 +175,7 @@ def score_scenes(
     for _ in range(scenes):
         scene = compose_scene(rng, samples, size)
         start = time.perf_counter()
-        result = parse_faces(predictor, scene.image)
+        result = parse_faces(predictor, scene.image, **(options or {}))
         seconds += time.perf_counter() - start
         for i, score in enumerate(face_scores(result.ids, scene, k)):
             if not math.isnan(score):

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..errors import SegformerError
 from .align import FRAMING, Framing, warp_to_crop
 from .detect import Face, detect_faces, iou
-from .pipeline import FaceParse, align_faces, parse_crops, paste
+from .pipeline import FaceParse, align_faces, looks_like_a_crop, parse_crops, paste
 
 MATCH_IOU = 0.3
 
@@ -56,6 +56,7 @@ class FaceVideo:
         *,
         smoothing: float = 0.7,
         patience: int = 3,
+        verify: bool = True,
         framing: Framing = FRAMING,
         detect: dict[str, Any] | None = None,
     ) -> None:
@@ -64,6 +65,7 @@ class FaceVideo:
         self.predictor = predictor
         self.smoothing = smoothing
         self.patience = patience
+        self.verify = verify
         self.framing = framing
         self.detect = detect or {}
         self.tracks: list[Track] = []
@@ -88,7 +90,9 @@ class FaceVideo:
             matches.append((ti, fi))
         return matches
 
-    def __call__(self, frame: np.ndarray, *, instances: bool = False) -> FaceParse:
+    def __call__(
+        self, frame: np.ndarray, *, instances: bool = False, return_probs: bool = False
+    ) -> FaceParse:
         """The labels of the next frame."""
         size = self.predictor.image_size[0]
         detected = detect_faces(frame, **self.detect)
@@ -107,7 +111,9 @@ class FaceVideo:
         if new:
             new_faces, new_probs = align_faces(self.predictor, frame, new, size=size, framing=self.framing)
             for face, probs in zip(new_faces, new_probs, strict=True):
-                self.tracks.append(Track(face, probs))
+                # as for photos: a box whose parse is no face starts no track
+                if not self.verify or looks_like_a_crop(probs.argmax(0).to(torch.uint8).numpy()):
+                    self.tracks.append(Track(face, probs))
         old = [i for i, t in enumerate(self.tracks[: len(faces)]) if t.missed <= self.patience]
         if old:
             crops = [warp_to_crop(frame, self.tracks[i].face, size, self.framing) for i in old]
@@ -120,10 +126,17 @@ class FaceVideo:
         self.tracks = [t for t in self.tracks if t.missed <= self.patience]
         if not self.tracks:
             empty = torch.zeros(0, self.predictor.config.num_classes, 1, 1)
-            return paste(empty, [], frame.shape[:2], framing=self.framing, instances=instances)
+            return paste(
+                empty,
+                [],
+                frame.shape[:2],
+                framing=self.framing,
+                instances=instances,
+                return_probs=return_probs,
+            )
         return paste(
             torch.stack([t.probs for t in self.tracks]), [t.face for t in self.tracks], frame.shape[:2],
-            framing=self.framing, instances=instances,
+            framing=self.framing, instances=instances, return_probs=return_probs,
         )  # fmt: skip
 
 
@@ -143,22 +156,49 @@ def flicker(labels: Sequence[np.ndarray]) -> float:
     return float(np.mean([np.mean(a != b) for a, b in itertools.pairwise(labels)]))
 
 
+class VideoWriter:
+    """(H, W, 3) uint8 RGB frames into an mp4 (OpenCV's mp4v codec), one at a time."""
+
+    def __init__(self, path: str | Path, fps: float = 25.0) -> None:
+        self.path = Path(path)
+        self.fps = fps if fps > 0 else 25.0
+        self.count = 0
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise SegformerError(f"{self.path}: OpenCV cannot write an mp4 video here")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> int:
-    """(H, W, 3) uint8 RGB frames into an mp4 (OpenCV's mp4v codec); returns the frame count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    count = 0
-    try:
+    """Frames into an mp4 (`VideoWriter`); returns the frame count."""
+    with VideoWriter(path, fps) as writer:
         for frame in frames:
-            if writer is None:
-                h, w = frame.shape[:2]
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise SegformerError(f"{path}: OpenCV cannot write an mp4 here")
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            count += 1
+            writer.write(frame)
+    return writer.count
+
+
+def video_fps(path: str | Path) -> float:
+    """The frame rate a video file states (0 when it does not)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
-        if writer is not None:
-            writer.release()
-    return count
+        capture.release()
