@@ -136,7 +136,7 @@ def huge(model: str, samples_root: Path, verify: bool = True) -> None:
     )
 
 
-def video(predictor, samples, frames: int = 16) -> None:
+def video(predictor, samples, frames: int = 16, verify: bool = True) -> None:
     """A still shot with per-frame noise: flicker with and without temporal smoothing (target <= 0.5x)."""
     from segformer.faces import flicker
     from segformer.faces.scenes import compose_scene
@@ -150,7 +150,7 @@ def video(predictor, samples, frames: int = 16) -> None:
     ]
     result = {}
     for smoothing in (0.0, 0.7):
-        v = FaceVideo(predictor, smoothing=smoothing)
+        v = FaceVideo(predictor, smoothing=smoothing, verify=verify)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             labels = [v(frame).ids for frame in clip]
@@ -158,8 +158,9 @@ def video(predictor, samples, frames: int = 16) -> None:
         result[smoothing] = flicker(labels)
     ratio = result[0.7] / result[0.0] if result[0.0] else math.nan
     print(
-        f"still clip ({frames} frames, 2 faces, noise sigma 8): flicker {result[0.0]:.4%} per frame without "
-        f"smoothing, {result[0.7]:.4%} with (EMA 0.7) -> ratio {ratio:.2f} "
+        f"still clip ({frames} frames, 2 faces, noise sigma 8, {len(v.tracks)} tracks): "
+        f"flicker {result[0.0]:.4%} per frame without smoothing, {result[0.7]:.4%} with (EMA 0.7) "
+        f"-> ratio {ratio:.2f} "
         f"{'met' if ratio <= 0.5 else 'NOT MET'} (target <= 0.5)"
     )
 
@@ -216,7 +217,7 @@ def main() -> int:
     if args.huge:
         huge(args.model, args.root, verify=not args.no_verify)
     if args.video:
-        video(predictor, samples)
+        video(predictor, samples, verify=not args.no_verify)
     return 0
 
 
