@@ -24,6 +24,7 @@ from segformer.faces import (  # noqa: E402
     Face,
     FaceVideo,
     NoFaceWarning,
+    cascade_available,
     crop_transform,
     flicker,
     invert,
@@ -152,6 +153,7 @@ def test_roll_refined_from_the_eyes():
     assert abs(result.faces[0].angle - 15.0) < 2.0
 
 
+@pytest.mark.skipif(not cascade_available(), reason="this OpenCV has no Haar cascades")
 def test_no_face_is_background_with_a_warning():
     p = predictor()
     image = np.full((90, 120, 3), 128, np.uint8)
@@ -222,9 +224,25 @@ def test_face_label_sets():
     assert is_face_label_set(get_label_set("celebamask"))
     assert not is_face_label_set(get_label_set("ade20k"))
     assert Predictor(ColourModel(150), image_size=32, label_set="ade20k").faces is False
+    assert Predictor(ColourModel(), image_size=32, label_set="celebamask").faces is cascade_available()
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the CelebAMask-HQ sample")
+def test_without_cascades_faces_are_off_with_a_warning_and_detection_fails_clearly(monkeypatch):
+    from segformer.errors import SegformerError
+    from segformer.faces import FacesUnavailableWarning, detect, detect_faces
+
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)
+    detect._cascade.cache_clear()
+    with pytest.warns(FacesUnavailableWarning, match="opencv-python-headless>=4.8,<5"):
+        assert Predictor(ColourModel(), image_size=32, label_set="celebamask").faces is False
+    with pytest.raises(SegformerError, match="ships no Haar cascade"):
+        detect_faces(np.zeros((40, 40, 3), np.uint8))
+    detect._cascade.cache_clear()
+
+
+@pytest.mark.skipif(
+    not SHARED_DATA.is_dir() or not cascade_available(), reason="needs the sample faces and cascades"
+)
 def test_detector_finds_real_faces_rotated_in_clutter():
     from segformer.data.io import load_image
     from segformer.faces import detect_faces
@@ -313,7 +331,7 @@ def test_predict_files_with_faces_writes_boxes_instances_and_videos(tmp_path, mo
     drawn = draw_face(photo, face)
     monkeypatch.setattr(pipeline, "detect_faces", lambda image, **kw: [face])
     monkeypatch.setattr(video, "detect_faces", lambda image, **kw: [face])
-    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask")
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask", faces=True)
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(photo).save(src / "photo.png")

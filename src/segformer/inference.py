@@ -69,7 +69,7 @@ class Predictor:
     `device` defaults to the model's own device (CPU for files); ``"auto"`` picks CUDA when present.
     Class ids are computed a band of rows at a time (`segformer.ops.view_class_ids`), so a huge photo
     needs memory for its pixels, not for its full-size probabilities (unless `return_probs`).
-    For face label sets (`segformer.faces.is_face_label_set`) each image is treated as a photo: its
+    For face label sets (`segformer.faces.default_faces`) each image is treated as a photo: its
     faces are found, parsed at the framing the model was trained on and pasted back, the rest is
     background (`segformer.faces`); ``faces=False`` parses every image as one aligned crop.
     """
@@ -136,10 +136,10 @@ class Predictor:
         self.model = model
         # What runs: the exactly equivalent fused graph of a SegFormer (`segformer.models.fuse`).
         self.net = maybe_fuse(model) if isinstance(model, nn.Module) else model
-        from .faces import is_face_label_set
+        from .faces import default_faces
 
         # Face parsers learn from aligned crops: in a photo, find the faces and parse each at that framing.
-        self.faces = is_face_label_set(self.label_set) if faces is None else bool(faces)
+        self.faces = default_faces(self.label_set) if faces is None else bool(faces)
 
     # The settings one by one (read-only: build another Predictor to change them).
     @property

@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
+import warnings
+
+import cv2
+
 from ..data.labels import LabelSet
 from .align import FRAMING, Framing, crop_transform, invert, warp_to_crop
-from .detect import Face, detect_faces
+from .detect import Face, cascade_available, detect_faces
 from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces, paste
 from .video import FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
 
@@ -22,15 +26,39 @@ def is_face_label_set(label_set: LabelSet) -> bool:
     return all(c in names for c in FACE_CLASSES)
 
 
+class FacesUnavailableWarning(UserWarning):
+    """This OpenCV cannot find faces: images are parsed whole."""
+
+
+def default_faces(label_set: LabelSet) -> bool:
+    """Whether a predictor for `label_set` localises faces by default: for face label sets, when this
+    OpenCV has the Haar cascade; otherwise (OpenCV 5) it warns once and parses images whole, as an
+    explicit ``faces=True`` would fail on the first image."""
+    if not is_face_label_set(label_set):
+        return False
+    if cascade_available():
+        return True
+    warnings.warn(
+        f"OpenCV {cv2.__version__} has no Haar cascades: face localisation is off and images are parsed "
+        'as aligned face crops (pip install "opencv-python-headless>=4.8,<5" to find faces in photos)',
+        FacesUnavailableWarning,
+        stacklevel=3,
+    )
+    return False
+
+
 __all__ = [
     "FRAMING",
     "Face",
     "FaceParse",
     "FaceVideo",
+    "FacesUnavailableWarning",
     "Framing",
     "NoFaceWarning",
     "VideoWriter",
+    "cascade_available",
     "crop_transform",
+    "default_faces",
     "detect_faces",
     "draw_faces",
     "flicker",

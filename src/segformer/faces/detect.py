@@ -66,11 +66,21 @@ class Face:
         }
 
 
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+def cascade_available(name: str = DEFAULT_CASCADE) -> bool:
+    """True when this OpenCV can run the Haar cascade `name` (4.x wheels; OpenCV 5 dropped both the
+    files and `cv2.CascadeClassifier`)."""
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    return hasattr(cv2, "CascadeClassifier") and bool(folder) and (Path(folder) / name).is_file()
+
+
 @cache
 def _cascade(name: str) -> cv2.CascadeClassifier:
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
     path = Path(folder or "") / name
-    if not folder or not path.is_file():
+    if not cascade_available(name):
         raise SegformerError(
             f"OpenCV {cv2.__version__} ships no Haar cascade {name}: face localisation needs "
             '`pip install "opencv-python-headless>=4.8,<5"` (OpenCV 5 wheels dropped the cascade files)'
@@ -107,7 +117,7 @@ def detect_faces(
     angles: Sequence[float] = DEFAULT_ANGLES,
     min_face: float = MIN_FACE,
     min_neighbors: int = 4,
-    cascade: str = "haarcascade_frontalface_default.xml",
+    cascade: str = DEFAULT_CASCADE,
 ) -> list[Face]:
     """Every face in an (H, W, 3) uint8 RGB image, most confident first.
 
