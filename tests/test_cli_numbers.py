@@ -11,7 +11,8 @@ import pytest
 from segformer.cli import build_parser, main
 
 # Options where 0 means something (a seed, "load in the main process", "no figure", no warmup calls,
-# nothing held out). Everything else counts, sizes or budgets things and needs at least 1 (or > 0).
+# nothing held out, no temporal smoothing). Everything else counts, sizes or budgets things and needs
+# at least 1 (or > 0).
 ZERO_IS_VALID = {
     ("bench", "--warmup"),
     ("bench", "--workers"),
@@ -22,6 +23,7 @@ ZERO_IS_VALID = {
     ("eval", "--workers"),
     ("experiment", "--seed"),
     ("experiment", "--workers"),
+    ("predict", "--smoothing"),
     ("report", "--samples"),
     ("train", "--workers"),
 }

@@ -40,7 +40,7 @@ def default_faces(label_set: LabelSet) -> bool:
         return True
     warnings.warn(
         f"OpenCV {cv2.__version__} has no Haar cascades: face localisation is off and images are parsed "
-        'as aligned face crops (pip install "opencv-python-headless>=4.8,<5" to find faces in photos)',
+        'as aligned face crops (pip install "segformer[faces]", i.e. OpenCV 4.x, to find faces in photos)',
         FacesUnavailableWarning,
         stacklevel=3,
     )

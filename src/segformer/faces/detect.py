@@ -6,9 +6,9 @@ on several copies is kept once (greedy non-maximum suppression on the boxes in t
 score first). The angle a face was found at is its first estimate of roll; `segformer.faces.pipeline`
 refines it from the parse (the eye line).
 
-Why a cascade: it ships inside the ``opencv-python-headless`` 4.x wheel (OpenCV 5's wheel dropped the
-cascade files), so faces are found offline right after ``pip install``, on a CPU, in milliseconds per
-megapixel; see ``docs/faces.md`` for the measurements behind the choice.
+Why a cascade: it ships inside the ``opencv-python-headless`` 4.x wheel (``segformer[faces]``; OpenCV
+5's wheel dropped the cascade files), so faces are found offline right after ``pip install``, on a
+CPU, in milliseconds per megapixel; see ``docs/faces.md`` for the measurements behind the choice.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     if not cascade_available(name):
         raise SegformerError(
             f"OpenCV {cv2.__version__} ships no Haar cascade {name}: face localisation needs "
-            '`pip install "opencv-python-headless>=4.8,<5"` (OpenCV 5 wheels dropped the cascade files)'
+            '`pip install "segformer[faces]"` (OpenCV 4.x: OpenCV 5 dropped the Haar cascades)'
         )
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
