@@ -352,3 +352,20 @@ def test_predict_files_with_faces_writes_boxes_instances_and_videos(tmp_path, mo
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     capture.release()
     assert (out / "overlays" / "photo.png").is_file()
+
+
+def test_tracks_hold_their_framing_through_detector_jitter_and_follow_real_moves(monkeypatch):
+    from segformer.faces import video as video_module
+
+    p = predictor()
+    v = FaceVideo(p, smoothing=0.5, verify=False)
+    frame = np.zeros((120, 160, 3), np.uint8)
+    for dx in (0.0, 1.5, -1.0, 2.0):  # jitter of a few percent of the face's size
+        monkeypatch.setattr(
+            video_module, "detect_faces", lambda image, dx=dx, **kw: [Face(80 + dx, 60, 40, 0.0)]
+        )
+        v(frame)
+    assert v.tracks[0].face.cx == 80.0
+    monkeypatch.setattr(video_module, "detect_faces", lambda image, **kw: [Face(90, 60, 40, 0.0)])
+    v(frame)
+    assert v.tracks[0].face.cx == pytest.approx(85.0)  # a real move: followed, smoothed

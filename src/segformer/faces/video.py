@@ -14,6 +14,7 @@ consecutive frames.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,20 @@ class Track:
     missed: int = 0
 
 
+STILL = 0.06
+"""A detection this close to its track (centre and size, in units of the face's size) is the same face
+standing still: the track's framing stays put, so that the averaged crops show the same pixels."""
+STILL_DEGREES = 4.0
+
+
 def _blend(a: Face, b: Face, keep: float) -> Face:
+    still = (
+        math.hypot(b.cx - a.cx, b.cy - a.cy) <= STILL * a.size
+        and abs(b.size - a.size) <= STILL * a.size
+        and abs(b.angle - a.angle) <= STILL_DEGREES
+    )
+    if still:  # detector jitter: moving the crop would only shift the labels back and forth
+        return Face(a.cx, a.cy, a.size, a.angle, b.score)
     mix = lambda x, y: keep * x + (1 - keep) * y  # noqa: E731
     return Face(mix(a.cx, b.cx), mix(a.cy, b.cy), mix(a.size, b.size), mix(a.angle, b.angle), b.score)
 
