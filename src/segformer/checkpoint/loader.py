@@ -42,6 +42,7 @@ from ..devices import resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_dir, check_output_dir
 from ..models import build_model
+from ..pretrained import is_pretrained_file, is_tag, load_pretrained, pretrained_path
 from .native import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -218,7 +219,9 @@ def load(
     device: str | torch.device = "cpu",
     **overrides: Any,
 ) -> nn.Module:
-    """Load a model from a native directory, an HF transformers directory or an NVlabs/mmseg ``.pth``.
+    """Load a model from a pretrained tag (``"microsegformer-celebamask"``: weights shipped inside the
+    package, `segformer.pretrained`), a native directory, an HF transformers directory or an
+    NVlabs/mmseg ``.pth``.
 
     Returns the model in eval mode with ``model.config`` (class names from ``id2label`` or the mmseg
     ``CLASSES`` where present) and ``model.meta``. `num_classes` is required for encoder-only checkpoints
@@ -228,11 +231,17 @@ def load(
 
     >>> model = segformer.load("segformer-b0-finetuned-ade-512-512/")   # HF directory
     >>> model = segformer.load("mit_b2.pth", num_classes=19)            # ImageNet encoder
+    >>> model = segformer.load("microsegformer-celebamask")            # shipped face parser
     """
     device = resolve_device(device)
-    path = Path(path)
+    path = pretrained_path(str(path)) if is_tag(path) else Path(path)
     source = str(path)
-    if path.is_dir():
+    if is_pretrained_file(path):
+        model = load_pretrained(path)
+        if num_classes is None and not overrides:
+            return model.to(device).eval()
+        state, config, meta, layout = plain_state_dict(model), model.config, model.meta, None
+    elif path.is_dir():
         if is_model_dir(path):
             model = load_model(path)
             if num_classes is None and not overrides:

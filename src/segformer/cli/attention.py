@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "OUT/stage1_sr_vs_full.png (stage 1 with sequence reduction, as the model runs, beside the same "
         "query over un-reduced full-resolution keys) and OUT/attention.json.",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory, HF directory or .pth file")
+    p.add_argument(
+        "model", metavar="MODEL", help="model directory, pretrained tag, HF directory or .pth file"
+    )
     p.add_argument("image", metavar="IMAGE", help="image file to query")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and attention.json")
     p.add_argument(

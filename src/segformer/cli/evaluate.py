@@ -14,11 +14,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="score a model on a dataset split (CE7454 F-score, mIoU, F1, per class)",
-        description="Evaluate MODEL (a model directory) on a labelled split of ROOT at each mask's "
-        "resolution. For a folder dataset without ROOT/val, --split val is the seeded hold-out of "
-        "train that training used. Prints a per-class table, or one JSON object with --json.",
+        description="Evaluate MODEL (a model directory or a pretrained tag) on a labelled split of ROOT "
+        "at each mask's resolution. For a folder dataset without ROOT/val, --split val is the seeded "
+        "hold-out of train that training used. Prints a per-class table, or one JSON object with --json.",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best)")
+    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best) or pretrained tag")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")

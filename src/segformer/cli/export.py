@@ -1,4 +1,5 @@
-"""`segformer export MODEL --format onnx|ce7454 --out PATH`: ONNX graphs and the CE7454 submission."""
+"""`segformer export MODEL --format onnx|ce7454|pretrained --out PATH`: ONNX graphs, the CE7454
+submission, and the pretrained file (+ model card) the package ships."""
 
 from __future__ import annotations
 
@@ -22,11 +23,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inference settings travel in its metadata, so `segformer predict model.onnx ...` works. "
         "--format ce7454 writes OUT/solution/{ckpt.pth, requirements.txt, run.py}: run.py needs only "
         "torch, numpy and Pillow and reproduces `segformer predict`; models with "
-        f"{CE7454_BUDGET:,} parameters or more are refused unless --no-budget-check.",
+        f"{CE7454_BUDGET:,} parameters or more are refused unless --no-budget-check. "
+        "--format pretrained writes ONE safetensors file holding the weights, the model config and the "
+        "inference settings (what the package ships under a pretrained tag), and its model card "
+        "(OUT with .md) filled in from the model directory's record and the run's config.yaml; "
+        "the shipped face parser is made with `segformer export RUN/best --format pretrained "
+        "--out src/segformer/pretrained/microsegformer-celebamask.safetensors --fp16`.",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best), HF directory or .pth")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or ce7454")
-    p.add_argument("--out", required=True, metavar="PATH", help="model.onnx, or the folder to hold solution/")
+    p.add_argument(
+        "model", metavar="MODEL", help="model directory (e.g. RUN/best), pretrained tag, HF directory or .pth"
+    )
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default), ce7454 or pretrained")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="model.onnx, the folder to hold solution/, or NAME.safetensors (pretrained)",
+    )
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation baked into the export's settings")
     p.add_argument(
         "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
@@ -43,6 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"export a CE7454 package with {CE7454_BUDGET:,} parameters or more (not a valid submission)",
     )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="pretrained: store float16 weights (refused if a check image's masks change by over 0.5%%)",
+    )
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -56,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.format == "onnx":
         options = {"exporter": args.exporter, "opset": args.opset, "check": not args.no_check}
+    elif args.format == "pretrained":
+        options = {"fp16": args.fp16}
     else:
         options = {"budget": None if args.no_budget_check else CE7454_BUDGET}
     result = export_model(args.model, args.out, args.format, **settings, **options)
@@ -65,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['exporter']} exporter, "
             f"opset {result['opset']}); max |logit difference| vs ONNX Runtime: {checks}"
         )
+    elif args.format == "pretrained":
+        changed = result["fp16_changed"]
+        fp16 = "" if changed is None else f"; float16 changes {changed:.3%} of a check image's pixels"
+        print(f"wrote {result['file']} ({result['bytes'] / 2**20:.1f} MiB) and {result['card']}{fp16}")
     else:
         print(
             f"wrote {result['dir']}/{{ckpt.pth, requirements.txt, run.py}}: {result['params']:,} parameters"

@@ -15,6 +15,7 @@ from ..checkpoint import load
 from ..config import parse_overrides
 from ..models import build_model, create_model, list_models
 from ..onnx import OnnxRuntimeModel
+from ..pretrained import is_tag
 from ..settings import InferenceSettings, model_settings
 from ..summary import format_table, summarize
 from . import add_set_option
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="registered model name (e.g. microsegformer, segformer-b0), model directory, .pth or .onnx",
+        help="registered model name (e.g. microsegformer, segformer-b0), pretrained tag, model directory, "
+        ".pth or .onnx",
     )
     p.add_argument(
         "--num-classes", type=positive_int, default=None, help="number of classes (default: the model's, 19)"
@@ -59,8 +61,8 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, InferenceSettings | Non
         }
         # The graph computes what its config builds: count on the PyTorch model of the same config.
         return build_model(runtime.config), model_settings(runtime, source=str(path)), {"onnx": io}
-    if path.exists():
-        model = load(path, args.num_classes, **overrides)
+    if path.exists() or is_tag(args.model):  # a pretrained tag wins over the architecture's name
+        model = load(args.model, args.num_classes, **overrides)
         fields = {f.name for f in dataclasses.fields(InferenceSettings)}
         meta = {k: v for k, v in model.meta.items() if k not in fields}
         return model, model_settings(model, source=str(path)), {"meta": meta}

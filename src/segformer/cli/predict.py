@@ -1,13 +1,17 @@
-"""`segformer predict MODEL INPUT... --out DIR`: label maps, overlays and probabilities of images/videos."""
+"""`segformer predict [MODEL] INPUT... --out DIR`: label maps, overlays and probabilities of images/videos."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from ..checkpoint import CONFIG_FILE
 from ..config import EVAL_MODES, TTA_MODES
+from ..errors import SegformerError
 from ..inference import BACKENDS, Predictor
 from ..predict import predict_files
+from ..pretrained import DEFAULT_TAG, is_tag
 from . import add_threads_option
 from .types import positive_floats, positive_int, unit_interval
 
@@ -18,14 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="segment images, folders, globs and videos: label PNGs, overlays, probabilities",
         description="Segment every INPUT (image files, folders of images, glob patterns such as "
         "'photos/**/*.jpg', video files) with MODEL (a model directory, an HF directory, an NVlabs .pth, "
-        "or an .onnx file from `segformer export`) and write DIR/<stem>.png: a palette PNG whose pixel "
-        "values are class ids. A video writes DIR/<stem>/<frame:06d>.png. Unreadable inputs are "
-        "reported and skipped; the exit code is 1 if any input failed. A face parser (a face label set) "
-        "finds every face in a photo, parses each at the framing it was trained on and pastes the labels "
-        "back (the rest is background); in a video it tracks the faces and smooths their labels.",
+        f"an .onnx file from `segformer export`, or a pretrained tag such as {DEFAULT_TAG}) and write "
+        "DIR/<stem>.png: a palette PNG whose pixel values are class ids. A video writes "
+        "DIR/<stem>/<frame:06d>.png. Unreadable inputs are reported and skipped; the exit code is 1 if "
+        "any input failed. A face parser (a face label set) finds every face in a photo, parses each at "
+        "the framing it was trained on and pastes the labels back (the rest is background); in a video "
+        "it tracks the faces and smooths their labels. MODEL may be left out: when the first argument is "
+        "not a pretrained tag, a folder holding config.json or a .pth/.pt/.bin/.safetensors/.onnx file, "
+        f"every argument is an INPUT and the shipped {DEFAULT_TAG} is used.",
     )
-    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best), .pth or .onnx file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders or glob patterns")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[MODEL] INPUT",
+        help="the model (model directory such as RUN/best, pretrained tag, .pth, .safetensors or .onnx; "
+        f"default {DEFAULT_TAG}), then image/video files, folders or glob patterns",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
     p.add_argument("--probs", action="store_true", help="also write (K, H, W) float16 DIR/probs/<stem>.npy")
@@ -81,7 +93,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+MODEL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".onnx")
+
+
+def is_model_arg(arg: str) -> bool:
+    """Whether a first positional argument names a model rather than an input: a pretrained tag, a
+    model file, or a folder that holds a model (``config.json``) or is a run (``best/``, ``last/``)."""
+    path = Path(arg)
+    if is_tag(arg) or (path.suffix.lower() in MODEL_SUFFIXES and not path.is_dir()):
+        return True
+    return path.is_dir() and any((path / name).exists() for name in (CONFIG_FILE, "best", "last"))
+
+
+def split_model_and_inputs(paths: list[str]) -> tuple[str, list[str]]:
+    """(MODEL, INPUTs) of the positional arguments: the first names the model when `is_model_arg`,
+    else the default tag is used and all are inputs."""
+    if is_model_arg(paths[0]):
+        if len(paths) == 1:
+            raise SegformerError(f"predict: no INPUT given after the model {paths[0]}")
+        return paths[0], paths[1:]
+    return DEFAULT_TAG, list(paths)
+
+
 def run(args: argparse.Namespace) -> int:
+    args.model, args.inputs = split_model_and_inputs(args.paths)
     predictor = Predictor(
         args.model,
         device=args.device,
