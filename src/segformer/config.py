@@ -40,12 +40,13 @@ T = TypeVar("T")
 # here, so that a recipe is checked against the same list the code runs.
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "step", "poly")
-LOSSES = ("ce", "dice", "ce+dice", "focal")
+LOSSES = ("ce", "dice", "ce+dice", "ce+dice+boundary", "focal")
 DICE_CLASSES = ("all", "present")
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 TTA_MODES = ("none", "flip", "scales", "flip+scales")
 EVAL_MODES = ("resize", "slide")
+POSTPROCESS_MODES = ("none", "small-regions")
 AUGMENT_DEVICES = ("auto", "cpu", "device")
 BAD_LABELS = ("error", "ignore")
 
@@ -202,6 +203,9 @@ class DataConfig:
     bad_labels: str = "error"
     """Mask values outside the label set: ``error`` (stop and name the file, as `segformer data check`
     does) or ``ignore`` (train and score as if they were the ignore index 255)."""
+    fix_mirrored: bool = False
+    """Swap the left/right classes back in masks whose left/right pairs are all on the wrong side
+    (`segformer.data.check.is_mirrored`, what `segformer data check` reports), when loading."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -235,8 +239,13 @@ class TrainConfig:
     step_gamma: float = 0.1
     poly_power: float = 1.0
     loss: str = "ce+dice"
-    """``ce``, ``dice``, ``ce+dice`` or ``focal``."""
+    """``ce``, ``dice``, ``ce+dice``, ``ce+dice+boundary`` (the CE of pixels within `boundary_width`
+    of a label boundary weighted `boundary_weight` times) or ``focal``."""
     dice_weight: float = 0.5
+    boundary_weight: float = 3.0
+    """Weight of the cross entropy of boundary pixels in ``ce+dice+boundary`` (others weigh 1)."""
+    boundary_width: int = 2
+    """Pixels within this distance (square neighbourhood) of another valid label are boundary pixels."""
     dice_classes: str = "all"
     """Dice averaged over ``all`` classes per image (the seed) or the ones ``present`` in its labels."""
     label_smoothing: float = 0.0
@@ -594,6 +603,8 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "poly_power": Bounds(0, low_open=True),
         "loss": OneOf(LOSSES),
         "dice_weight": _NONNEG,
+        "boundary_weight": _NONNEG,
+        "boundary_width": _POSITIVE,
         "dice_classes": OneOf(DICE_CLASSES),
         "label_smoothing": _FRACTION,
         "grad_clip": _NONNEG,

@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,33 @@ def view_class_ids(
     for start in range(0, h, rows):
         stop = min(h, start + rows)
         out[:, start:stop] = class_ids(view_probs(views, (h, w), flip_perm, start, stop))
+    return out
+
+
+def remove_small_regions(ids: np.ndarray, min_area: float) -> np.ndarray:
+    """Class ids ``(H, W)`` with every 8-connected region smaller than `min_area` x H x W pixels
+    relabelled to the most common label on its outer ring (ties: the smallest id).
+
+    Stray specks of a class (an "eye" in the hair) are argmax noise; a part that is legitimately in
+    several pieces (hair, cloth) keeps every piece of at least that size. The ring is read in the
+    unchanged map, so the result does not depend on the order regions are visited.
+    """
+    h, w = ids.shape
+    limit = min_area * h * w
+    out = ids.copy()
+    ring_kernel = np.ones((3, 3), np.uint8)  # 8-neighbourhood, as the regions are 8-connected
+    for c in np.unique(ids):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((ids == c).astype(np.uint8), connectivity=8)
+        for k in range(1, n):
+            x, y, bw, bh, area = stats[k]
+            if area >= limit:
+                continue
+            y0, y1, x0, x1 = max(y - 1, 0), min(y + bh + 1, h), max(x - 1, 0), min(x + bw + 1, w)
+            region = (labels[y0:y1, x0:x1] == k).astype(np.uint8)
+            ring = cv2.dilate(region, ring_kernel).astype(bool) & ~region.astype(bool)
+            around = ids[y0:y1, x0:x1][ring]
+            if around.size:  # a region covering the whole image has no surroundings
+                out[y0:y1, x0:x1][region.astype(bool)] = np.bincount(around).argmax()
     return out
 
 

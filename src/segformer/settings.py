@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import EVAL_MODES, TTA_MODES, ModelConfig
+from .config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES, ModelConfig
 from .data.labels import IGNORE_INDEX, LabelSet, bit_palette, get_label_set, list_label_sets
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import SegformerError
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)
 DEFAULT_IMAGE_SIZE = 512
+DEFAULT_MIN_AREA = 0.0005
 
 
 def _number(value: Any, what: str) -> float:
@@ -145,6 +146,11 @@ class InferenceSettings:
     """Test-time augmentation: ``none``, ``flip``, ``scales`` or ``flip+scales``."""
     scales: tuple[float, ...] = DEFAULT_SCALES
     """Scales of the working size that ``scales`` TTA averages over."""
+    postprocess: str = "none"
+    """``small-regions``: connected regions of a class smaller than `min_area` are relabelled to the
+    label around them (`segformer.ops.remove_small_regions`); ``none``: the argmax as is."""
+    min_area: float = DEFAULT_MIN_AREA
+    """The smallest region kept by ``small-regions``, as a fraction of the image's pixels."""
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -165,6 +171,11 @@ class InferenceSettings:
             raise SegformerError(f"scales: expected positive numbers, got {list(scales)}")
         set_("scales", scales)
         set_("label_set", parse_label_set(self.label_set))
+        set_("postprocess", _choice(self.postprocess, "postprocess", "post-processing", POSTPROCESS_MODES))
+        min_area = _number(self.min_area, "min_area")
+        if not 0 <= min_area < 1:
+            raise SegformerError(f"min_area: expected a fraction in [0, 1), got {min_area}")
+        set_("min_area", min_area)
         if self.eval_mode == "slide" and h != w:
             raise SegformerError(f"image_size: sliding windows are square; got {h}x{w}")
 
@@ -211,6 +222,8 @@ class InferenceSettings:
             "label_set": _stored_label_set(self.label_set),
             "tta": self.tta,
             "scales": list(self.scales),
+            "postprocess": self.postprocess,
+            "min_area": self.min_area,
         }
 
     def replace(self, source: str | None = None, **changes: Any) -> InferenceSettings:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import TTA_MODES
+from ..config import POSTPROCESS_MODES, TTA_MODES
+from ..settings import DEFAULT_MIN_AREA
 from . import add_threads_option
-from .types import nonneg_int, positive_int
+from .types import nonneg_int, positive_int, unit_interval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=positive_int, help="working resolution (default: the training size)")
     p.add_argument(
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
+    )
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        help="small-regions: relabel regions smaller than --min-area to the label around them "
+        "(default: the model's, else none)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=unit_interval,
+        help=f"smallest region small-regions keeps, a fraction of the image (default {DEFAULT_MIN_AREA})",
     )
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
@@ -51,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.json,
+        postprocess=args.postprocess,
+        min_area=args.min_area,
     )
     if args.json:
         print(json.dumps(scores, indent=2))

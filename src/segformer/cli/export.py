@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import EVAL_MODES, TTA_MODES
+from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES
 from ..export import CE7454_BUDGET, FORMATS, export_model
 from ..onnx import EXPORTERS
 from . import add_threads_option
-from .types import int_between, positive_int
+from .types import int_between, positive_int, unit_interval
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
 
@@ -48,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
     )
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        help="post-processing baked into the export's settings (predict and eval apply it)",
+    )
+    p.add_argument("--min-area", type=unit_interval, help="smallest region small-regions keeps (a fraction)")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="ONNX exporter (torch's)")
     p.add_argument("--opset", type=ONNX_OPSET, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         "image_size": args.img_size,
         "eval_mode": args.mode,
         "label_set": args.label_set,
+        "postprocess": args.postprocess,
+        "min_area": args.min_area,
     }
     if args.format == "onnx":
         options = {"exporter": args.exporter, "opset": args.opset, "check": not args.no_check}

@@ -112,7 +112,9 @@ class SegmentationDataset(Dataset):
         self.epoch = 0
         self.name = name
         self.bad_labels = "error"  # mask values outside the label set: "error" or "ignore" (-> 255)
+        self.swap_sides: frozenset[int] = frozenset()  # samples whose masks load left/right-swapped
         self._valid = self.label_set.valid_lut()
+        self._flip = self.label_set.flip_lut()
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -141,16 +143,23 @@ class SegmentationDataset(Dataset):
         mask_path = self.mask_paths[i]
         if mask_path is None:
             return image, None
-        if self.mask_lut is None:
-            mask = load_mask(mask_path, self.label_set)  # colour masks map through the palette
-        else:
-            mask = self.mask_lut[load_mask(mask_path)]  # raw dataset ids -> training ids
+        mask = self.raw_mask(i)
+        if i in self.swap_sides:  # a mirrored annotation (`segformer.engine.data.mark_mirrored`)
+            mask = self._flip[mask]
         if mask.shape != image.shape[:2]:
             raise SegformerError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{self.image_paths[i].name} is {image.shape[1]}x{image.shape[0]}"
             )
         return image, self.check_labels(mask, mask_path)
+
+    def raw_mask(self, i: int) -> np.ndarray:
+        """Mask `i` as the file gives it, in training ids (no checks, no swapped sides)."""
+        mask_path = self.mask_paths[i]
+        assert mask_path is not None
+        if self.mask_lut is None:
+            return load_mask(mask_path, self.label_set)  # colour masks map through the palette
+        return self.mask_lut[load_mask(mask_path)]  # raw dataset ids -> training ids
 
     def check_labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
         """`mask`, whose values must be class ids or the ignore index: others are an error naming the

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..config import AUGMENT_DEVICES, DataConfig
 from ..data.batch_augment import BatchAugment
+from ..data.check import is_mirrored
 from ..data.datasets import SegmentationDataset
 from ..data.io import image_size
 from ..data.labels import IGNORE_INDEX, LabelSet
@@ -67,6 +68,18 @@ class CachedDataset(Dataset):
     def __getitem__(self, i: int):
         image, mask = self.items[i]
         return self.base.transform(image, mask, self.base.rng(i))
+
+
+def mark_mirrored(ds: SegmentationDataset) -> int:
+    """Mark the samples of `ds` whose masks have every left/right pair on the wrong side
+    (`segformer.data.check.is_mirrored`) to load swapped back; returns how many."""
+    marked = {
+        i
+        for i, path in enumerate(ds.mask_paths)
+        if path is not None and is_mirrored(ds.raw_mask(i), ds.label_set)
+    }
+    ds.swap_sides = frozenset(marked)
+    return len(marked)
 
 
 def estimated_bytes(ds: SegmentationDataset) -> int:
@@ -128,6 +141,10 @@ def build_train_data(
     train.seed = seed  # augmentation stream of this run
     if len(val) == 0:
         raise SegformerError(f"{root}: the validation split is empty (raise data.val_fraction)")
+    if dc.fix_mirrored:  # before caching: the cache holds the corrected masks
+        counts = [f"{mark_mirrored(d)} of {len(d)} {name}" for name, d in (("train", train), ("val", val))]
+        if progress:
+            print(f"data.fix_mirrored: swapped the left/right classes back in {', '.join(counts)} masks")
     datasets: list[Dataset] = [train, val]
     if dc.cache and sum(estimated_bytes(d) for d in datasets) <= dc.cache_max_gb * 2**30:
         datasets = [CachedDataset(d, progress) for d in datasets]

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -18,7 +19,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..devices import resolve_device
 from ..errors import SegformerError
 from ..metrics import SegmentationMetrics
-from ..ops import Preprocess, class_ids, flip_permutation, predict_probs
+from ..ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
 from ..settings import InferenceSettings
 from .data import background_of
 
@@ -48,9 +49,11 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "eval",
+    min_area: float | None = None,
 ) -> dict[str, Any]:
     """Score `model` on batches of ``(images, masks)``; scores are summed over processes when
-    distributed (each process evaluates its own shard)."""
+    distributed (each process evaluates its own shard). With `min_area`, the class ids are cleaned by
+    `remove_small_regions` before they are scored (the ``small-regions`` post-processing)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -66,7 +69,11 @@ def evaluate(
         for x, y in groups:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 probs = predict_probs(model, x, y.shape[-2:], tta=tta, flip_perm=flip_perm, window=window)
-            metrics.update(class_ids(probs), y.to(device))
+            ids = class_ids(probs)
+            if min_area is not None:
+                cleaned = [remove_small_regions(m, min_area) for m in ids.cpu().numpy()]
+                ids = torch.from_numpy(np.stack(cleaned)).to(ids.device)
+            metrics.update(ids, y.to(device))
     distributed.all_reduce_sum(metrics.state_tensors())
     model.train(was_training)
     return metrics.compute()
@@ -117,12 +124,16 @@ def evaluate_model(
     workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    postprocess: str | None = None,
+    min_area: float | None = None,
 ) -> dict[str, Any]:
-    """Score a trained model on a dataset split. The working size, mode, normalisation and label set
-    come from the model's `InferenceSettings` unless given; the hold-out split from what training
-    recorded in ``model.meta["data"]``."""
+    """Score a trained model on a dataset split. The working size, mode, normalisation, label set and
+    post-processing come from the model's `InferenceSettings` unless given; the hold-out split from
+    what training recorded in ``model.meta["data"]``."""
     meta = getattr(model, "meta", None) or {}
-    settings = InferenceSettings.from_meta(meta).replace(image_size=img_size, eval_mode=eval_mode)
+    settings = InferenceSettings.from_meta(meta).replace(
+        image_size=img_size, eval_mode=eval_mode, postprocess=postprocess, min_area=min_area
+    )
     (h, w), eval_mode = settings.image_size, settings.eval_mode
     data_meta = meta.get("data", {})
     ds = eval_dataset(
@@ -158,7 +169,16 @@ def evaluate_model(
         window=h if eval_mode == "slide" else None,
         device=device,
         progress=progress,
+        min_area=settings.min_area if settings.postprocess == "small-regions" else None,
     )
     size = h if h == w else [h, w]
-    scores.update({"split": split, "tta": tta, "img_size": size, "eval_mode": eval_mode})
+    scores.update(
+        {
+            "split": split,
+            "tta": tta,
+            "img_size": size,
+            "eval_mode": eval_mode,
+            "postprocess": settings.postprocess,
+        }
+    )
     return scores

@@ -286,6 +286,8 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
         data.label_set.ignore_index,
         label_smoothing=tc.label_smoothing,
         dice_classes=tc.dice_classes,
+        boundary_weight=tc.boundary_weight,
+        boundary_width=tc.boundary_width,
     )
     return Learner(
         model=model,
