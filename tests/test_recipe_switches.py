@@ -18,6 +18,7 @@ from segformer.data.labels import CELEBAMASK
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.data import build_train_data
 from segformer.engine.losses import SegmentationLoss, boundary_pixels
+from segformer.export import export_model
 from segformer.ops import remove_small_regions
 
 from conftest import tiny_config
@@ -205,3 +206,10 @@ def test_seed_recipe_is_todays_face_recipe():
     assert load_recipe("microsegformer-seed") == load_recipe("microsegformer-celebamask")
     seed = load_recipe("microsegformer-seed")
     assert not seed.data.fix_mirrored and seed.train.loss == "ce+dice"
+
+
+def test_ce7454_export_refuses_post_processing(tmp_path):
+    model = create_model(tiny_config("micro", num_classes=19))
+    with pytest.raises(SegformerError, match=r"the CE7454 run\.py does not post-process"):
+        export_model(model, tmp_path, "ce7454", postprocess="small-regions", label_set="celebamask")
+    assert not (tmp_path / "solution").exists()

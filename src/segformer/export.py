@@ -98,6 +98,11 @@ def export_ce7454(
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     settings = settings or model_settings(torch_model)
     config: ModelConfig = torch_model.config
+    if settings.postprocess != "none":  # run.py needs only torch, numpy and Pillow
+        raise SegformerError(
+            f"the CE7454 run.py does not post-process; export with --postprocess none "
+            f"(the model's settings say {settings.postprocess})"
+        )
     params = sum(p.numel() for p in torch_model.parameters())
     if budget is not None and params >= budget:
         raise SegformerError(
