@@ -34,7 +34,7 @@ from .errors import SegformerError
 from .fileio import atomic_dir, atomic_file, check_output_dir
 from .inference import Predictor
 from .onnx import export_onnx
-from .pretrained import PRETRAINED, load_pretrained, write_pretrained
+from .pretrained import PRETRAINED, write_pretrained
 from .settings import InferenceSettings, model_settings
 
 CE7454_BUDGET = 1_821_085  # parameters, exclusive: sum(p.numel() for p in model.parameters()) < this
@@ -249,7 +249,7 @@ def export_pretrained(
     meta = {**(getattr(model, "meta", None) or {}), **settings.to_dict()}
     meta = {k: v for k, v in meta.items() if k not in ("source", "source_format")}
     # Written next to the target, checked, then renamed over it: a refused fp16 file leaves nothing.
-    tmp = out.with_name(f".{out.name}.check.tmp")
+    tmp = out.with_name(f".{out.stem}.check.safetensors")  # a name `load` reads
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         write_pretrained(model, tmp, json.loads(json.dumps(meta)), fp16=fp16)
@@ -257,7 +257,7 @@ def export_pretrained(
         if fp16:
             image = _check_image(settings.image_size)
             full = Predictor(model, settings=settings, device="cpu").predict(image)
-            half = Predictor(load_pretrained(tmp), settings=settings).predict(image)
+            half = Predictor(load(tmp), settings=settings).predict(image)
             changed = float((full != half).mean())
             if changed > FP16_MAX_CHANGED:
                 raise SegformerError(

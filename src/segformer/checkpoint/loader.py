@@ -42,7 +42,7 @@ from ..devices import resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_dir, check_output_dir
 from ..models import build_model
-from ..pretrained import is_pretrained_file, is_tag, load_pretrained, pretrained_path
+from ..pretrained import is_pretrained_file, is_tag, pretrained_path, read_pretrained
 from .native import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -237,10 +237,8 @@ def load(
     path = pretrained_path(str(path)) if is_tag(path) else Path(path)
     source = str(path)
     if is_pretrained_file(path):
-        model = load_pretrained(path)
-        if num_classes is None and not overrides:
-            return model.to(device).eval()
-        state, config, meta, layout = plain_state_dict(model), model.config, model.meta, None
+        config, meta, state = read_pretrained(path)
+        layout = None
     elif path.is_dir():
         if is_model_dir(path):
             model = load_model(path)

@@ -33,7 +33,6 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import SegformerError
 from ..fileio import atomic_path
-from ..models import build_model
 
 FORMAT = "segformer-pretrained"
 FORMAT_VERSION = 1
@@ -147,17 +146,6 @@ def read_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Any], dict
     return config, meta, state
 
 
-def load_pretrained(path: str | Path) -> nn.Module:
-    """The model of a pretrained file, in eval mode with ``model.meta`` set (CPU, float32)."""
-    from ..checkpoint.native import load_state_dict_strict  # the checkpoint package imports this one
-
-    config, meta, state = read_pretrained(path)
-    model = build_model(config)
-    load_state_dict_strict(model, state, str(path))
-    model.meta = meta
-    return model.eval()
-
-
 __all__ = [
     "DEFAULT_TAG",
     "DIR_ENV",
@@ -166,7 +154,6 @@ __all__ = [
     "is_pretrained_file",
     "is_tag",
     "list_pretrained",
-    "load_pretrained",
     "pretrained_dir",
     "pretrained_path",
     "read_pretrained",
