@@ -20,7 +20,10 @@ ZERO_IS_VALID = {
     ("data synth", "--val-fraction"),
     ("data preview", "--seed"),
     ("demo", "--seed"),
+    ("eval", "--min-area"),  # removes nothing
     ("eval", "--workers"),
+    ("export", "--min-area"),
+    ("predict", "--min-area"),
     ("experiment", "--seed"),
     ("experiment", "--workers"),
     ("predict", "--smoothing"),
