@@ -157,7 +157,8 @@ def test_predict_with_and_without_the_model_argument(run_dir, shipped, tmp_path,
     for name, model in (("tag", [TAG]), ("none", []), ("dir", [str(run_dir / "best")])):
         out = tmp_path / name
         inputs = [str(images / "a.png"), str(images)]  # an image first, then a folder
-        assert main(["predict", *model, *inputs, "--out", str(out), "--quiet"]) == 0
+        argv = [*model, *inputs, "--out", str(out), "--quiet", "--whole-image"]  # crops, parsed whole
+        assert main(["predict", *argv]) == 0
         outs[name] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
     assert sorted(outs["tag"]) == ["a.png", "b.png"]
     for name in ("none", "dir"):

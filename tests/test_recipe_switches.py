@@ -102,14 +102,15 @@ def test_predictor_and_settings_apply_small_regions(tmp_path):
     torch.manual_seed(0)
     model = create_model(tiny_config("micro", num_classes=19))
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    raw = Predictor(model, image_size=32, label_set="celebamask").predict(image)
+    raw = Predictor(model, image_size=32, label_set="celebamask", faces=False).predict(image)
     cleaned = Predictor(
-        model, image_size=32, label_set="celebamask", postprocess="small-regions", min_area=0.01
+        model, image_size=32, label_set="celebamask", postprocess="small-regions", min_area=0.01, faces=False
     ).predict(image)
     np.testing.assert_array_equal(cleaned, remove_small_regions(raw, 0.01))
     assert not np.array_equal(cleaned, raw)  # the random model's map has specks to remove
     model.meta = InferenceSettings(image_size=32, postprocess="small-regions", min_area=0.01).to_dict()
-    np.testing.assert_array_equal(Predictor(model, label_set="celebamask").predict(image), cleaned)
+    from_meta = Predictor(model, label_set="celebamask", faces=False).predict(image)
+    np.testing.assert_array_equal(from_meta, cleaned)
     with pytest.raises(SegformerError, match="postprocess: unknown post-processing 'blur'"):
         InferenceSettings(postprocess="blur")
     with pytest.raises(SegformerError, match=r"min_area: expected a fraction in \[0, 1\)"):
