@@ -38,3 +38,16 @@ def test_commands_that_compute_take_threads():
     for command in computing:
         sub = commands[f"segformer {command}"]
         assert any("--threads" in a.option_strings for a in sub._actions), command
+
+
+def test_warnings_on_the_command_line_are_one_line(monkeypatch, capsys):
+    import warnings
+
+    from segformer.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    assert main(["info", "microsegformer"]) == 0
+    text = warnings.formatwarning(
+        "no faces found in x.jpg", UserWarning, "/src/segformer/faces/pipeline.py", 12
+    )
+    assert text == "segformer: warning: no faces found in x.jpg\n"

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from ..errors import SegformerError
 
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line read like its errors: one line, no source excerpt."""
+    return f"segformer: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..runtime import tune_cpu_allocator
 
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"
+    if not debug:
+        warnings.formatwarning = _one_line_warning
     try:
         if hasattr(args, "threads"):
             from ..runtime import set_threads
