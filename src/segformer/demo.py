@@ -43,7 +43,7 @@ from .metrics import format_per_class
 from .models import create_model
 from .runtime import thread_choice
 
-# The defaults of `segformer demo` and the score they reach on an idle 2-core CPU in about 9 minutes
+# The defaults of `segformer demo` and the score they reach on an idle 2-core CPU in about 8 minutes
 # (the README's promise; CE7454 F-score on the 100 validation faces, no test-time augmentation).
 DEFAULTS: dict[str, int] = {"num": 5000, "val": 100, "size": 128, "seed": 0, "epochs": 14}
 PROMISED_CE7454 = 0.86
