@@ -24,6 +24,26 @@ def add_set_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> 
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
 
 
+def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
+    """``--postprocess`` / ``--min-area`` of the commands that turn logits into masks (eval, predict,
+    export); unset, they leave the model's own settings in force."""
+    from ..config import POSTPROCESS_MODES
+    from ..settings import DEFAULT_MIN_AREA
+    from .types import unit_interval
+
+    parser.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        help="small-regions: relabel regions smaller than --min-area to the label around them "
+        "(default: the model's, else none)",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=unit_interval,
+        help=f"smallest region small-regions keeps, a fraction of the image (default {DEFAULT_MIN_AREA})",
+    )
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` of the commands that compute; `main` applies it (`segformer.runtime.set_threads`)
     before the command runs and says what it chose."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import POSTPROCESS_MODES, TTA_MODES
-from ..settings import DEFAULT_MIN_AREA
-from . import add_threads_option
-from .types import nonneg_int, positive_int, unit_interval
+from ..config import TTA_MODES
+from . import add_postprocess_options, add_threads_option
+from .types import nonneg_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
     )
-    p.add_argument(
-        "--postprocess",
-        choices=POSTPROCESS_MODES,
-        help="small-regions: relabel regions smaller than --min-area to the label around them "
-        "(default: the model's, else none)",
-    )
-    p.add_argument(
-        "--min-area",
-        type=unit_interval,
-        help=f"smallest region small-regions keeps, a fraction of the image (default {DEFAULT_MIN_AREA})",
-    )
+    add_postprocess_options(p)
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE
-from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES
+from ..config import EVAL_MODES, TTA_MODES
 from ..errors import SegformerError
 from ..inference import BACKENDS, Predictor
 from ..predict import predict_files
 from ..pretrained import DEFAULT_TAG, is_tag
-from ..settings import DEFAULT_MIN_AREA
-from . import add_threads_option
+from . import add_postprocess_options, add_threads_option
 from .types import positive_floats, positive_int, unit_interval
 
 
@@ -53,17 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
     )
     p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
-    p.add_argument(
-        "--postprocess",
-        choices=POSTPROCESS_MODES,
-        help="small-regions: relabel regions smaller than --min-area to the label around them "
-        "(default: the model's, else none)",
-    )
-    p.add_argument(
-        "--min-area",
-        type=unit_interval,
-        help=f"smallest region small-regions keeps, a fraction of the image (default {DEFAULT_MIN_AREA})",
-    )
+    add_postprocess_options(p)
     p.add_argument(
         "--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU, 8 on CUDA)"
     )
