@@ -49,6 +49,7 @@ EVAL_MODES = ("resize", "slide")
 POSTPROCESS_MODES = ("none", "small-regions")
 AUGMENT_DEVICES = ("auto", "cpu", "device")
 BAD_LABELS = ("error", "ignore")
+CLASS_WEIGHTS = ("none", "sqrt_inv_freq")
 
 _STAGE_FIELDS = (
     "embed_dims",
@@ -206,6 +207,10 @@ class DataConfig:
     fix_mirrored: bool = False
     """Swap the left/right classes back in masks whose left/right pairs are all on the wrong side
     (`segformer.data.check.is_mirrored`, what `segformer data check` reports), when loading."""
+    repeat_factor: float = 0.0
+    """Repeat-factor sampling (LVIS) with threshold t (0 = off): class c, in a fraction f(c) of the
+    training masks, gets r(c) = max(1, sqrt(t / f(c))); an image is drawn max r(c) over its classes
+    times per epoch (the fraction by seeded stochastic rounding), so an epoch grows."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -249,6 +254,10 @@ class TrainConfig:
     dice_classes: str = "all"
     """Dice averaged over ``all`` classes per image (the seed) or the ones ``present`` in its labels."""
     label_smoothing: float = 0.0
+    class_weight: str = "none"
+    """Per-class weights of the cross entropy: ``none`` or ``sqrt_inv_freq`` (1 / sqrt of the class's
+    pixel frequency in the training masks, scaled to a pixel-weighted mean of 1, at most 10; a class
+    never seen weighs 1). Computed once, kept in the run's ``state.pt``."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""
     amp: str = "none"
@@ -283,6 +292,11 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise SegformerError(
                 f"train.grad_accum: {self.grad_accum} does not divide train.batch_size {self.batch_size}"
+            )
+        if self.class_weight != "none" and self.loss in ("dice", "focal"):
+            raise SegformerError(
+                f"train.class_weight: {self.class_weight} weights the cross entropy, which "
+                f"train.loss={self.loss} does not have (use ce, ce+dice or ce+dice+boundary)"
             )
 
 
@@ -583,6 +597,7 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "eval_mode": OneOf(EVAL_MODES),
         "augment_device": OneOf(AUGMENT_DEVICES),
         "bad_labels": OneOf(BAD_LABELS),
+        "repeat_factor": _UNIT,
     },
     "train": {
         "epochs": _POSITIVE,
@@ -607,6 +622,7 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "boundary_width": _POSITIVE,
         "dice_classes": OneOf(DICE_CLASSES),
         "label_smoothing": _FRACTION,
+        "class_weight": OneOf(CLASS_WEIGHTS),
         "grad_clip": _NONNEG,
         "amp": OneOf(AMP_MODES),
         "ema": _FRACTION,

@@ -143,15 +143,24 @@ class SegmentationDataset(Dataset):
         mask_path = self.mask_paths[i]
         if mask_path is None:
             return image, None
-        mask = self.raw_mask(i)
-        if i in self.swap_sides:  # a mirrored annotation (`segformer.engine.data.mark_mirrored`)
-            mask = self._flip[mask]
+        mask = self._sided_mask(i)
         if mask.shape != image.shape[:2]:
             raise SegformerError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{self.image_paths[i].name} is {image.shape[1]}x{image.shape[0]}"
             )
         return image, self.check_labels(mask, mask_path)
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """Mask `i` as `load` gives it (sides swapped back, labels checked), without decoding the image."""
+        mask_path = self.mask_paths[i]
+        return None if mask_path is None else self.check_labels(self._sided_mask(i), mask_path)
+
+    def _sided_mask(self, i: int) -> np.ndarray:
+        mask = self.raw_mask(i)
+        if i in self.swap_sides:  # a mirrored annotation (`segformer.engine.data.mark_mirrored`)
+            mask = self._flip[mask]
+        return mask
 
     def raw_mask(self, i: int) -> np.ndarray:
         """Mask `i` as the file gives it, in training ids (no checks, no swapped sides)."""

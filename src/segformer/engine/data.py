@@ -4,7 +4,7 @@ the way their batches reach the device (`collate_batch`, `to_device_batch`)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
 from ..config import AUGMENT_DEVICES, DataConfig
+from ..data.balance import class_pixels
 from ..data.batch_augment import BatchAugment
 from ..data.check import is_mirrored
 from ..data.datasets import SegmentationDataset
@@ -41,6 +42,19 @@ class TrainData:
     preprocess: dict[str, Any] = field(default_factory=dict)
     batch_augment: BatchAugment | None = None
     collate: Callable[[list], Any] = default_collate
+
+    @functools.cached_property
+    def class_pixels(self) -> np.ndarray:
+        """``(N, K)``: pixels of each class in each training mask (`segformer.data.balance`), counted
+        once, from the cached masks when the training set is cached (no second decode)."""
+        ds = self.train
+        if isinstance(ds, CachedDataset):
+            masks: Iterable[np.ndarray | None] = (mask for _, mask in ds.items)
+        elif isinstance(ds, SegmentationDataset):
+            masks = (ds.mask(i) for i in range(len(ds)))
+        else:
+            raise SegformerError(f"class frequencies need a segmentation dataset, not {type(ds).__name__}")
+        return class_pixels(masks, self.label_set.num_classes)
 
 
 class CachedDataset(Dataset):

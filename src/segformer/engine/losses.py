@@ -13,9 +13,17 @@ label size first, as SegFormer's training does.
   another valid label weigh ``b`` times, others 1, and the CE is the weighted mean over valid pixels
   (thin parts such as brows, lips and earrings are mostly boundary);
 - focal loss (Lin et al., ICCV 2017), ``-(1 - p_t)^gamma log p_t`` averaged over valid pixels.
+
+Class weights (`SegmentationLoss.class_weight`, ``w[c]``) act on the cross entropy of the three CE
+losses: a pixel of class c weighs ``w[c]`` (times its boundary weight), and the CE is the weighted mean
+over valid pixels, ``sum_i w_i CE_i / sum_i w_i``, which is what `F.cross_entropy(weight=w)` computes
+without label smoothing. With label smoothing the smoothed per-pixel CE is weighted by its pixel's
+class alone (PyTorch would weight each smoothing term by its own class instead).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,10 +125,20 @@ class SegmentationLoss(nn.Module):
         dice_classes: str = "all",
         boundary_weight: float = 3.0,
         boundary_width: int = 2,
+        class_weight: Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if name not in LOSSES:
             raise SegformerError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        if class_weight is not None:
+            if name in ("dice", "focal"):
+                raise SegformerError(f"class weights act on the cross entropy; loss {name!r} has none")
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
+            if class_weight.ndim != 1 or not bool((torch.isfinite(class_weight) & (class_weight > 0)).all()):
+                raise SegformerError("class weights must be a vector of positive finite numbers")
+        # A buffer: it moves with `.to(device)`; the trainer keeps it in the run's state.pt.
+        self.class_weight: Tensor | None
+        self.register_buffer("class_weight", class_weight)
         self.dice_classes = check_dice_classes(dice_classes)
         self.name = name
         self.dice_weight = dice_weight
@@ -131,9 +149,15 @@ class SegmentationLoss(nn.Module):
         self.boundary_width = boundary_width
 
     def cross_entropy(self, flat: Tensor, target: Tensor, logp: Tensor | None = None) -> Tensor:
-        """Cross entropy of ``(B, N, K)`` logits (or their log-softmax `logp`) against ``(B, N)``."""
+        """Cross entropy of ``(B, N, K)`` logits (or their log-softmax `logp`) against ``(B, N)``,
+        the class-weighted mean over valid pixels when `class_weight` is set."""
         if not (target != self.ignore_index).any():  # the mean over no pixels would be NaN (0 / 0)
             return flat.sum() * 0.0
+        if self.class_weight is not None:
+            valid = target != self.ignore_index
+            safe = torch.where(valid, target, 0).long()
+            weight = self.class_weight[safe] * valid  # (B, N)
+            return self._weighted_mean(self._pixel_ce(flat, safe, logp), weight)
         k, target = flat.shape[-1], target.reshape(-1).long()
         if logp is not None and self.label_smoothing == 0:
             return F.nll_loss(logp.reshape(-1, k), target, ignore_index=self.ignore_index)
@@ -148,15 +172,26 @@ class SegmentationLoss(nn.Module):
         valid = target != self.ignore_index
         if not valid.any():  # the mean over no pixels would be NaN (0 / 0)
             return flat.sum() * 0.0
-        k, safe = flat.shape[-1], torch.where(valid, target, 0).reshape(-1).long()
-        if self.label_smoothing == 0:
-            per_pixel = F.nll_loss(logp.reshape(-1, k), safe, reduction="none")
+        safe = torch.where(valid, target, 0).long()
+        edges = boundary_pixels(labels, self.boundary_width, self.ignore_index).reshape(valid.shape)
+        weight = torch.where(edges, self.boundary_weight, 1.0) * valid
+        if self.class_weight is not None:
+            weight = weight * self.class_weight[safe]
+        return self._weighted_mean(self._pixel_ce(flat, safe, logp), weight)
+
+    def _pixel_ce(self, flat: Tensor, safe: Tensor, logp: Tensor | None) -> Tensor:
+        """``(B, N)`` cross entropy of every pixel against labels `safe` (valid class ids everywhere)."""
+        k = flat.shape[-1]
+        if logp is not None and self.label_smoothing == 0:
+            per_pixel = F.nll_loss(logp.reshape(-1, k), safe.reshape(-1), reduction="none")
         else:
             per_pixel = F.cross_entropy(
-                flat.reshape(-1, k), safe, reduction="none", label_smoothing=self.label_smoothing
+                flat.reshape(-1, k), safe.reshape(-1), reduction="none", label_smoothing=self.label_smoothing
             )
-        edges = boundary_pixels(labels, self.boundary_width, self.ignore_index).reshape(-1)
-        weight = torch.where(edges, self.boundary_weight, 1.0) * valid.reshape(-1)
+        return per_pixel.view(safe.shape)
+
+    @staticmethod
+    def _weighted_mean(per_pixel: Tensor, weight: Tensor) -> Tensor:
         return (per_pixel * weight).sum() / weight.sum().clamp(min=1e-12)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -165,6 +200,8 @@ class SegmentationLoss(nn.Module):
         if self.name == "focal":
             return focal_loss(logits, target, self.ignore_index, self.focal_gamma)
         labels = target
+        if self.class_weight is not None and len(self.class_weight) != logits.shape[1]:
+            raise SegformerError(f"{len(self.class_weight)} class weights for {logits.shape[1]} classes")
         flat, target = classes_last(logits, target)
         if self.name == "ce":
             return self.cross_entropy(flat, target)
@@ -181,5 +218,5 @@ class SegmentationLoss(nn.Module):
         return (
             f"name={self.name!r}, dice_weight={self.dice_weight}, dice_classes={self.dice_classes!r}, "
             f"boundary_weight={self.boundary_weight}, boundary_width={self.boundary_width}, "
-            f"ignore_index={self.ignore_index}"
+            f"ignore_index={self.ignore_index}, class_weight={self.class_weight is not None}"
         )

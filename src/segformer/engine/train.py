@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import save_model, unwrap
 from ..config import ModelConfig, RunConfig, TrainConfig
+from ..data.balance import class_repeat_factors, class_weights, epoch_indices, epoch_length, repeat_factors
 from ..data.batch_augment import BatchAugment
 from ..devices import resolve_device
 from ..errors import SegformerError
@@ -103,12 +105,36 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 # -- data loading ----------------------------------------------------------------------------------------
 
 
+class RepeatFactorSampler(Sampler[int]):
+    """This process's share of an epoch of repeat-factor sampling (`segformer.data.balance`): image i
+    appears about r(i) times in every epoch, all epochs equally long. Every process draws the same
+    shuffled epoch from (seed, epoch) and takes every `num_replicas`-th index from `rank` on, the
+    tail that does not divide evenly left out, as `DistributedSampler` with ``drop_last`` does."""
+
+    def __init__(self, factors: np.ndarray, num_replicas: int, rank: int, seed: int = 0) -> None:
+        self.factors = np.asarray(factors, dtype=np.float64)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.total = epoch_length(self.factors)  # over all processes
+        self.num_samples = self.total // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        indices = epoch_indices(self.factors, self.seed, self.epoch)
+        end = self.num_samples * self.num_replicas
+        return iter(indices[self.rank : end : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """The indices of `base` for the current epoch as ``(epoch, index)`` pairs, after skipping the
     first `skip` (to resume inside an epoch). The epoch travels with every index, so DataLoader
     workers that live across epochs augment each sample with its own epoch's randomness."""
 
-    def __init__(self, base: DistributedSampler) -> None:
+    def __init__(self, base: DistributedSampler | RepeatFactorSampler) -> None:
         self.base, self.epoch, self.skip = base, 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -145,18 +171,22 @@ def train_loader(
     seed: int,
     generator: torch.Generator,
     collate: Callable[[list], Any] = collate_batch,
+    factors: np.ndarray | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     """The loader of a run's training set (this process's shard, `micro` images per batch, stacked by
     `collate`: `TrainData.collate`) and its sampler, on which `set_epoch` selects the epoch; its
-    workers persist across epochs."""
-    base = DistributedSampler(
-        dataset,
-        num_replicas=distributed.world_size(),
-        rank=distributed.rank(),
-        shuffle=True,
-        seed=seed,
-        drop_last=True,
-    )
+    workers persist across epochs. With repeat `factors` (one per image) an epoch repeats images
+    (`RepeatFactorSampler`); otherwise it is one shuffled pass."""
+    world, rank = distributed.world_size(), distributed.rank()
+    base: DistributedSampler | RepeatFactorSampler
+    if factors is not None:
+        if len(factors) != len(dataset):
+            raise SegformerError(f"{len(factors)} repeat factors for {len(dataset)} images")
+        base = RepeatFactorSampler(factors, world, rank, seed)
+    else:
+        base = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
     sampler = EpochSampler(base)
     loader = DataLoader(
         EpochDataset(dataset),
@@ -288,7 +318,8 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
         dice_classes=tc.dice_classes,
         boundary_weight=tc.boundary_weight,
         boundary_width=tc.boundary_width,
-    )
+        class_weight=class_weights(data.class_pixels) if tc.class_weight == "sqrt_inv_freq" else None,
+    ).to(device)
     return Learner(
         model=model,
         net=net,
@@ -342,6 +373,8 @@ def save_state(path: Path, learner: Learner, counters: dict[str, Any], records: 
         "optimizer": learner.optimizer.state_dict(),
         "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
         "ema": learner.ema.state_dict() if learner.ema is not None else None,
+        # the loss's class weights (train.class_weight): a resumed run goes on with these
+        "class_weight": _class_weight(learner),
         "counters": counters,
         "records": records,  # the metrics log, so that it can never disagree with this checkpoint
         "rng": {
@@ -367,11 +400,23 @@ def load_state(path: Path, learner: Learner) -> tuple[RunState, list[dict[str, A
         learner.scaler.load_state_dict(payload["scaler"])
     if learner.ema is not None and payload["ema"] is not None:
         learner.ema.load_state_dict(payload["ema"])
+    weight = _class_weight(learner)
+    if weight is not None and payload.get("class_weight") is not None:
+        if payload["class_weight"].shape != weight.shape:
+            raise SegformerError(
+                f"{path}: {len(payload['class_weight'])} class weights for {len(weight)} classes"
+            )
+        learner.criterion.class_weight.copy_(payload["class_weight"])
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     random.setstate(payload["rng"]["python"])
     return RunState(**payload["counters"]), payload.get("records")
+
+
+def _class_weight(learner: Learner) -> Tensor | None:
+    weight = getattr(learner.criterion, "class_weight", None)
+    return None if weight is None else weight.detach().cpu()
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, monitor: str) -> None:
@@ -469,8 +514,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
             f"{len(data.train)} training images are fewer than one batch ({micro} x {world} processes)"
         )
     generator = torch.Generator().manual_seed(tc.seed)
+    factors = repeat_factors(data.class_pixels, cfg.data.repeat_factor) if cfg.data.repeat_factor else None
     loader, sampler = train_loader(
-        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate
+        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate, factors
     )
     val_loader = eval_loader(data.val, micro, cfg.data.workers, generator)
     steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
@@ -490,6 +536,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
 
     clock = Clock(st.elapsed, tc.max_minutes)
     if main and progress:
+        if factors is not None:
+            print(describe_repeats(data, cfg.data.repeat_factor, factors))
+        weight = _class_weight(learner)
+        if weight is not None:
+            print(describe_class_weights(data, weight))
         print(
             f"training {cfg.model_name} ({sum(p.numel() for p in model.parameters()):,} params) on "
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
@@ -550,6 +601,28 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     if main:
         write_json(run.summary, summary)
     return summary
+
+
+def describe_repeats(data: TrainData, threshold: float, factors: np.ndarray, rarest: int = 5) -> str:
+    """One line: the epoch length without and with repeat-factor sampling, and the repeat factors of
+    the classes in the fewest training images."""
+    present = (data.class_pixels > 0).mean(0)  # fraction of images holding each class
+    per_class = class_repeat_factors(data.class_pixels, threshold)
+    names = data.label_set.class_names
+    rare = [c for c in np.argsort(present, kind="stable") if present[c] > 0][:rarest]
+    classes = ", ".join(f"{names[c]} {per_class[c]:.2f} (in {present[c]:.1%})" for c in rare)
+    return (
+        f"data.repeat_factor={threshold:g}: {len(factors)} -> {epoch_length(factors)} images per epoch; "
+        f"repeat factors of the rarest classes: {classes}"
+    )
+
+
+def describe_class_weights(data: TrainData, weight: Tensor, rarest: int = 5) -> str:
+    """One line: the cross-entropy weights of the rarest and of the most common class."""
+    names, w = data.label_set.class_names, weight.tolist()
+    order = sorted(range(len(w)), key=lambda c: -w[c])
+    shown = [*order[:rarest], order[-1]]
+    return "train.class_weight: " + ", ".join(f"{names[c]} {w[c]:.2f}" for c in shown)
 
 
 def open_run(run: RunDir, cfg: RunConfig, resume: bool) -> RunConfig | None:
