@@ -214,3 +214,20 @@ def test_ce7454_export_refuses_post_processing(tmp_path):
     with pytest.raises(SegformerError, match=r"the CE7454 run\.py does not post-process"):
         export_model(model, tmp_path, "ce7454", postprocess="small-regions", label_set="celebamask")
     assert not (tmp_path / "solution").exists()
+
+
+# -- mixed precision "auto" ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from segformer.engine.train import amp_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert amp_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always
+    assert amp_dtype("none", cpu) is None
+    with pytest.raises(SegformerError, match="CUDA"):
+        amp_dtype("fp16", cpu)

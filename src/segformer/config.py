@@ -42,7 +42,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "step", "poly")
 LOSSES = ("ce", "dice", "ce+dice", "ce+dice+boundary", "focal")
 DICE_CLASSES = ("all", "present")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 TTA_MODES = ("none", "flip", "scales", "flip+scales")
 EVAL_MODES = ("resize", "slide")
@@ -261,7 +261,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""
     amp: str = "none"
-    """Mixed precision: ``none``, ``bf16`` (CPU or GPU) or ``fp16`` (GPU, with loss scaling)."""
+    """Mixed precision: ``none``, ``bf16`` (CPU or GPU), ``fp16`` (GPU, with loss scaling) or ``auto``
+    (bf16 where the device computes it natively: CPUs with AVX512-BF16/AMX, recent GPUs; else none)."""
     ema: float = 0.0
     """Decay of an exponential moving average of the weights (0 = off; e.g. 0.999)."""
     channels_last: bool = False

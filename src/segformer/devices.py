@@ -28,3 +28,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     elif resolved.type != "cpu":
         raise SegformerError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
     return resolved
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively (so that bf16 autocast speeds training up): a
+    CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX instructions (on other CPUs torch
+    emulates bf16 and autocast slows training down)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # (private in torch 2.x)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)

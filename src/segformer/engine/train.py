@@ -43,7 +43,7 @@ from ..checkpoint import save_model, unwrap
 from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data.balance import class_repeat_factors, class_weights, epoch_indices, epoch_length, repeat_factors
 from ..data.batch_augment import BatchAugment
-from ..devices import resolve_device
+from ..devices import has_fast_bf16, resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_file, check_output_dir, write_json, write_text
 from ..models import build_model
@@ -90,7 +90,12 @@ class TrainingDiverged(SegformerError):
     pass
 
 
+AUTOCAST_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        amp = "bf16" if has_fast_bf16(device) else "none"
     if amp == "none":
         return None
     if amp == "bf16":
@@ -99,7 +104,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             raise SegformerError("amp fp16 needs a CUDA device; use bf16 on CPU")
         return torch.float16
-    raise SegformerError(f"unknown amp mode {amp!r} (expected none, bf16 or fp16)")
+    raise SegformerError(f"unknown amp mode {amp!r} (expected none, auto, bf16 or fp16)")
 
 
 # -- data loading ----------------------------------------------------------------------------------------
@@ -541,11 +546,12 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         weight = _class_weight(learner)
         if weight is not None:
             print(describe_class_weights(data, weight))
+        precision = f", {AUTOCAST_NAMES[learner.dtype]} autocast" if learner.dtype else ""
         print(
             f"training {cfg.model_name} ({sum(p.numel() for p in model.parameters()):,} params) on "
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
             f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, batch {tc.batch_size * world}, "
-            f"device {device}{f', {world} processes' if world > 1 else ''}, "
+            f"device {device}{f', {world} processes' if world > 1 else ''}{precision}, "
             f"{torch.get_num_threads()} threads -> {run}"
         )
     writer = open_tensorboard(run) if tc.tensorboard and main else None
