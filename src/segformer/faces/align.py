@@ -24,9 +24,9 @@ class Framing:
     """The training crop in units of the detector box's side: a square of side ``scale`` whose centre
     lies ``(dx, dy)`` from the box centre, in the upright face's frame (``dy > 0``: below)."""
 
-    scale: float = 1.547
+    scale: float = 1.595
     dx: float = 0.0
-    dy: float = -0.080
+    dy: float = -0.078
 
 
 FRAMING = Framing()
