@@ -369,3 +369,43 @@ def test_tracks_hold_their_framing_through_detector_jitter_and_follow_real_moves
     monkeypatch.setattr(video_module, "detect_faces", lambda image, **kw: [Face(90, 60, 40, 0.0)])
     v(frame)
     assert v.tracks[0].face.cx == pytest.approx(85.0)  # a real move: followed, smoothed
+
+
+def test_only_square_images_with_no_face_found_can_be_aligned_crops(monkeypatch):
+    """With no face found, a square image whose parse shows a face is an aligned crop the detector
+    missed (parsed whole); a wide photo squeezed to the square working size is not one."""
+    from segformer.faces import pipeline
+    from segformer.faces.pipeline import is_square
+
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, **kw: [])
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask", faces=True)
+    square = np.zeros((200, 200, 3), np.uint8)
+    draw_face(square, Face(99.5, 107.5, 200 / 1.595, 0.0))
+    result = parse_faces(p, square)
+    assert result.whole_image and (result.ids == 1).mean() > 0.2
+    wide = np.zeros((200, 300, 3), np.uint8)
+    drawn = draw_face(wide, Face(149.5, 107.5, 200 / 1.595, 0.0))
+    assert (drawn == 1).mean() > 0.2  # the same face, which a parse of the squeezed image also shows
+    with pytest.warns(NoFaceWarning):
+        result = parse_faces(p, wide)
+    assert not result.whole_image and not result.ids.any()
+    assert is_square((200, 215)) and not is_square((200, 240))
+
+
+def test_a_false_box_covering_the_image_is_checked_like_any_other(monkeypatch):
+    """A detected box whose training crop is about the image makes it an aligned crop only when the
+    image parses as a face; otherwise the box is a false one and is dropped."""
+    from segformer.faces import pipeline
+
+    box = Face(99.5, 107.5, 200 / 1.595, 0.0)
+    monkeypatch.setattr(pipeline, "detect_faces", lambda image, **kw: [box])
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask", faces=True)
+    clutter = np.zeros((200, 200, 3), np.uint8)
+    clutter[40:160, 30:170] = get_label_set("celebamask").palette[1]  # skin, but no face parts
+    with pytest.warns(NoFaceWarning):
+        result = parse_faces(p, clutter)
+    assert not result.whole_image and result.faces == [] and not result.ids.any()
+    assert parse_faces(p, clutter, verify=False).whole_image  # unchecked, the box is trusted
+    face = np.zeros((200, 200, 3), np.uint8)
+    draw_face(face, box)
+    assert parse_faces(p, face).whole_image

@@ -66,7 +66,7 @@ class Face:
         }
 
 
-DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
 
 
 def cascade_available(name: str = DEFAULT_CASCADE) -> bool:
