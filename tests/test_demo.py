@@ -108,5 +108,5 @@ def test_format_epochs_never_rounds_a_fraction_away():
 def test_demo_overrides_are_valid_recipe_keys():
     from segformer.config import load_recipe
 
-    cfg = load_recipe("microsegformer-celebamask").override(DEMO_OVERRIDES)
+    cfg = load_recipe("microsegformer-seed").override(DEMO_OVERRIDES)
     assert cfg.train.eval_every == 4 and cfg.model.drop_path_rate == 0.0

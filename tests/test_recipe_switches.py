@@ -203,10 +203,19 @@ def test_mirrored_masks_are_swapped_back_when_loading(tmp_path, capsys):
 # -- the seed recipe by name ------------------------------------------------------------------------
 
 
-def test_seed_recipe_is_todays_face_recipe():
-    assert load_recipe("microsegformer-seed") == load_recipe("microsegformer-celebamask")
+def test_face_recipe_is_the_seed_recipe_plus_the_measured_changes():
     seed = load_recipe("microsegformer-seed")
-    assert not seed.data.fix_mirrored and seed.train.loss == "ce+dice"
+    assert not seed.data.fix_mirrored and seed.train.loss == "ce+dice" and seed.train.amp == "none"
+    assert seed.data.repeat_factor == 0.0 and seed.train.class_weight == "none"
+    face = load_recipe("microsegformer-celebamask")
+    changed = {
+        "data.fix_mirrored": True,
+        "data.repeat_factor": 0.2,
+        "train.dice_classes": "present",
+        "train.class_weight": "sqrt_inv_freq",
+        "train.amp": "auto",
+    }
+    assert face == seed.override(changed)  # and nothing else differs
 
 
 def test_ce7454_export_refuses_post_processing(tmp_path):

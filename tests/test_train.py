@@ -177,7 +177,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_packaged_recipes():
-    seed = load_recipe("microsegformer-celebamask")
+    seed = load_recipe("microsegformer-seed")
     t = seed.train
     assert (t.lr, t.weight_decay, t.batch_size, t.epochs, t.warmup_epochs) == (1.5e-3, 5e-4, 32, 150, 5)
     assert (t.early_stop, t.grad_clip, t.loss, t.dice_weight, t.schedule) == (

@@ -70,7 +70,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
 
 def demo_config(data: Path, size: int, epochs: int, seed: int, device: str) -> RunConfig:
     """The demo's training recipe."""
-    return load_recipe("microsegformer-celebamask").override(
+    return load_recipe("microsegformer-seed").override(
         {
             **DEMO_OVERRIDES,
             "data.root": str(data),
@@ -182,7 +182,7 @@ def write_report(
     settings: dict[str, Any],
     warning: str | None = None,
 ) -> Path:
-    cfg = load_recipe("microsegformer-celebamask").override(DEMO_OVERRIDES).train
+    cfg = load_recipe("microsegformer-seed").override(DEMO_OVERRIDES).train
     steps_per_epoch = settings["train_images"] // cfg.batch_size
     lines = [
         "# segformer demo: MicroSegFormer on synthetic faces",
