@@ -4,6 +4,7 @@ distribution, and a training batch of sources becomes model input through `to_de
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from segformer.data.labels import CELEBAMASK
 from segformer.data.synthetic import generate_face
 from segformer.data.transforms import (
     AugmentParams,
+    affine_matrix,
     apply_params,
     build_transform,
     draw_params,
@@ -21,7 +23,15 @@ from segformer.data.transforms import (
     resize_image,
 )
 from segformer.engine.data import augment_on_device, collate_batch, to_device_batch
-from test_data_transforms import L_EYE, R_EYE, _aligned_fraction, _paint, checker_mask
+from test_data_transforms import (
+    L_EYE,
+    R_EYE,
+    _aligned_fraction,
+    _paint,
+    checker_mask,
+    is_a_nearest_sample,
+    nearest_candidates,
+)
 
 
 def on_device(samples: list[tuple[np.ndarray, np.ndarray, AugmentParams]], size: int):
@@ -52,8 +62,12 @@ def test_device_flip_mirrors_and_swaps_classes():
 
 
 def test_device_geometry_and_colour_match_opencv_sample_by_sample():
-    """The same draws give the same pixels as the OpenCV path: masks identical, images within OpenCV's
-    uint8 rounding between steps (HSV in particular)."""
+    """The same draws give the same pixels as the OpenCV path: images within OpenCV's uint8 rounding
+    between steps (HSV in particular); masks the same nearest-neighbour samples of the source. Where a
+    pixel's exact source point lies within `NEAREST_TIE` of a tie between two source pixels, the two
+    paths decide it at different precision (OpenCV 4: to 1/1024 pixel; torch: float32), so there
+    either neighbour is right; such pixels are few (a few per thousand), and everywhere else the
+    masks are equal."""
     samples, expected = [], []
     for seed in range(12):
         image, mask = generate_face(np.random.default_rng(seed), 80)
@@ -63,7 +77,14 @@ def test_device_geometry_and_colour_match_opencv_sample_by_sample():
     assert any(p.flip for _, _, p in samples) and any(p.blur_sigma for _, _, p in samples)
     images, masks = on_device(samples, 48)
     for k, (img, m) in enumerate(expected):
-        np.testing.assert_array_equal(masks[k], m)
+        source_mask, p = samples[k][1], samples[k][2]
+        inverse = cv2.invertAffineTransform(affine_matrix(p, source_mask.shape, 48))
+        lut = CELEBAMASK.flip_lut() if p.flip else None
+        candidates = nearest_candidates(source_mask, inverse, (48, 48), CELEBAMASK.ignore_index, lut)
+        assert is_a_nearest_sample(masks[k], candidates) and is_a_nearest_sample(m, candidates)
+        ties = (candidates != candidates[:1]).any(axis=0)
+        assert ties.mean() < 0.01
+        np.testing.assert_array_equal(masks[k][~ties], m[~ties])
         diff = np.abs(images[k] - img)
         assert diff.mean() < 1.0 and np.percentile(diff, 99) < 4 and diff.max() < 10
 

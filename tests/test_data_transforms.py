@@ -5,6 +5,8 @@ matches the float reference, uint8 output normalised on the device equals the fl
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -51,6 +53,109 @@ def blocks_mask(h: int = 48, w: int = 64) -> np.ndarray:
     return mask
 
 
+# --- Exact references for OpenCV's warps -------------------------------------------------------------
+# Tests compare OpenCV's uint8 warps with exact float64 bilinear / nearest sampling, within what
+# OpenCV's arithmetic promises, rather than with each other:
+# - `cv2.warpAffine`, INTER_LINEAR (OpenCV 4, imgwarp.cpp): each source coordinate is the sum of two
+#   terms rounded to 1/1024 pixel (AB_BITS = 10), then rounded to 1/32 pixel (INTER_BITS = 5), so the
+#   sampled point is off by up to 1/64 + 1/1024 pixel per axis; the four bilinear weights are 15-bit
+#   fixed point (INTER_REMAP_COEF_BITS), each off by at most 2^-15. OpenCV 5 samples at float
+#   coordinates with float weights, well inside this.
+# - `cv2.resize`, INTER_LINEAR on uint8 (resize.cpp, the bit-exact path): exact coordinates, the two
+#   weights of each axis in 8-bit fixed point summing to one, so each weight is off by at most 2^-9.
+# Both round the result to uint8 once (1/2 grey level).
+WARP_COORD_ERROR = 1 / 64 + 1 / 1024
+WARP_WEIGHT_ERROR = 4 * 255 / 2**15
+RESIZE_WEIGHT_ERROR = 1 / 512
+# Nearest neighbour (OpenCV 4: the coordinate to 1/1024 pixel before it is rounded; OpenCV 5 and torch:
+# float32, whose error on coordinates below 256 stays far under 1/4096) decides within this distance
+# of a tie; such pixels may take either neighbour.
+NEAREST_TIE = 1 / 1024 + 1 / 4096
+
+
+def resize_map(src_hw: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """(2, 3) output -> source pixel map of a half-pixel-aligned resize."""
+    (h, w), (oh, ow) = src_hw, size
+    return np.array([[w / ow, 0, (w / ow - 1) / 2], [0, h / oh, (h / oh - 1) / 2]])
+
+
+def source_points(inverse: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (float64) source coordinates (x, y) of every output pixel under an output -> source
+    map, pixel centres at integers."""
+    y, x = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float64)
+    return inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2], inverse[1, 0] * x + inverse[
+        1, 1
+    ] * y + inverse[1, 2]
+
+
+def reference_warp(image: np.ndarray, inverse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Exact bilinear sampling of an (H, W, C) image at `source_points`, outside the image 0
+    (BORDER_CONSTANT): (h, w, C) float64."""
+    pad = 2
+    img = np.pad(image.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)))
+    sx, sy = source_points(inverse, size)
+    # points further out than the padding read only zeros, as at the padding's outer edge
+    sx = np.clip(sx + pad, 0, img.shape[1] - 2)
+    sy = np.clip(sy + pad, 0, img.shape[0] - 2)
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def local_slope(image: np.ndarray, inverse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, C): per output pixel, the largest |difference| of horizontally adjacent source pixels
+    plus that of vertically adjacent ones, in the 4x4 source block around its sample point (zeros
+    outside). Within a bilinear cell the partial derivatives are blends of the cell's differences, and
+    a point moved by less than a pixel stays within the cells of that block, so moving it by (dx, dy)
+    changes the interpolated value by at most max(|dx|, |dy|) times this slope."""
+    pad = 3
+    img = np.pad(image.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view
+    gx = win(np.abs(np.diff(img, axis=1)), (4, 3), axis=(0, 1)).max(axis=(-2, -1))
+    gy = win(np.abs(np.diff(img, axis=0)), (3, 4), axis=(0, 1)).max(axis=(-2, -1))
+    sx, sy = source_points(inverse, size)
+    x0 = np.clip(np.floor(sx).astype(int) + pad - 1, 0, gx.shape[1] - 1)
+    y0 = np.clip(np.floor(sy).astype(int) + pad - 1, 0, gx.shape[0] - 1)
+    return gx[y0, x0] + gy[y0, x0]
+
+
+def warp_tolerance(image: np.ndarray, inverse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """How far `cv2.warpAffine`'s INTER_LINEAR uint8 result may lie from `reference_warp`: 1/2 for the
+    rounding, the sample point's error times the local slope, the weights' error times 255."""
+    return 0.5 + WARP_COORD_ERROR * local_slope(image, inverse, size) + WARP_WEIGHT_ERROR
+
+
+def resize_tolerance(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """How far `cv2.resize`'s INTER_LINEAR uint8 result may lie from the exact resize: 1/2 for the
+    rounding, each axis' weight error times the difference it weights (bounded by the local slope)."""
+    return 0.5 + RESIZE_WEIGHT_ERROR * local_slope(image, resize_map(image.shape[:2], size), size)
+
+
+def nearest_candidates(
+    mask: np.ndarray, inverse: np.ndarray, size: tuple[int, int], ignore: int, lut: np.ndarray | None = None
+) -> np.ndarray:
+    """(4, h, w): the labels nearest-neighbour sampling may give each output pixel: the nearest source
+    pixel, or, within `NEAREST_TIE` of a tie, either neighbour on each tied axis; outside the mask
+    `ignore`; `lut` applied (a flip's class swap)."""
+    h, w = mask.shape
+    sx, sy = source_points(inverse, size)
+    out = []
+    for ex, ey in [(-1, -1), (-1, 1), (1, -1), (1, 1)]:
+        x = np.floor(sx + 0.5 + ex * NEAREST_TIE).astype(int)
+        y = np.floor(sy + 0.5 + ey * NEAREST_TIE).astype(int)
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        labels = np.where(inside, mask[y.clip(0, h - 1), x.clip(0, w - 1)], ignore)
+        out.append(labels if lut is None else lut[labels])
+    return np.stack(out)
+
+
+def is_a_nearest_sample(labels: np.ndarray, candidates: np.ndarray) -> bool:
+    """Every pixel's label is one of its `nearest_candidates`."""
+    return bool((labels[None] == candidates).any(axis=0).all())
+
+
 def test_flip_moves_l_eye_to_the_left_and_renames_it():
     mask = np.zeros((4, 6), np.uint8)
     mask[1:3, 4:6] = L_EYE  # only l_eye, on the image's right
@@ -88,11 +193,26 @@ def test_nearest_mask_resize_matches_torch_nearest_exact():
 
 
 def test_affine_without_randomness_is_a_plain_resize():
+    """Without zoom, rotation or shift the warp is the half-pixel-aligned resize: the warp and
+    `resize_image` each lie within their OpenCV precision (`warp_tolerance`, `resize_tolerance`) of the
+    exact resize, and both masks are nearest samples of it. The source is noise, the hardest case: its
+    slopes reach 255 grey levels per pixel, so OpenCV 4's 1/32-pixel sample points alone may move a
+    value by up to 8 levels where the exact warp is smooth (OpenCV 5 stays within 1)."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    out, mask = random_affine(image, blocks_mask(40, 60), rng, (30, 45), scale=(1.0, 1.0), rotate=0.0)
-    assert np.abs(out.astype(int) - resize_image(image, (30, 45)).astype(int)).max() <= 1
-    assert (mask == resize_mask(blocks_mask(40, 60), (30, 45))).mean() > 0.97  # ties may round either way
+    mask = blocks_mask(40, 60)
+    out, out_mask = random_affine(image, mask, rng, (30, 45), scale=(1.0, 1.0), rotate=0.0)
+    inverse = resize_map((40, 60), (30, 45))
+    exact = reference_warp(image, inverse, (30, 45))
+    tolerance = warp_tolerance(image, inverse, (30, 45))
+    assert (np.abs(out - exact) <= tolerance).all()
+    assert (np.abs(resize_image(image, (30, 45)) - exact) <= resize_tolerance(image, (30, 45))).all()
+    # the tolerance notices a sample grid off by 1/8 pixel
+    shifted = reference_warp(image, inverse + np.array([[0, 0, 1 / 8], [0, 0, 0]]), (30, 45))
+    assert not (np.abs(shifted - exact) <= tolerance).all()
+    candidates = nearest_candidates(mask, inverse, (30, 45), CELEBAMASK.ignore_index)
+    assert is_a_nearest_sample(out_mask, candidates)
+    assert is_a_nearest_sample(resize_mask(mask, (30, 45)), candidates)
 
 
 def _paint(mask: np.ndarray) -> np.ndarray:
@@ -227,20 +347,37 @@ def smooth_image(h: int, w: int) -> np.ndarray:
 
 def test_one_warp_matches_the_seed_warp_then_mirror():
     """The flip inside the warp matrix gives what the seed got by mirroring the warped image (its
-    pipeline drew the same numbers in the same order), straight from a larger source."""
+    pipeline drew the same numbers in the same order), straight from a larger source. In exact
+    arithmetic the two sample the same points (checked on `reference_warp`). OpenCV computes each
+    sample grid on its own (OpenCV 4 rounds every point to 1/32 pixel), so each path's image is held
+    to its exact warp within `warp_tolerance` and each mask must be a nearest sample; the tolerance is
+    largest where the zoomed-out source meets the black canvas (slopes of ~200 grey levels)."""
     mask = checker_mask(160, 160)
     image = smooth_image(160, 160)
     t = build_transform("geometric", 64, CELEBAMASK)
+    ignore, lut = CELEBAMASK.ignore_index, CELEBAMASK.flip_lut()
     flips = 0
     for seed in range(16):
         rng = np.random.default_rng(seed)
         old_img, old_mask = random_affine(image, mask, rng, 64)
-        if rng.random() < 0.5:
-            flips += 1
-            old_img, old_mask = hflip(old_img, old_mask, CELEBAMASK)
+        flip = rng.random() < 0.5
         new_img, new_mask = t.augment(image, mask, np.random.default_rng(seed))
-        assert np.abs(new_img.astype(int) - old_img.astype(int)).max() <= 2
-        assert (new_mask == old_mask).mean() > 0.995  # nearest-neighbour ties may round either way
+        p = t.draw(np.random.default_rng(seed))
+        assert p.flip == flip
+        flips += flip
+        old_inv = cv2.invertAffineTransform(affine_matrix(replace(p, flip=False), (160, 160), 64))
+        new_inv = cv2.invertAffineTransform(affine_matrix(p, (160, 160), 64))
+        old_exact, new_exact = (
+            reference_warp(image, old_inv, (64, 64)),
+            reference_warp(image, new_inv, (64, 64)),
+        )
+        np.testing.assert_allclose(new_exact, old_exact[:, ::-1] if flip else old_exact, atol=1e-6)
+        assert (np.abs(old_img - old_exact) <= warp_tolerance(image, old_inv, (64, 64))).all()
+        assert (np.abs(new_img - new_exact) <= warp_tolerance(image, new_inv, (64, 64))).all()
+        assert is_a_nearest_sample(old_mask, nearest_candidates(mask, old_inv, (64, 64), ignore))
+        assert is_a_nearest_sample(
+            new_mask, nearest_candidates(mask, new_inv, (64, 64), ignore, lut if flip else None)
+        )
     assert 0 < flips < 16  # both branches were compared
 
 

@@ -40,7 +40,8 @@ def default_faces(label_set: LabelSet) -> bool:
         return True
     warnings.warn(
         f"OpenCV {cv2.__version__} has no Haar cascades: face localisation is off and images are parsed "
-        'as aligned face crops (pip install "segformer[faces]", i.e. OpenCV 4.x, to find faces in photos)',
+        "as aligned face crops (OpenCV 5 lacks the cascade files; to find faces in photos: "
+        'pip install "opencv-python-headless<5")',
         FacesUnavailableWarning,
         stacklevel=3,
     )

@@ -6,9 +6,10 @@ on several copies is kept once (greedy non-maximum suppression on the boxes in t
 score first). The angle a face was found at is its first estimate of roll; `segformer.faces.pipeline`
 refines it from the parse (the eye line).
 
-Why a cascade: it ships inside the ``opencv-python-headless`` 4.x wheel (``segformer[faces]``; OpenCV
-5's wheel dropped the cascade files), so faces are found offline right after ``pip install``, on a
-CPU, in milliseconds per megapixel; see ``docs/faces.md`` for the measurements behind the choice.
+Why a cascade: it ships inside the ``opencv-python-headless`` 4.x wheel (the base requirement pins
+``<5``: OpenCV 5's wheel dropped the cascade files), so faces are found offline right after
+``pip install``, on a CPU, in milliseconds per megapixel; see ``docs/faces.md`` for the measurements
+behind the choice.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     path = Path(folder or "") / name
     if not cascade_available(name):
         raise SegformerError(
-            f"OpenCV {cv2.__version__} ships no Haar cascade {name}: face localisation needs "
-            '`pip install "segformer[faces]"` (OpenCV 4.x: OpenCV 5 dropped the Haar cascades)'
+            f"OpenCV {cv2.__version__} ships no Haar cascade {name}: OpenCV 5 lacks the cascade files; "
+            'face localisation needs `pip install "opencv-python-headless<5"`'
         )
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
