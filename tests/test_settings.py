@@ -185,3 +185,11 @@ def test_evaluation_reads_the_settings(tmp_path):
     scores = evaluate_model(model, data, progress=False)
     assert scores["img_size"] == 32 and scores["num_images"] == 2
     assert evaluate_model(model, data, img_size=24, progress=False)["img_size"] == 24
+    # TTA too: the model's own unless given, and the scores follow what was run
+    model.meta = InferenceSettings(image_size=32, label_set="celebamask", tta="flip").to_dict()
+    own = evaluate_model(model, data, progress=False)
+    flip = evaluate_model(model, data, tta="flip", progress=False)
+    plain = evaluate_model(model, data, tta="none", progress=False)
+    assert own["tta"] == "flip" and plain["tta"] == "none"
+    assert own["ce7454_f"] == flip["ce7454_f"] and own["per_class"] == flip["per_class"]
+    assert own["per_class"] != plain["per_class"]  # flipping a random model changes its predictions

@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best) or pretrained tag")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
+    p.add_argument(
+        "--tta", choices=TTA_MODES, help="test-time augmentation (default: the model's own, e.g. flip)"
+    )
     p.add_argument("--img-size", type=positive_int, help="working resolution (default: the training size)")
     p.add_argument(
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
@@ -58,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
-        print(f"{args.model} on {args.data} [{args.split}], tta={args.tta}, {scores['img_size']}px")
+        print(f"{args.model} on {args.data} [{args.split}], tta={scores['tta']}, {scores['img_size']}px")
         print(format_per_class(scores))
     return 0

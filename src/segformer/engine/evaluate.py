@@ -117,7 +117,7 @@ def evaluate_model(
     root: str | Path,
     split: str = "val",
     *,
-    tta: str = "none",
+    tta: str | None = None,
     img_size: int | None = None,
     eval_mode: str | None = None,
     batch_size: int = 4,
@@ -127,13 +127,14 @@ def evaluate_model(
     postprocess: str | None = None,
     min_area: float | None = None,
 ) -> dict[str, Any]:
-    """Score a trained model on a dataset split. The working size, mode, normalisation, label set and
-    post-processing come from the model's `InferenceSettings` unless given; the hold-out split from
+    """Score a trained model on a dataset split. The working size, mode, TTA, normalisation, label set
+    and post-processing come from the model's `InferenceSettings` unless given; the hold-out split from
     what training recorded in ``model.meta["data"]``."""
     meta = getattr(model, "meta", None) or {}
     settings = InferenceSettings.from_meta(meta).replace(
-        image_size=img_size, eval_mode=eval_mode, postprocess=postprocess, min_area=min_area
+        image_size=img_size, eval_mode=eval_mode, tta=tta, postprocess=postprocess, min_area=min_area
     )
+    tta = settings.tta
     (h, w), eval_mode = settings.image_size, settings.eval_mode
     data_meta = meta.get("data", {})
     ds = eval_dataset(
