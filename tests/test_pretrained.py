@@ -110,7 +110,9 @@ def test_model_card_has_the_recorded_figures(run_dir, shipped):
     assert "non-commercial research" in card
     assert "epochs: 3" in card  # the run's config.yaml, verbatim
     assert f"segformer train --config {run_dir / 'config.yaml'}" in card
-    assert f"segformer export {run_dir / 'best'} --format pretrained" in card
+    out = shipped / PRETRAINED[TAG].file
+    exported = f"segformer export {run_dir / 'best'} --format pretrained --out {out}"
+    assert f"{exported} --tta flip\n" in card  # the settings it was exported with, to redo it
     assert "TTA flip" in card and "48 px" in card
     assert re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", card) is None  # every template field filled in
 

@@ -271,8 +271,12 @@ def export_pretrained(
     result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "fp16_changed": changed}
     if card:
         recipe = Path(source).parent / "config.yaml" if source else None
-        command = f"segformer export {source or 'MODEL'} --format pretrained --out {out}" + (
-            " --fp16" if fp16 else ""
+        flags = [f"--tta {settings.tta}"] if settings.tta != "none" else []
+        if settings.postprocess != "none":
+            flags.append(f"--postprocess {settings.postprocess} --min-area {settings.min_area:g}")
+        flags += ["--fp16"] if fp16 else []
+        command = " ".join(
+            [f"segformer export {source or 'MODEL'} --format pretrained --out {out}", *flags]
         )
         card_path = out.with_suffix(".md")
         text = model_card(
