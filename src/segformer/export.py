@@ -275,9 +275,7 @@ def export_pretrained(
         if settings.postprocess != "none":
             flags.append(f"--postprocess {settings.postprocess} --min-area {settings.min_area:g}")
         flags += ["--fp16"] if fp16 else []
-        command = " ".join(
-            [f"segformer export {source or 'MODEL'} --format pretrained --out {out}", *flags]
-        )
+        command = " ".join([f"segformer export {source or 'MODEL'} --format pretrained --out {out}", *flags])
         card_path = out.with_suffix(".md")
         text = model_card(
             model, out, settings, fp16=fp16, changed=changed, recipe=recipe, export_command=command
