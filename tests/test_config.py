@@ -117,7 +117,7 @@ def test_valid_edges_are_accepted():
         ("train.ema=1.0", r"^train\.ema: must lie in \[0, 1\), got 1\.0$"),
         ("train.grad_accum=3", r"^train\.grad_accum: 3 does not divide train\.batch_size 32$"),
         ("train.schedule=linear", r"^train\.schedule: unknown value 'linear'; choose from cosine, constant"),
-        ("train.amp=fp32", r"^train\.amp: unknown value 'fp32'; choose from none, bf16, fp16$"),
+        ("train.amp=fp32", r"^train\.amp: unknown value 'fp32'; choose from none, auto, bf16, fp16$"),
         ("train.device=gpu", r"^train\.device: unknown value 'gpu'; choose from auto, cpu, cuda$"),
         ("train.betas=[0.9]", r"^train\.betas: expected two values \(beta1, beta2\), got \(0\.9,\)$"),
         ("train.betas=[0.9, 1.5]", r"^train\.betas: must lie in \[0, 1\), got 1\.5$"),
