@@ -190,7 +190,6 @@ def model_card(
         "tag": tag,
         "description": entry.description if entry else "A segformer model",
         "file": path.name,
-        "fp16_flag": " --fp16" if fp16 else "",
         "version": __version__,
         "arch": config.arch,
         "params": sum(p.numel() for p in model.parameters()),
