@@ -335,7 +335,7 @@ def test_ctrl_c_stops_a_suite_within_seconds_and_leaves_resumable_state(tmp_path
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - start < 3.0  # 3-4 s of interpreter teardown before the exit in cli.main
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert state.is_file() and not (out / "schedule" / "constant" / "summary.json").exists()
     meta = json.loads((out / "schedule" / "suite.json").read_text())
     assert meta["complete"] is False  # resumable: the same command continues from state.pt

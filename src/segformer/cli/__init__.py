@@ -81,6 +81,26 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"segformer: warning: {message}\n"
 
 
+def _quiet_after_interrupt() -> None:
+    """Stop further signal handlers from raising while an interrupt is being reported.
+
+    Ctrl-C reaches the DataLoader workers too; one that dies of it while starting exits with an error,
+    and PyTorch's SIGCHLD handler then raises "worker exited unexpectedly" inside our `except` block,
+    turning a clean interrupt into a traceback. The loop retries until both handlers are reset. Only
+    for a command-line process, which exits right after."""
+    import signal
+
+    while True:
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except (KeyboardInterrupt, RuntimeError):
+            continue
+        except ValueError:  # not the main thread: nothing to reset
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..runtime import tune_cpu_allocator
 
@@ -110,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segformer {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if argv is None:
+            _quiet_after_interrupt()
         print(f"segformer {args.command}: interrupted", file=sys.stderr)
         if argv is None:
             # From the command line: leave at once. Every file is already written atomically, and the
