@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from segformer import SegformerError, load
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine import train as engine
 from segformer.engine.rundir import RunDir
-from segformer.engine.train import Clock, RunState, fit_eval_every, train
+from segformer.engine.train import Clock, RunState, budgeted_epochs, fit_eval_every, train
 from test_train import TINY_MODEL, tiny_run, weights
 
 from conftest import SRC, run_cli
@@ -285,6 +286,25 @@ def test_json_files_of_a_run_are_strict(faces, tmp_path):
     assert summary["threads"] == torch.get_num_threads()
     assert summary["eval_seconds"] > 0 and 0 < summary["eval_share"] < 1
     assert json.loads((run / "metrics.jsonl").read_text())["eval_seconds"] > 0
+
+
+def test_budgeted_epochs_counts_what_the_time_left_allows():
+    clock = Clock(before=600.0, max_minutes=30)  # 30 of 1800 s left ... less a 60 s evaluation
+    st = RunState(epoch=20, eval_cost=60.0)
+    assert budgeted_epochs(st, clock, epoch_seconds=30.0) == pytest.approx(20 + 1140 / 30, abs=0.01)
+    spent = Clock(before=1800.0, max_minutes=30)
+    assert budgeted_epochs(st, spent, epoch_seconds=30.0) == 20
+
+
+def test_a_budget_longer_than_the_epochs_is_pointed_out(faces, tmp_path, capsys):
+    # Two epochs take seconds; the 30-minute budget would hold hundreds: the run says so (and ends
+    # after its epochs, as configured).
+    summary = train(tiny_run(faces, epochs=2, max_minutes=30), tmp_path / "run", progress=True)
+    err_out = capsys.readouterr()
+    note = [line for line in (err_out.out + err_out.err).splitlines() if line.startswith("note: ")]
+    assert len(note) == 1 and re.search(r"the run's 2 epochs end after about \d+ of the 30 minutes", note[0])
+    assert re.search(r"pass --epochs \d+ \(or more\) to train for the whole budget", note[0])
+    assert summary["stop_reason"] == "epochs done"
 
 
 # -- extending a finished run ----------------------------------------------------------------------------

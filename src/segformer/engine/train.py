@@ -557,6 +557,8 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     writer = open_tensorboard(run) if tc.tensorboard and main else None
     schedule = Schedule(tc, steps_per_epoch, clock)
     eval_every = tc.eval_every
+    length = f"{tc.epochs}"  # the progress bar's "epoch N/length"; under a budget, its estimate
+    noted = False  # whether the user was told that the epochs end before the budget
     last_scores: dict[str, Any] | None = None
     checkpoint = f"{run.state} (epoch {format_epoch(_epoch_of(st, steps_per_epoch))})" if saved else None
     if not st.stopped and st.epoch >= tc.epochs:
@@ -567,7 +569,9 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         # -- train one epoch (or what is left of it)
         sampler.set_epoch(st.epoch, skip=st.step_in_epoch * tc.batch_size)
         try:
-            stats = train_one_epoch(learner, iter(loader), st, tc, steps_per_epoch, schedule, clock, show)
+            stats = train_one_epoch(
+                learner, iter(loader), st, tc, steps_per_epoch, schedule, clock, show, length
+            )
         except TrainingDiverged as err:
             raise SegformerError(
                 f"{err}; lower train.lr (now {tc.lr:g}) or check the data. "
@@ -576,6 +580,16 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         if st.step_in_epoch == steps_per_epoch:
             st.epoch, st.step_in_epoch = st.epoch + 1, 0
         record = epoch_record(stats, st, steps_per_epoch, learner, tc.batch_size)
+        if clock.budget is not None and stats.steps:
+            estimate = budgeted_epochs(st, clock, stats.seconds / stats.steps * steps_per_epoch)
+            if show and estimate > 1.1 * tc.epochs and not noted:
+                noted = True
+                tqdm.write(
+                    f"note: the run's {tc.epochs} epochs end after about "
+                    f"{tc.epochs / estimate * tc.max_minutes:.0f} of the {tc.max_minutes:g} minutes; "
+                    f"pass --epochs {math.ceil(estimate * 1.2)} (or more) to train for the whole budget"
+                )
+            length = f"{tc.epochs}" if estimate >= tc.epochs else f"~{estimate:.0f}"
         if st.epoch >= tc.epochs:
             st.stopped = "epochs done"
         elif stats.out_of_time:
@@ -727,8 +741,10 @@ def train_one_epoch(
     schedule: Schedule,
     clock: Clock,
     progress: bool,
+    length: str = "",
 ) -> EpochStats:
-    """Optimizer steps until the epoch ends or the budget is spent; stops a diverged run."""
+    """Optimizer steps until the epoch ends or the budget is spent; stops a diverged run. `length`
+    is the progress bar's count of epochs (default: the configured epochs)."""
     learner.net.train()
     start = time.perf_counter()
     dev = learner.device
@@ -741,7 +757,9 @@ def train_one_epoch(
     patience = max(1, min(DIVERGED_STEPS, steps_per_epoch // 2))
     single = distributed.world_size() == 1
     todo = steps_per_epoch - st.step_in_epoch
-    bar = tqdm(range(todo), desc=f"epoch {st.epoch + 1}/{tc.epochs}", leave=False, disable=not progress)
+    bar = tqdm(
+        range(todo), desc=f"epoch {st.epoch + 1}/{length or tc.epochs}", leave=False, disable=not progress
+    )
     for i in bar:
         set_lr(learner.optimizer, schedule(st.global_step))
         loss, skip = learner.step(batches, tc.grad_accum)
@@ -802,6 +820,14 @@ def epoch_record(
         "epoch_seconds": stats.seconds,
         "skipped_steps": stats.skipped,
     }
+
+
+def budgeted_epochs(st: RunState, clock: Clock, epoch_seconds: float) -> float:
+    """The epochs a budgeted run will have done when its time runs out, from the measured cost of an
+    epoch and of an evaluation (uncapped by the configured epochs)."""
+    assert clock.budget is not None
+    left = max(0.0, clock.budget - clock() - st.eval_cost)
+    return st.epoch + left / max(epoch_seconds, 1e-9)
 
 
 def fit_eval_every(every: int, st: RunState, clock: Clock, epoch_seconds: float) -> int:
