@@ -81,6 +81,15 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"segformer: warning: {message}\n"
 
 
+def _close_progress_bars() -> None:
+    """Clear the progress bars an error left open (the traceback still holds their loops), so that
+    the error starts its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _quiet_after_interrupt() -> None:
     """Stop further signal handlers from raising while an interrupt is being reported.
 
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except SegformerError as err:
         if debug:
             raise
+        _close_progress_bars()
         print(f"segformer {args.command}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
@@ -127,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f"{err.filename}: " if err.filename else ""
+        _close_progress_bars()
         print(f"segformer {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if argv is None:
             _quiet_after_interrupt()
+        _close_progress_bars()
         print(f"segformer {args.command}: interrupted", file=sys.stderr)
         if argv is None:
             # From the command line: leave at once. Every file is already written atomically, and the
