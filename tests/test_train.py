@@ -234,37 +234,3 @@ def test_two_process_ddp_step_equals_the_single_process_step(faces, tmp_path):
     ddp_log = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
     assert single_log["step"] == ddp_log["step"] == 4
     assert ddp_log["train_loss"] == pytest.approx(single_log["train_loss"], rel=1e-5)
-
-
-class _WorkerProbe(torch.utils.data.Dataset):
-    """Reports, from inside a DataLoader worker, its OpenCV threads and its niceness."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __getitem__(self, i: int):
-        import cv2
-
-        probe = torch.tensor([cv2.getNumThreads(), os.nice(0)])
-        return probe, probe  # (image, mask), as the collate functions expect
-
-
-def test_loader_workers_use_one_opencv_thread_and_yield_to_the_compute_threads():
-    import cv2
-
-    from segformer.engine.train import WORKER_NICE, eval_loader, train_loader
-
-    cv2.setNumThreads(2)  # what `--threads 2` sets in the parent
-    try:
-        generator = torch.Generator().manual_seed(0)
-        loader, _ = train_loader(_WorkerProbe(), 2, 1, torch.device("cpu"), 0, generator)
-        parent = os.nice(0)
-        for batch in (next(iter(loader)), next(iter(eval_loader(_WorkerProbe(), 2, 1, generator)))):
-            probe = batch[0]
-            assert probe[:, 0].tolist() == [1, 1]
-            assert probe[:, 1].tolist() == [min(19, parent + WORKER_NICE)] * 2
-    finally:
-        cv2.setNumThreads(1)

@@ -19,10 +19,8 @@ only every `log_every` steps, where it also stops a run that has diverged.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -170,25 +168,6 @@ class EpochDataset(Dataset):
         return self.dataset[i]
 
 
-# How much lower the DataLoader workers run than the training process (`os.nice`): where they share
-# cores with the compute threads, a worker preempting one of them stalls the others at their next
-# barrier; niced, the workers run in the gaps (and get whole cores whenever the step waits for data).
-WORKER_NICE = 10
-
-
-def init_worker(worker_id: int) -> None:
-    """A DataLoader worker's set-up: one OpenCV thread (the parent's count is inherited across the
-    fork) and a lower priority than the compute threads (`WORKER_NICE`)."""
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
-    with contextlib.suppress(OSError):  # not permitted: the workers keep the parent's priority
-        os.nice(WORKER_NICE)
-
-
 def train_loader(
     dataset: Dataset,
     micro: int,
@@ -224,7 +203,6 @@ def train_loader(
         pin_memory=device.type == "cuda",
         generator=generator,  # keeps DataLoader from drawing on the global RNG
         persistent_workers=workers > 0,
-        worker_init_fn=init_worker,
     )
     return loader, sampler
 
@@ -239,7 +217,6 @@ def eval_loader(dataset: Dataset, batch: int, workers: int, generator: torch.Gen
         collate_fn=collate_eval,
         generator=generator,
         persistent_workers=workers > 0,
-        worker_init_fn=init_worker,
     )
 
 
