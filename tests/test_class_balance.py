@@ -4,6 +4,7 @@ and across processes; the switches validated and trained end to end."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -146,11 +147,53 @@ def test_resuming_inside_an_epoch_continues_the_same_sequence():
     factors = np.array([1.0, 1.5, 2.25, 1.0, 3.7, 1.1, 1.9])
     sampler = EpochSampler(RepeatFactorSampler(factors, 1, 0, seed=2))
     sampler.set_epoch(6)
-    whole = list(sampler)
-    assert [e for e, _ in whole] == [6] * len(whole)
+    n = len(sampler)
+    whole = list(itertools.islice(sampler, n))
+    assert [e for e, _ in whole] == [6] * n
     resumed = EpochSampler(RepeatFactorSampler(factors, 1, 0, seed=2))  # a new process
     resumed.set_epoch(6, skip=5)
-    assert list(resumed) == whole[5:] and len(resumed) == len(whole) - 5
+    assert list(itertools.islice(resumed, n - 5)) == whole[5:] and len(resumed) == n - 5
+
+
+def test_one_iteration_runs_through_the_epochs_each_cut_to_whole_batches():
+    factors = np.array([1.0, 1.5, 2.25, 1.0, 3.7, 1.1, 1.9])
+    base = RepeatFactorSampler(factors, 1, 0, seed=3)
+    per_epoch = len(base)
+    sampler = EpochSampler(base, take=per_epoch - 3)
+    sampler.set_epoch(2, skip=4)
+    stream = list(itertools.islice(sampler, (per_epoch - 3 - 4) + 2 * (per_epoch - 3)))
+    expected = []
+    for epoch, skip in ((2, 4), (3, 0), (4, 0)):
+        indices = epoch_indices(factors, seed=3, epoch=epoch)[: per_epoch - 3]  # each epoch's own draw
+        expected += [(epoch, int(i)) for i in indices[skip:]]
+    assert stream == expected
+    assert len(sampler) == per_epoch - 3 - 4  # what is left of the first epoch
+
+
+def test_the_run_loader_streams_whole_steps_across_epochs():
+    from segformer.engine.train import train_loader
+
+    class Numbers(torch.utils.data.Dataset):  # item i of an epoch is (epoch, i)
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return self.epoch, i
+
+    data = Numbers()
+    gen = torch.Generator().manual_seed(0)
+    loader, sampler = train_loader(data, 3, 0, torch.device("cpu"), 0, gen, collate=list, accum=2)
+    sampler.set_epoch(5)
+    batches = iter(loader)
+    got = [next(batches) for _ in range(3)]  # one step of 2 x 3 images per epoch (10 // 6 = 1)
+    epochs = [{e for e, _ in b} for b in got]
+    assert epochs == [{5}, {5}, {6}]  # the 4 images past the last whole step of epoch 5 are skipped
+    assert all(len(b) == 3 for b in got)
 
 
 # -- the weighted cross entropy ---------------------------------------------------------------------
@@ -317,3 +360,62 @@ def test_cli_train_with_both_switches_then_resume_keeps_the_stored_weights(faces
     resumed = torch.load(run / "state.pt", weights_only=True)
     assert resumed["counters"]["epoch"] == 2 and resumed["counters"]["global_step"] == 2 * (length // 4)
     torch.testing.assert_close(resumed["class_weight"], torch.linspace(0.5, 5.0, 19))
+
+
+def test_logit_adjust_shifts_the_saved_classifier_and_leaves_training_alone(faces, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from segformer.checkpoint import load
+    from segformer.engine.evaluate import evaluate_model
+
+    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY_MODEL.items()]
+    sets += ["train.class_weight=sqrt_inv_freq", "data.augment=none", "train.deterministic=true"]
+    common = [
+        "--data",
+        str(faces),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--epochs",
+        "2",
+    ]
+    runs = {}
+    for strength in (0.0, 0.5):
+        runs[strength] = run = tmp_path / f"run{strength}"
+        more = [x for s in [*sets, f"train.logit_adjust={strength}"] for x in ("--set", s)]
+        assert main(["train", *common, *more, "--out", str(run), "--quiet"]) == 0
+    plain, shifted = (torch.load(runs[s] / "state.pt", weights_only=True) for s in (0.0, 0.5))
+    for key, value in plain["model"].items():  # the weights trained on are the same
+        torch.testing.assert_close(shifted["model"][key], value, rtol=0, atol=0)
+    saved = load_file(runs[0.5] / "last" / "model.safetensors")
+    expected = plain["model"]["decoder.classifier.bias"] - 0.5 * torch.log(shifted["class_weight"])
+    torch.testing.assert_close(saved["decoder.classifier.bias"], expected)
+    assert json.loads((runs[0.5] / "last" / "config.json").read_text())["meta"]["logit_adjust"] == 0.5
+    # what the run logged is what `segformer eval` scores for the saved model
+    logged = json.loads((runs[0.5] / "metrics.jsonl").read_text().splitlines()[-1])["val"]["ce7454_f"]
+    scored = evaluate_model(load(runs[0.5] / "last"), faces, progress=False)["ce7454_f"]
+    assert scored == pytest.approx(logged)
+    # a run trained without the switch gets the same model from `segformer export --logit-adjust`
+    out = tmp_path / "adjusted.safetensors"
+    export = ["export", "--format", "pretrained", "--out", str(out), "--logit-adjust", "0.5"]
+    assert main([*export, str(runs[0.0] / "last")]) == 0
+    adjusted = load(out)
+    torch.testing.assert_close(adjusted.decoder.classifier.bias.detach(), saved["decoder.classifier.bias"])
+    assert adjusted.meta["logit_adjust"] == 0.5 and "--logit-adjust 0.5" in out.with_suffix(".md").read_text()
+    assert main([*export, str(runs[0.5] / "last")]) == 1  # already adjusted
+    assert "its logits are already adjusted (logit_adjust 0.5)" in capsys.readouterr().err
+
+
+def test_logit_adjust_needs_class_weights():
+    base = load_recipe("microsegformer-seed")
+    with pytest.raises(
+        SegformerError, match=r"^train\.logit_adjust=0\.5 takes back the shift of class weights"
+    ):
+        base.override({"train.logit_adjust": 0.5})
+    assert (
+        base.override({"train.logit_adjust": 0.5, "train.class_weight": "sqrt_inv_freq"}).train.logit_adjust
+        == 0.5
+    )

@@ -3,6 +3,7 @@ small regions removed after inference, and the seed recipe kept by name."""
 
 from __future__ import annotations
 
+import shutil
 from collections import deque
 
 import numpy as np
@@ -213,6 +214,7 @@ def test_face_recipe_is_the_seed_recipe_plus_the_measured_changes():
         "data.repeat_factor": 0.2,
         "train.dice_classes": "present",
         "train.class_weight": "sqrt_inv_freq",
+        "train.logit_adjust": 0.5,
         "train.amp": "auto",
     }
     assert face == seed.override(changed)  # and nothing else differs
@@ -240,3 +242,23 @@ def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch
     assert amp_dtype("none", cpu) is None
     with pytest.raises(SegformerError, match="CUDA"):
         amp_dtype("fp16", cpu)
+
+
+def test_eval_can_score_mirrored_masks_swapped_back(tmp_path):
+    from segformer.engine.evaluate import evaluate_model
+
+    root = write_synthetic_dataset(
+        tmp_path / "faces", num=6, size=32, seed=1, val_fraction=0.5, progress=False
+    )
+    clean = tmp_path / "clean"
+    shutil.copytree(root, clean)
+    bad = sorted((root / "val" / "masks").glob("*.png"))[0]
+    save_mask(bad, CELEBAMASK.flip_lut()[load_mask(bad, CELEBAMASK)], CELEBAMASK)  # the annotation mirrored
+    model = create_model(tiny_config("micro", num_classes=19))
+    model.meta = InferenceSettings(image_size=32, label_set="celebamask").to_dict()
+    as_is = evaluate_model(model, root, progress=False)
+    fixed = evaluate_model(model, root, progress=False, fix_mirrored=True)
+    truth = evaluate_model(model, clean, progress=False)
+    assert (as_is["mirrored_fixed"], fixed["mirrored_fixed"], truth["mirrored_fixed"]) == (0, 1, 0)
+    assert fixed["per_class"] == truth["per_class"] and fixed["ce7454_f"] == truth["ce7454_f"]
+    assert as_is["per_class"] != truth["per_class"]  # (left/right pixel counts trade places)

@@ -258,6 +258,11 @@ class TrainConfig:
     """Per-class weights of the cross entropy: ``none`` or ``sqrt_inv_freq`` (1 / sqrt of the class's
     pixel frequency in the training masks, scaled to a pixel-weighted mean of 1, at most 10; a class
     never seen weighs 1). Computed once, kept in the run's ``state.pt``."""
+    logit_adjust: float = 0.0
+    """With class weights: the classifier's bias is lowered by ``logit_adjust * log(w[c])`` in the models
+    a run validates and saves (training itself is unchanged). A cross entropy weighted by ``w`` shifts
+    every logit by ``log w[c]`` at its optimum, so up-weighted classes win more pixels than they own
+    (recall above precision); 1 takes that shift back out, 0.5 half of it (0 = off)."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""
     amp: str = "none"
@@ -298,6 +303,11 @@ class TrainConfig:
             raise SegformerError(
                 f"train.class_weight: {self.class_weight} weights the cross entropy, which "
                 f"train.loss={self.loss} does not have (use ce, ce+dice or ce+dice+boundary)"
+            )
+        if self.logit_adjust and self.class_weight == "none":
+            raise SegformerError(
+                f"train.logit_adjust={self.logit_adjust:g} takes back the shift of class weights; "
+                "set train.class_weight=sqrt_inv_freq or train.logit_adjust=0"
             )
 
 
@@ -624,6 +634,7 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "dice_classes": OneOf(DICE_CLASSES),
         "label_smoothing": _FRACTION,
         "class_weight": OneOf(CLASS_WEIGHTS),
+        "logit_adjust": _UNIT,
         "grad_clip": _NONNEG,
         "amp": OneOf(AMP_MODES),
         "ema": _FRACTION,

@@ -16,7 +16,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from .data.synthetic import generate_face
 from .errors import SegformerError
 from .fileio import atomic_dir, atomic_file, check_output_dir
 from .inference import Predictor
+from .models.registry import adjust_logits
 from .onnx import export_onnx
 from .pretrained import PRETRAINED, write_pretrained
 from .settings import InferenceSettings, model_settings
@@ -231,6 +232,7 @@ def export_pretrained(
     fp16: bool = False,
     card: bool = True,
     source: str | None = None,
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write `model` as ONE pretrained safetensors file `out` (``.safetensors``) with its `settings`
     and training record, and its model card ``out`` with ``.md`` (unless not `card`).
@@ -238,7 +240,7 @@ def export_pretrained(
     With `fp16` the weights are stored in float16 and the file is kept only if its predictions on a
     check image change the class of at most `FP16_MAX_CHANGED` of the pixels (the share is
     reported). `source` (the model directory, e.g. ``RUN/best``) locates the run's ``config.yaml``
-    for the card's recipe.
+    for the card's recipe; `flags` are further options of the card's export command.
     """
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -270,7 +272,7 @@ def export_pretrained(
     result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "fp16_changed": changed}
     if card:
         recipe = Path(source).parent / "config.yaml" if source else None
-        flags = [f"--tta {settings.tta}"] if settings.tta != "none" else []
+        flags = [*flags, *([f"--tta {settings.tta}"] if settings.tta != "none" else [])]
         if settings.postprocess != "none":
             flags.append(f"--postprocess {settings.postprocess} --min-area {settings.min_area:g}")
         flags += ["--fp16"] if fp16 else []
@@ -301,10 +303,12 @@ def export_model(
 ) -> dict[str, Any]:
     """Export `model` (a module, or anything `segformer.load` reads) in a format of `FORMATS`.
     `options` are `InferenceSettings` fields that override the model's own (``tta``,
-    ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep) or options of the exporter."""
+    ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep), options of the exporter, or
+    ``logit_adjust`` (`adjust_run_model`)."""
     if format not in FORMATS:
         raise SegformerError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     exporter, own = FORMATS[format]
+    logit_adjust = options.pop("logit_adjust", None)
     exporter_options = {k: options.pop(k) for k in own if k in options}
     fields = {f.name for f in dataclasses.fields(InferenceSettings)}
     unknown = sorted(set(options) - fields)
@@ -312,16 +316,46 @@ def export_model(
         raise SegformerError(f"export {format}: unknown option(s) {', '.join(unknown)}")
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     source = str(model) if isinstance(model, (str, Path)) else None
+    if logit_adjust:
+        adjust_run_model(torch_model, source, logit_adjust)
+        if format == "pretrained":
+            exporter_options["flags"] = [f"--logit-adjust {logit_adjust:g}"]
     if "source" in own:  # exporters that describe where the model came from
         exporter_options.setdefault("source", source)
     settings = model_settings(torch_model, None, source, **options)
     return exporter(torch_model, out, settings=settings, **exporter_options)
 
 
+def adjust_run_model(model: nn.Module, source: str | None, strength: float) -> None:
+    """Adjust the logits of `model`, loaded from the model directory `source` of a run (``RUN/best``),
+    for the class weights the run trained with (``RUN/state.pt``), as ``train.logit_adjust`` does
+    for runs trained with it (`segformer.models.registry.adjust_logits`)."""
+    meta = getattr(model, "meta", None)
+    if meta is None or source is None or not (Path(source) / "config.json").is_file():
+        raise SegformerError(
+            f"{source or 'the model'}: --logit-adjust takes a model directory of a run (RUN/best)"
+        )
+    if meta.get("logit_adjust"):
+        raise SegformerError(
+            f"{source}: its logits are already adjusted (logit_adjust {meta['logit_adjust']:g})"
+        )
+    state = Path(source).parent / "state.pt"
+    if not state.is_file():
+        raise SegformerError(f"{state}: not found; --logit-adjust reads the class weights a run trained with")
+    weight = torch.load(state, map_location="cpu", weights_only=True).get("class_weight")
+    if weight is None:
+        raise SegformerError(
+            f"{state}: the run trained without class weights (train.class_weight); nothing to adjust"
+        )
+    adjust_logits(model, weight, strength)
+    meta["logit_adjust"] = strength
+
+
 __all__ = [
     "CE7454_BUDGET",
     "FORMATS",
     "FP16_MAX_CHANGED",
+    "adjust_run_model",
     "export_ce7454",
     "export_model",
     "export_pretrained",

@@ -92,7 +92,7 @@ def bench_train_end_to_end(
     augment: str | None = None,
     workers: int | None = None,
     threads: int = 2,
-    steps: int = 10,
+    steps: int | None = None,
     warmup: int = 1,
     rounds: int = 3,
     device: str = "cpu",
@@ -101,10 +101,13 @@ def bench_train_end_to_end(
 ) -> Report:
     """Images/s of `segformer train`'s step fed by its real data pipeline (the run's loader, workers
     and augmentation, from the dataset at `data`) against the same step on one batch already in
-    memory (the bare step), in blocks of `steps` steps, alternating; the ratio is end to end / bare.
+    memory (the bare step), in blocks of `steps` steps (default: one epoch), alternating; the ratio
+    is end to end / bare.
 
-    Each end-to-end block starts a new epoch of the loader, so it pays for filling the pipeline as
-    every epoch of training does. `overrides` are dotted recipe keys (``{"train.amp": "bf16"}``).
+    Each end-to-end block starts fresh workers on an empty pipeline and stops them at its end, so
+    they take nothing from the bare blocks; a run pays that start once (its batches stream from epoch
+    to epoch), a block once per `steps`, which makes the ratio a lower bound. `overrides` are dotted
+    recipe keys (``{"train.amp": "bf16"}``).
     """
     torch.set_num_threads(threads)
     if tune:
@@ -125,13 +128,20 @@ def bench_train_end_to_end(
     learner = build_learner(model, cfg.train, train_data, dev)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loader, sampler = train_loader(
-        train_data.train, batch, cfg.data.workers, dev, cfg.train.seed, generator, train_data.collate
+        train_data.train,
+        batch,
+        cfg.data.workers,
+        dev,
+        cfg.train.seed,
+        generator,
+        train_data.collate,
+        persistent=False,
     )
     if len(loader) < 1:
         raise SegformerError(
             f"{data}: {len(train_data.train)} training images are fewer than one batch of {batch}"
         )
-    steps = min(steps, len(loader))
+    steps = len(loader) if steps is None else steps
     fixed = next(iter(loader))
     epoch = iter(range(1, 1 << 30))
 
@@ -141,6 +151,7 @@ def bench_train_end_to_end(
         for _ in range(steps):
             learner.step(batches, 1)
         _sync(dev)
+        del batches  # (its workers end here)
 
     def bare() -> None:
         for _ in range(steps):

@@ -61,7 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--workers", type=nonneg_int, help="DataLoader workers for --end-to-end (default: the recipe's)"
     )
     p.add_argument(
-        "--steps", type=positive_int, default=10, help="steps per timed block, --end-to-end (default 10)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="steps per timed block, --end-to-end (default: one epoch of the data)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_threads_option(p)
@@ -81,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.end_to_end:
         if args.mode != "train" or not args.data:
             raise SegformerError("--end-to-end needs --mode train and --data ROOT")
-        if len(args.size) != 1 or args.steps < 1:
-            raise SegformerError("--end-to-end takes one square --size S and --steps >= 1")
+        if len(args.size) != 1:
+            raise SegformerError("--end-to-end takes one square --size S")
         report = bench_train_end_to_end(
             args.model, args.data, args.size[0], args.batch_size or 16, recipe=args.config,
             augment=args.augment, workers=args.workers, threads=torch.get_num_threads(), steps=args.steps,

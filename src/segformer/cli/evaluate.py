@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
     )
     add_postprocess_options(p)
+    p.add_argument(
+        "--fix-mirrored",
+        action="store_true",
+        help="score masks whose every left/right pair is on the wrong side (mirrored annotations) with "
+        "the sides swapped back, as training validates with data.fix_mirrored (default: as on disk)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
@@ -56,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
         postprocess=args.postprocess,
         min_area=args.min_area,
+        fix_mirrored=args.fix_mirrored,
     )
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
-        print(f"{args.model} on {args.data} [{args.split}], tta={scores['tta']}, {scores['img_size']}px")
+        fixed = f", {scores['mirrored_fixed']} mirrored masks swapped back" if args.fix_mirrored else ""
+        print(
+            f"{args.model} on {args.data} [{args.split}], tta={scores['tta']}, {scores['img_size']}px{fixed}"
+        )
         print(format_per_class(scores))
     return 0

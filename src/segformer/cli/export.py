@@ -67,6 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pretrained: store float16 weights (refused if a check image's masks change by over 0.5%%)",
     )
+    p.add_argument(
+        "--logit-adjust",
+        type=unit_interval,
+        metavar="S",
+        help="lower each class's logit by S x log(its class weight), the weights the run trained with "
+        "(RUN/state.pt): what train.logit_adjust does for runs trained with it (MODEL: RUN/best)",
+    )
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         options = {"fp16": args.fp16}
     else:
         options = {"budget": None if args.no_budget_check else CE7454_BUDGET}
+    if args.logit_adjust:
+        options["logit_adjust"] = args.logit_adjust
     result = export_model(args.model, args.out, args.format, **settings, **options)
     if args.format == "onnx":
         checks = ", ".join(f"{k}: {v:.2g}" for k, v in result["max_abs_diff"].items()) or "not checked"

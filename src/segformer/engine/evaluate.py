@@ -21,7 +21,7 @@ from ..errors import SegformerError
 from ..metrics import SegmentationMetrics
 from ..ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
 from ..settings import InferenceSettings
-from .data import background_of
+from .data import background_of, mark_mirrored
 
 
 def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
@@ -126,10 +126,13 @@ def evaluate_model(
     progress: bool = True,
     postprocess: str | None = None,
     min_area: float | None = None,
+    fix_mirrored: bool = False,
 ) -> dict[str, Any]:
     """Score a trained model on a dataset split. The working size, mode, TTA, normalisation, label set
     and post-processing come from the model's `InferenceSettings` unless given; the hold-out split from
-    what training recorded in ``model.meta["data"]``."""
+    what training recorded in ``model.meta["data"]``. With `fix_mirrored`, masks whose every left/right
+    pair lies on the wrong side are scored swapped back (as a run with ``data.fix_mirrored`` validates);
+    ``scores["mirrored_fixed"]`` counts them."""
     meta = getattr(model, "meta", None) or {}
     settings = InferenceSettings.from_meta(meta).replace(
         image_size=img_size, eval_mode=eval_mode, tta=tta, postprocess=postprocess, min_area=min_area
@@ -149,6 +152,7 @@ def evaluate_model(
         mean=settings.mean,
         std=settings.std,
     )
+    fixed = mark_mirrored(ds) if fix_mirrored else 0
     ls = get_label_set(ds.label_set)
     if model.config.num_classes != ls.num_classes:
         raise SegformerError(
@@ -180,6 +184,7 @@ def evaluate_model(
             "img_size": size,
             "eval_mode": eval_mode,
             "postprocess": settings.postprocess,
+            "mirrored_fixed": fixed,
         }
     )
     return scores

@@ -47,6 +47,7 @@ from ..devices import has_fast_bf16, resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_file, check_output_dir, write_json, write_text
 from ..models import build_model
+from ..models.registry import adjust_logits, final_classifier
 from ..ops import flip_permutation
 from ..runtime import tune_cpu_allocator
 from ..settings import InferenceSettings
@@ -135,22 +136,34 @@ class RepeatFactorSampler(Sampler[int]):
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """The indices of `base` for the current epoch as ``(epoch, index)`` pairs, after skipping the
-    first `skip` (to resume inside an epoch). The epoch travels with every index, so DataLoader
-    workers that live across epochs augment each sample with its own epoch's randomness."""
+    """The indices of `base` as ``(epoch, index)`` pairs: epoch `epoch` after skipping its first
+    `skip` (to resume inside an epoch), then every following epoch, without end. Each epoch gives
+    its first `take` indices (the whole optimizer steps it holds; default: all of them), so no
+    batch mixes two epochs.
 
-    def __init__(self, base: DistributedSampler | RepeatFactorSampler) -> None:
+    One iteration thus feeds a whole run: the DataLoader workers prepare the next epoch's first
+    batches while the current one ends (and while it is evaluated), instead of starting from an empty
+    pipeline at every epoch. The epoch travels with every index, so workers that live across epochs
+    augment each sample with its own epoch's randomness."""
+
+    def __init__(self, base: DistributedSampler | RepeatFactorSampler, take: int | None = None) -> None:
         self.base, self.epoch, self.skip = base, 0, 0
+        self.take = len(base) if take is None else min(take, len(base))
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.base.set_epoch(epoch)
+        """Where the next iteration starts."""
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, i) for i in itertools.islice(iter(self.base), self.skip, None))
+        epoch, skip = self.epoch, self.skip
+        while self.take > 0:
+            self.base.set_epoch(epoch)
+            yield from ((epoch, i) for i in itertools.islice(iter(self.base), skip, self.take))
+            epoch, skip = epoch + 1, 0
 
     def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
+        """The indices left in the first epoch (iteration goes on into the following ones)."""
+        return max(0, self.take - self.skip)
 
 
 class EpochDataset(Dataset):
@@ -177,11 +190,15 @@ def train_loader(
     generator: torch.Generator,
     collate: Callable[[list], Any] = collate_batch,
     factors: np.ndarray | None = None,
+    accum: int = 1,
+    persistent: bool = True,
 ) -> tuple[DataLoader, EpochSampler]:
     """The loader of a run's training set (this process's shard, `micro` images per batch, stacked by
-    `collate`: `TrainData.collate`) and its sampler, on which `set_epoch` selects the epoch; its
-    workers persist across epochs. With repeat `factors` (one per image) an epoch repeats images
-    (`RepeatFactorSampler`); otherwise it is one shuffled pass."""
+    `collate`: `TrainData.collate`) and its sampler, on which `set_epoch` selects where iteration
+    starts. One iteration runs through epoch after epoch (`EpochSampler`), each cut to whole
+    optimizer steps of `accum` micro-batches. With repeat `factors` (one per image) an epoch repeats
+    images (`RepeatFactorSampler`); otherwise it is one shuffled pass. The workers persist across
+    iterations unless `persistent` is False (they then end with their iterator)."""
     world, rank = distributed.world_size(), distributed.rank()
     base: DistributedSampler | RepeatFactorSampler
     if factors is not None:
@@ -192,7 +209,7 @@ def train_loader(
         base = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
-    sampler = EpochSampler(base)
+    sampler = EpochSampler(base, len(base) // (micro * accum) * micro * accum)
     loader = DataLoader(
         EpochDataset(dataset),
         batch_size=micro,
@@ -202,7 +219,7 @@ def train_loader(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         generator=generator,  # keeps DataLoader from drawing on the global RNG
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
     )
     return loader, sampler
 
@@ -521,7 +538,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
     generator = torch.Generator().manual_seed(tc.seed)
     factors = repeat_factors(data.class_pixels, cfg.data.repeat_factor) if cfg.data.repeat_factor else None
     loader, sampler = train_loader(
-        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate, factors
+        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate, factors, tc.grad_accum
     )
     val_loader = eval_loader(data.val, micro, cfg.data.workers, generator)
     steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
@@ -565,13 +582,13 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         st.stopped = "epochs done"
     if not st.stopped and saved and distributed.any_process(clock.out_of_time(0.0)):
         st.stopped = f"time budget of {tc.max_minutes:g} minutes"
+    # one stream of batches for the whole run, from where it stands (`EpochSampler`)
+    sampler.set_epoch(st.epoch, skip=st.step_in_epoch * tc.batch_size)
+    batches = iter(loader)
     while not st.stopped:
         # -- train one epoch (or what is left of it)
-        sampler.set_epoch(st.epoch, skip=st.step_in_epoch * tc.batch_size)
         try:
-            stats = train_one_epoch(
-                learner, iter(loader), st, tc, steps_per_epoch, schedule, clock, show, length
-            )
+            stats = train_one_epoch(learner, batches, st, tc, steps_per_epoch, schedule, clock, show, length)
         except TrainingDiverged as err:
             raise SegformerError(
                 f"{err}; lower train.lr (now {tc.lr:g}) or check the data. "
@@ -852,46 +869,67 @@ def evaluate_and_checkpoint(
     progress: bool,
 ) -> dict[str, Any]:
     """Score the model (its EMA when one is kept) on the validation set; save last/, and best/ with
-    best_scores.json when the monitored score improved. Returns all scores."""
+    best_scores.json when the monitored score improved. Returns all scores. With
+    ``train.logit_adjust``, the model is scored and saved with its logits adjusted for the class
+    weights (`adjust_logits`); the weights it trains on stay as they are."""
     tc = cfg.train
     model = learner.ema.module if learner.ema is not None else learner.model
-    start = time.perf_counter()
-    scores = evaluate(
-        model, loader, data.label_set.num_classes,
-        ignore_index=data.label_set.ignore_index, background=data.background,
-        class_names=list(data.label_set.class_names), tta=tc.eval_tta,
-        flip_perm=flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes),
-        device=learner.device, amp_dtype=learner.dtype, progress=progress,
-        desc=f"eval {format_epoch(record['epoch'])}",
-    )  # fmt: skip
-    st.eval_cost = time.perf_counter() - start
-    st.eval_seconds += st.eval_cost
-    st.last_eval_epoch = st.epoch
-    record["val"] = json_safe({k: v for k, v in scores.items() if k != "per_class"})
-    record["eval_seconds"] = st.eval_cost
-    score = scores[tc.monitor]
-    improved = math.isfinite(score) and score > st.best_score  # NaN never improves
-    if improved:
-        st.best_score, st.best_epoch, st.bad_evals = score, st.epoch, 0
-    else:
-        st.bad_evals += 1
-    if distributed.is_main():
-        settings = InferenceSettings(
-            image_size=cfg.data.img_size, label_set=data.label_set, **data.preprocess
-        )
-        meta = {
-            **settings.to_dict(),
-            "data": {
-                "kind": cfg.data.kind,
-                "val_fraction": cfg.data.val_fraction,
-                "split_seed": cfg.data.split_seed,
-            },
-        }
-        save_model(model, run.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]})
+    with logit_adjusted(model, _class_weight(learner), tc.logit_adjust):
+        start = time.perf_counter()
+        scores = evaluate(
+            model, loader, data.label_set.num_classes,
+            ignore_index=data.label_set.ignore_index, background=data.background,
+            class_names=list(data.label_set.class_names), tta=tc.eval_tta,
+            flip_perm=flip_permutation(data.label_set.flip_pairs, data.label_set.num_classes),
+            device=learner.device, amp_dtype=learner.dtype, progress=progress,
+            desc=f"eval {format_epoch(record['epoch'])}",
+        )  # fmt: skip
+        st.eval_cost = time.perf_counter() - start
+        st.eval_seconds += st.eval_cost
+        st.last_eval_epoch = st.epoch
+        record["val"] = json_safe({k: v for k, v in scores.items() if k != "per_class"})
+        record["eval_seconds"] = st.eval_cost
+        score = scores[tc.monitor]
+        improved = math.isfinite(score) and score > st.best_score  # NaN never improves
         if improved:
-            save_model(model, run.best, meta={**meta, "epoch": st.epoch, "scores": record["val"]})
-            write_json(run.best_scores, json_safe({"epoch": st.epoch, **scores}))
+            st.best_score, st.best_epoch, st.bad_evals = score, st.epoch, 0
+        else:
+            st.bad_evals += 1
+        if distributed.is_main():
+            settings = InferenceSettings(
+                image_size=cfg.data.img_size, label_set=data.label_set, **data.preprocess
+            )
+            meta = {
+                **settings.to_dict(),
+                "data": {
+                    "kind": cfg.data.kind,
+                    "val_fraction": cfg.data.val_fraction,
+                    "split_seed": cfg.data.split_seed,
+                },
+                **({"logit_adjust": tc.logit_adjust} if tc.logit_adjust else {}),
+            }
+            save_model(model, run.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]})
+            if improved:
+                save_model(model, run.best, meta={**meta, "epoch": st.epoch, "scores": record["val"]})
+                write_json(run.best_scores, json_safe({"epoch": st.epoch, **scores}))
     return scores
+
+
+@contextmanager
+def logit_adjusted(model: nn.Module, weight: Tensor | None, strength: float) -> Iterator[None]:
+    """`model` with its logits adjusted for the class weights `weight` (`adjust_logits`) inside the
+    block; its classifier's bias is restored exactly afterwards."""
+    if not strength or weight is None:
+        yield
+        return
+    bias = final_classifier(model).bias
+    saved = bias.detach().clone()
+    adjust_logits(model, weight, strength)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
 
 
 def log_epoch(

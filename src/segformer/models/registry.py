@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..config import (
     ModelConfig,
@@ -19,6 +20,7 @@ from ..config import (
     register_arch,
     register_model,
 )
+from ..errors import SegformerError
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -43,9 +45,34 @@ def create_model(name: str | ModelConfig, num_classes: int | None = None, **over
     return build_model(get_config(name, num_classes, **overrides))
 
 
+def final_classifier(model: nn.Module) -> nn.Conv2d:
+    """The 1x1 convolution that turns a model's features into class logits (``decoder.classifier``
+    of the SegFormer family, ``classifier`` of the U-Net)."""
+    classifier = getattr(getattr(model, "decoder", model), "classifier", None)
+    if not isinstance(classifier, nn.Conv2d) or classifier.bias is None:
+        raise SegformerError(f"{type(model).__name__} has no final classifier with a bias")
+    return classifier
+
+
+def adjust_logits(model: nn.Module, weight: Tensor, strength: float) -> None:
+    """Lower `model`'s logit of class c by ``strength * log(weight[c])``, in its classifier's bias.
+
+    A cross entropy weighted by ``weight`` shifts each logit by ``log weight[c]`` at its optimum, so
+    the classes it up-weights win more pixels than they own (recall above precision); `strength` 1
+    takes that shift back out (post-hoc logit adjustment), 0.5 half of it.
+    """
+    bias = final_classifier(model).bias
+    if weight.shape != bias.shape:
+        raise SegformerError(f"{len(weight)} class weights for a model of {len(bias)} classes")
+    with torch.no_grad():
+        bias.sub_(strength * torch.log(weight.to(bias.device, torch.float32)).to(bias.dtype))
+
+
 __all__ = [
+    "adjust_logits",
     "build_model",
     "create_model",
+    "final_classifier",
     "get_config",
     "list_models",
     "model_description",
