@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segformer import SegformerError
+from segformer import SegformerError, create_model
 from segformer.cli import main
 from segformer.config import DataConfig, load_recipe, parse_overrides
 from segformer.data.balance import (
@@ -29,6 +29,8 @@ from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.data import build_train_data
 from segformer.engine.losses import SegmentationLoss, boundary_pixels
 from segformer.engine.train import EpochSampler, RepeatFactorSampler
+
+from conftest import tiny_config
 
 TINY_MODEL = {
     "embed_dims": [8, 8, 16, 16],
@@ -409,13 +411,18 @@ def test_logit_adjust_shifts_the_saved_classifier_and_leaves_training_alone(face
     assert "its logits are already adjusted (logit_adjust 0.5)" in capsys.readouterr().err
 
 
-def test_logit_adjust_needs_class_weights():
-    base = load_recipe("microsegformer-seed")
-    with pytest.raises(
-        SegformerError, match=r"^train\.logit_adjust=0\.5 takes back the shift of class weights"
-    ):
-        base.override({"train.logit_adjust": 0.5})
-    assert (
-        base.override({"train.logit_adjust": 0.5, "train.class_weight": "sqrt_inv_freq"}).train.logit_adjust
-        == 0.5
-    )
+def test_logit_adjust_without_class_weights_changes_nothing():
+    from segformer.engine.train import logit_adjusted
+
+    model = create_model(tiny_config("micro", num_classes=19))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with logit_adjusted(model, None, 0.5):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k])
+    weight = torch.linspace(0.5, 4.0, 19)
+    with logit_adjusted(model, weight, 0.5):
+        shifted = model.decoder.classifier.bias.detach().clone()
+    torch.testing.assert_close(shifted, before["decoder.classifier.bias"] - 0.5 * torch.log(weight))
+    assert torch.equal(model.decoder.classifier.bias, before["decoder.classifier.bias"])  # restored exactly
+    cfg = load_recipe("microsegformer-celebamask").override({"train.class_weight": "none"})
+    assert cfg.train.logit_adjust == 0.5  # (a no-op there, not an error: ablations turn weights off)

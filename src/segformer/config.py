@@ -262,7 +262,8 @@ class TrainConfig:
     """With class weights: the classifier's bias is lowered by ``logit_adjust * log(w[c])`` in the models
     a run validates and saves (training itself is unchanged). A cross entropy weighted by ``w`` shifts
     every logit by ``log w[c]`` at its optimum, so up-weighted classes win more pixels than they own
-    (recall above precision); 1 takes that shift back out, 0.5 half of it (0 = off)."""
+    (recall above precision); 1 takes that shift back out, 0.5 half of it (0 = off; no effect without
+    class weights)."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = off)."""
     amp: str = "none"
@@ -303,11 +304,6 @@ class TrainConfig:
             raise SegformerError(
                 f"train.class_weight: {self.class_weight} weights the cross entropy, which "
                 f"train.loss={self.loss} does not have (use ce, ce+dice or ce+dice+boundary)"
-            )
-        if self.logit_adjust and self.class_weight == "none":
-            raise SegformerError(
-                f"train.logit_adjust={self.logit_adjust:g} takes back the shift of class weights; "
-                "set train.class_weight=sqrt_inv_freq or train.logit_adjust=0"
             )
 
 

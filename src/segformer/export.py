@@ -349,6 +349,7 @@ def adjust_run_model(model: nn.Module, source: str | None, strength: float) -> N
         )
     adjust_logits(model, weight, strength)
     meta["logit_adjust"] = strength
+    meta.pop("scores", None)  # the run's record scored the model before the adjustment
 
 
 __all__ = [

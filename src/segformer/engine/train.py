@@ -874,7 +874,8 @@ def evaluate_and_checkpoint(
     weights (`adjust_logits`); the weights it trains on stay as they are."""
     tc = cfg.train
     model = learner.ema.module if learner.ema is not None else learner.model
-    with logit_adjusted(model, _class_weight(learner), tc.logit_adjust):
+    weight = _class_weight(learner)
+    with logit_adjusted(model, weight, tc.logit_adjust):
         start = time.perf_counter()
         scores = evaluate(
             model, loader, data.label_set.num_classes,
@@ -906,7 +907,7 @@ def evaluate_and_checkpoint(
                     "val_fraction": cfg.data.val_fraction,
                     "split_seed": cfg.data.split_seed,
                 },
-                **({"logit_adjust": tc.logit_adjust} if tc.logit_adjust else {}),
+                **({"logit_adjust": tc.logit_adjust} if tc.logit_adjust and weight is not None else {}),
             }
             save_model(model, run.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]})
             if improved:
