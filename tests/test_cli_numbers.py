@@ -22,6 +22,7 @@ ZERO_IS_VALID = {
     ("demo", "--seed"),
     ("eval", "--min-area"),  # removes nothing
     ("eval", "--workers"),
+    ("export", "--logit-adjust"),  # no adjustment
     ("export", "--min-area"),
     ("predict", "--min-area"),
     ("experiment", "--seed"),

@@ -71,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--logit-adjust",
         type=unit_interval,
         metavar="S",
-        help="lower each class's logit by S x log(its class weight), the weights the run trained with "
-        "(RUN/state.pt): what train.logit_adjust does for runs trained with it (MODEL: RUN/best)",
+        help="lower each class's logit by S x log(its class weight) (0: no change), the weights the run "
+        "trained with (RUN/state.pt), as train.logit_adjust does for runs trained with it (MODEL: RUN/best)",
     )
     add_threads_option(p)
     p.set_defaults(func=run)
