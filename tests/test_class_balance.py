@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segformer import SegformerError, create_model
+from segformer import InferenceSettings, SegformerError, create_model
 from segformer.cli import main
 from segformer.config import DataConfig, load_recipe, parse_overrides
 from segformer.data.balance import (
@@ -426,3 +426,30 @@ def test_logit_adjust_without_class_weights_changes_nothing():
     assert torch.equal(model.decoder.classifier.bias, before["decoder.classifier.bias"])  # restored exactly
     cfg = load_recipe("microsegformer-celebamask").override({"train.class_weight": "none"})
     assert cfg.train.logit_adjust == 0.5  # (a no-op there, not an error: ablations turn weights off)
+
+
+def test_train_tta_is_what_the_saved_models_predict_with(faces, tmp_path):
+    from segformer.checkpoint import load
+    from segformer.engine.evaluate import evaluate_model
+
+    sets = [f"model.{k}={json.dumps(v)}" for k, v in TINY_MODEL.items()]
+    sets += ["data.augment=none", "train.tta=flip"]
+    args = ["--data", str(faces), "--img-size", "32", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+    run = tmp_path / "run"
+    assert main(["train", *args, *[x for s in sets for x in ("--set", s)], "--out", str(run), "--quiet"]) == 0
+    model = load(run / "best")
+    assert InferenceSettings.from_meta(model.meta).tta == "flip"
+    assert json.loads((run / "best" / "config.json").read_text())["meta"]["tta"] == "flip"
+    # the run's validation did not use it: it logged the score without TTA
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]["ce7454_f"]
+    assert logged == pytest.approx(evaluate_model(model, faces, progress=False, tta="none")["ce7454_f"])
+    torch.manual_seed(0)  # weights whose masks are far from mirror-symmetric, so TTA changes the score
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    default, flip, plain = (
+        evaluate_model(model, faces, progress=False, **kw)["ce7454_f"]
+        for kw in ({}, {"tta": "flip"}, {"tta": "none"})
+    )
+    assert default == flip  # eval scores a model with its own TTA unless told otherwise
+    assert plain != flip  # (so the check above can tell the two apart)

@@ -63,3 +63,44 @@ def test_cli_applies_threads_before_the_command(monkeypatch):
     monkeypatch.setattr("segformer.cli.evaluate.run", lambda args: seen.append(torch.get_num_threads()) or 0)
     assert main(["eval", "some-model", "--data", "x", "--threads", "1"]) == 0
     assert seen == [1]
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "device", "expected"),
+    [
+        (2, 2, "cpu", 0),  # 2 cores filled by 2 compute threads: a worker would preempt them
+        (2, 1, "cpu", 1),
+        (8, 4, "cpu", 4),
+        (16, 2, "cpu", 4),  # at most 4
+        (1, 1, "cuda", 1),
+        (2, 2, "cuda", 1),
+        (16, 16, "cuda", 4),
+    ],
+)
+def test_auto_workers_use_the_cores_the_compute_threads_leave(monkeypatch, cores, threads, device, expected):
+    monkeypatch.setattr(runtime, "available_cores", lambda: cores)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert runtime.auto_workers(None, device) == expected
+        assert runtime.auto_workers(3, device) == 3  # a number given is used as given
+        assert runtime.auto_workers(0, device) == 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_workers_auto_is_the_default_and_reads_from_yaml_and_the_command_line(tmp_path, monkeypatch):
+    from segformer.cli import build_parser
+    from segformer.config import RunConfig, load_recipe
+
+    recipe = load_recipe("microsegformer-celebamask")
+    assert recipe.data.workers is None  # auto
+    assert recipe.override({"data.workers": "auto"}).data.workers is None
+    assert recipe.override({"data.workers": 3}).data.workers == 3
+    with pytest.raises(SegformerError, match=r"^data\.workers: expected int, got 'many'$"):
+        recipe.override({"data.workers": "many"})
+    saved = RunConfig.from_dict(recipe.to_dict())  # what a run folder's config.yaml holds
+    assert saved.data.workers is None
+    args = build_parser().parse_args(["train", "--synthetic", "8", "--workers", "auto"])
+    assert args.workers == "auto"
+    assert build_parser().parse_args(["train", "--synthetic", "8", "--workers", "2"]).workers == 2

@@ -187,8 +187,11 @@ class DataConfig:
     """Hold-out fraction of train when the dataset has no val split."""
     split_seed: int = 0
     """Seed of the hold-out split (the same stems for the same seed)."""
-    workers: int = 2
-    """DataLoader worker processes (0 = load in the training process)."""
+    workers: int | None = None
+    """DataLoader worker processes (0 = load in the training process); None (``auto`` on the command
+    line or in YAML): as many as the cores left over by the compute threads allow, up to 4, on a CPU
+    (none on 2 cores, where a worker preempts the compute threads), up to 4 feeding a GPU
+    (`segformer.runtime.auto_workers`)."""
     cache: bool = True
     """Keep decoded images in memory after the first epoch when they fit (see `cache_max_gb`)."""
     cache_max_gb: float = 4.0
@@ -213,6 +216,8 @@ class DataConfig:
     times per epoch (the fraction by seeded stochastic rounding), so an epoch grows."""
 
     def __post_init__(self) -> None:
+        if self.workers == "auto":
+            object.__setattr__(self, "workers", None)
         _check_fields(self)
 
 
@@ -279,6 +284,12 @@ class TrainConfig:
     eval_every: int = 1
     """Evaluate every this many epochs (and always at the end)."""
     eval_tta: str = "none"
+    """Test-time augmentation of the validation during training: ``none``, ``flip``, ``scales`` or
+    ``flip+scales`` (each costs evaluation time the budget could train with)."""
+    tta: str = "none"
+    """Test-time augmentation the models a run saves predict with by default (their inference
+    settings: what `segformer predict`, `eval` and `export` use unless told otherwise); training and
+    its validation are unchanged."""
     monitor: str = "ce7454_f"
     """Validation score that selects the best checkpoint and drives early stopping."""
     seed: int = 0
@@ -637,6 +648,7 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "early_stop": _NONNEG,
         "eval_every": _POSITIVE,
         "eval_tta": OneOf(TTA_MODES),
+        "tta": OneOf(TTA_MODES),
         "monitor": OneOf(SCALAR_SCORES),
         "seed": _NONNEG,
         "max_minutes": Bounds(0, low_open=True),

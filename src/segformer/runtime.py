@@ -112,6 +112,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def auto_workers(requested: int | None, device: str) -> int:
+    """DataLoader workers: `requested` when given, else for a CPU run the cores the compute threads
+    leave over (at most 4; none on a 2-core machine running 2 threads, where workers preempt the compute
+    threads at every OpenMP barrier: end to end 0.79x of the bare step with 2 workers against 0.88x
+    with none, at 256² on 2 cores), and for a GPU run up to 4, keeping one core for the training loop."""
+    if requested is not None:
+        return requested
+    import torch
+
+    cores = available_cores()
+    if device == "cpu":
+        return max(0, min(4, cores - torch.get_num_threads()))
+    return max(1, min(4, cores - 1))
+
+
 def idle_cores(interval: float = 0.25) -> float | None:
     """How many cores no process used during the next `interval` seconds (this one sleeps meanwhile),
     from /proc/stat; None where that is not available. Unlike the load average (a 1-minute mean) it

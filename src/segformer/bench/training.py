@@ -20,7 +20,7 @@ from ..engine.losses import SegmentationLoss
 from ..engine.train import build_learner, model_config, train_loader
 from ..errors import SegformerError
 from ..models import build_model
-from ..runtime import tune_cpu_allocator
+from ..runtime import auto_workers, tune_cpu_allocator
 from ..summary import count_flops
 from .memory import rows_with_memory
 from .references import comparable_model, load_reference
@@ -127,10 +127,11 @@ def bench_train_end_to_end(
     model = build_model(model_config(cfg, train_data)).to(dev)
     learner = build_learner(model, cfg.train, train_data, dev)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    workers = auto_workers(cfg.data.workers, dev.type)
     loader, sampler = train_loader(
         train_data.train,
         batch,
-        cfg.data.workers,
+        workers,
         dev,
         cfg.train.seed,
         generator,
@@ -162,7 +163,7 @@ def bench_train_end_to_end(
     times = alternate({"end to end": end_to_end, "bare step": bare}, warmup, rounds)
     flops = 3 * count_flops(model, (size, size), literal=False)[""] * batch
     rows = [Row(side, statistics.median(t) / steps, batch, flops) for side, t in times.items()]  # per step
-    what = f"training end to end ({cfg.data.augment} augmentation, {cfg.data.workers} workers, {dev})"
+    what = f"training end to end ({cfg.data.augment} augmentation, {workers} workers, {dev})"
     report = Report(title(what, name, model, size, size, batch, threads), rows, peak)
     report.ratio_label = "end to end / bare step"
     report.notes.append(f"{steps} steps per block, {rounds} blocks per side, data {data}")

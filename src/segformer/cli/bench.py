@@ -11,7 +11,7 @@ from ..bench import BACKENDS, REFERENCES, bench_inference, bench_train, bench_tr
 from ..errors import SegformerError
 from ..models import list_models
 from . import add_threads_option
-from .types import nonneg_int, positive_int
+from .types import nonneg_int, positive_int, workers_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="recipe for --end-to-end (default microsegformer-celebamask)")  # fmt: skip
     p.add_argument("--augment", help="augmentation preset for --end-to-end (default: the recipe's)")
     p.add_argument(
-        "--workers", type=nonneg_int, help="DataLoader workers for --end-to-end (default: the recipe's)"
+        "--workers",
+        type=workers_count,
+        help="DataLoader workers for --end-to-end: a number or auto (default: the recipe's, auto)",
     )
     p.add_argument(
         "--steps",

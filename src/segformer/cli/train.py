@@ -10,7 +10,7 @@ from ..data.layouts import default_recipe
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
 from . import add_set_option, add_threads_option
-from .types import nonneg_int, positive_float, positive_int
+from .types import positive_float, positive_int, workers_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-minutes", type=positive_float, help="wall-clock budget; the lr schedule is fitted to it"
     )
-    p.add_argument("--workers", type=nonneg_int, help="DataLoader worker processes")
+    p.add_argument(
+        "--workers",
+        type=workers_count,
+        help="DataLoader worker processes, or auto (the recipe's default): none on a CPU whose cores "
+        "the compute threads fill (2 cores, 2 threads), otherwise the spare cores, up to 4",
+    )
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="training device (default: the recipe's, auto)"
     )

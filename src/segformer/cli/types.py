@@ -49,6 +49,16 @@ nonneg_int = int_between(0)
 """An integer >= 0 (seeds, worker processes, optional counts where 0 means none)."""
 
 
+def workers_count(text: str) -> int | str:
+    """``auto`` (chosen from the cores and the device) or a number of worker processes >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return nonneg_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer >= 0, got {text!r}") from None
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (minutes, rates)."""
     value = _float(text)

@@ -49,7 +49,7 @@ from ..fileio import atomic_file, check_output_dir, write_json, write_text
 from ..models import build_model
 from ..models.registry import adjust_logits, final_classifier
 from ..ops import flip_permutation
-from ..runtime import tune_cpu_allocator
+from ..runtime import auto_workers, tune_cpu_allocator
 from ..settings import InferenceSettings
 from .data import TrainData, build_train_data, collate_batch, to_device_batch
 from .evaluate import collate_eval, evaluate
@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = {
     "train.tensorboard",
     "train.log_every",
     "data.workers",
+    "train.tta",
 }
 EVAL_SHARE = 0.05  # most of a time budget that evaluation may take
 DIVERGED_STEPS = 10  # consecutive non-finite steps that stop a run
@@ -537,10 +538,11 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
         )
     generator = torch.Generator().manual_seed(tc.seed)
     factors = repeat_factors(data.class_pixels, cfg.data.repeat_factor) if cfg.data.repeat_factor else None
+    workers = auto_workers(cfg.data.workers, device.type)
     loader, sampler = train_loader(
-        data.train, micro, cfg.data.workers, device, tc.seed, generator, data.collate, factors, tc.grad_accum
+        data.train, micro, workers, device, tc.seed, generator, data.collate, factors, tc.grad_accum
     )
-    val_loader = eval_loader(data.val, micro, cfg.data.workers, generator)
+    val_loader = eval_loader(data.val, micro, workers, generator)
     steps_per_epoch = len(sampler.base) // (micro * tc.grad_accum)
 
     # -- model, optimizer, loss; the checkpoint of a resumed run
@@ -569,7 +571,7 @@ def _train(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, device: to
             f"{len(data.train)} images ({len(data.val)} val) at {cfg.data.img_size}px, "
             f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, batch {tc.batch_size * world}, "
             f"device {device}{f', {world} processes' if world > 1 else ''}{precision}, "
-            f"{torch.get_num_threads()} threads -> {run}"
+            f"{torch.get_num_threads()} threads, {workers} data workers -> {run}"
         )
     writer = open_tensorboard(run) if tc.tensorboard and main else None
     schedule = Schedule(tc, steps_per_epoch, clock)
@@ -898,7 +900,7 @@ def evaluate_and_checkpoint(
             st.bad_evals += 1
         if distributed.is_main():
             settings = InferenceSettings(
-                image_size=cfg.data.img_size, label_set=data.label_set, **data.preprocess
+                image_size=cfg.data.img_size, label_set=data.label_set, tta=tc.tta, **data.preprocess
             )
             meta = {
                 **settings.to_dict(),
