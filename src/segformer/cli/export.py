@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inference settings (what the package ships under a pretrained tag), and its model card "
         "(OUT with .md) filled in from the model directory's record and the run's config.yaml; "
         "the shipped face parser is made with `segformer export RUN/best --format pretrained "
-        "--out src/segformer/pretrained/microsegformer-celebamask.safetensors --tta flip --fp16`.",
+        "--out src/segformer/pretrained/microsegformer-celebamask.safetensors --tta flip+scales --fp16`.",
     )
     p.add_argument(
         "model", metavar="MODEL", help="model directory (e.g. RUN/best), pretrained tag, HF directory or .pth"
