@@ -1,7 +1,8 @@
 """Face localisation with OpenCV's Haar cascade (Viola & Jones, 2001), made rotation tolerant.
 
-The frontal cascade finds upright faces within about ±12° of roll. Faces tilted further are found by
-running it on copies of the image rotated by a few angles and mapping each box back; one face found
+The frontal cascade finds upright faces within about ±12° of roll, reliably only well inside that.
+Faces tilted further are found by running it on copies of the image rotated in steps of 12.5° and
+mapping each box back; one face found
 on several copies is kept once (greedy non-maximum suppression on the boxes in the photo, highest
 score first). The angle a face was found at is its first estimate of roll; `segformer.faces.pipeline`
 refines it from the parse (the eye line).
@@ -25,9 +26,13 @@ import numpy as np
 
 from ..errors import SegformerError
 
-DEFAULT_ANGLES = (0.0, -25.0, 25.0)
+DEFAULT_ANGLES = (0.0, -12.5, 12.5, -25.0, 25.0)
 """Rotated copies searched (degrees, counter-clockwise): with the cascade's own tolerance of about
-±12° they cover a roll of ±37°."""
+±12° they cover a roll of ±37°, each roll within about 6° of a copy's (a face midway between two
+copies 25° apart was found on neither; see docs/faces.md)."""
+MIN_NEIGHBORS = 3
+"""The cascade's `minNeighbors`: 3 rather than OpenCV's usual 4 finds small faces in clutter; the
+parser check in `segformer.faces.pipeline` removes the extra false boxes."""
 DETECT_SIDE = 640
 """The image is searched at this longest side (faces smaller than `MIN_FACE` of the shorter side
 of the image are not looked for)."""
@@ -117,7 +122,7 @@ def detect_faces(
     *,
     angles: Sequence[float] = DEFAULT_ANGLES,
     min_face: float = MIN_FACE,
-    min_neighbors: int = 4,
+    min_neighbors: int = MIN_NEIGHBORS,
     cascade: str = DEFAULT_CASCADE,
 ) -> list[Face]:
     """Every face in an (H, W, 3) uint8 RGB image, most confident first.
