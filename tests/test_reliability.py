@@ -393,6 +393,32 @@ def test_a_failed_torch_save_names_the_file_and_leaves_no_temporary(tmp_path, mo
     assert sorted(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_inside_torch_save_finishes_the_file_then_interrupts(tmp_path):
+    """Ctrl-C landing in the middle of torch.save's zip writer made it raise "unexpected pos" over the
+    interrupt: a traceback and no checkpoint. The interrupt now waits for the file to be in place."""
+    import signal
+
+    path = tmp_path / "state.pt"
+    payload = {"x": torch.arange(50_000, dtype=torch.float32)}
+    with pytest.raises(KeyboardInterrupt), atomic_file(path) as f:
+        raw, sent = f._f, []
+
+        class InterruptedOnce:  # the user presses Ctrl-C once the writer has started
+            def write(self, data):
+                if not sent:
+                    sent.append(os.kill(os.getpid(), signal.SIGINT))
+                return raw.write(data)
+
+            def __getattr__(self, name):  # flush, closed, ...: the real file's
+                return getattr(raw, name)
+
+        f._f = InterruptedOnce()
+        torch.save(payload, f)
+    assert sent and torch.equal(torch.load(path, weights_only=True)["x"], payload["x"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_new_files_and_folders_follow_the_umask(umask, model_dir, tmp_path):
     files, folders = 0o666 & ~umask, 0o777 & ~umask

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -127,11 +128,43 @@ class _RecordingFile(io.RawIOBase):
 
 
 @contextmanager
+def _interrupt_after_write() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise the `KeyboardInterrupt` it asked for.
+
+    An interrupt that lands inside a writer (`torch.save` in the middle of a zip record) would make the
+    writer raise its own confused error over it, and the run would end in a traceback instead of "interrupted"
+    with its last checkpoint complete. Writes are short, so the user waits a fraction of a second at most.
+    Only on the main thread and only while Python's own handler is installed: a program that set its own
+    SIGINT handler keeps it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed.
 
     An existing folder at `path` is never replaced (that is an error), and OS errors become
-    `SegformerError`s naming `path`."""
+    `SegformerError`s naming `path`. A Ctrl-C during the write is held until the file is in place."""
+    with _interrupt_after_write(), _atomic_path(path) as tmp:
+        yield tmp
+
+
+@contextmanager
+def _atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     make_dirs(path.parent)
     try:
