@@ -2,6 +2,7 @@
 a huge photo's memory and a still video's flicker -- each printed with its target.
 
     python benchmarks/bench_scenes.py RUN/best --calibrate          # detector on the aligned crops
+    python benchmarks/bench_scenes.py RUN/best --landmarks          # landmarks of the training masks
     python benchmarks/bench_scenes.py RUN/best --scenes 30          # CE7454 ratio, false positives
     python benchmarks/bench_scenes.py RUN/best --aligned --huge --video
 
@@ -63,6 +64,27 @@ def calibrate(root: Path) -> None:
     print(f"parsed whole (one upright face, its crop about the image): {whole}/{len(files)}")
     for name, m, lo, hi in zip(("scale", "dx", "dy"), med, q1, q3, strict=True):
         print(f"  framing {name}: median {m:.3f} (quartiles {lo:.3f} .. {hi:.3f})")
+
+
+def landmarks(root: Path, val_fraction: float, split_seed: int) -> None:
+    """Median position of each landmark (`segformer.faces.landmarks.CANONICAL`) over the training
+    masks, and the spread about it; the validation split is left out."""
+    from segformer.data.io import load_mask
+    from segformer.faces.landmarks import CANONICAL, find_landmarks
+
+    stems = sorted(p.stem for p in (root / "train" / "images").iterdir())
+    train, _ = holdout_stems(stems, val_fraction, split_seed)
+    points: dict[str, list[tuple[float, float]]] = {k: [] for k in CANONICAL}
+    for stem in train:
+        for name, p in find_landmarks(
+            load_mask(root / "train" / "masks" / f"{stem}.png", "celebamask")
+        ).items():
+            points[name].append(p)
+    print(f"landmarks of {len(train)} training masks (x, y in crop sides):")
+    for name, v in points.items():
+        a = np.array(v)
+        (mx, my), (sx, sy) = np.median(a, 0), a.std(0)
+        print(f"  {name}: ({mx:.4f}, {my:.4f})  found in {len(a)}, std ({sx:.4f}, {sy:.4f})")
 
 
 def aligned(predictor, samples) -> None:
@@ -175,6 +197,7 @@ def main() -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--faces", type=int, default=None, help="use only the first N validation faces")
     p.add_argument("--calibrate", action="store_true")
+    p.add_argument("--landmarks", action="store_true")
     p.add_argument("--scenes", type=int, default=0, help="compose and score this many scenes")
     p.add_argument("--aligned", action="store_true")
     p.add_argument("--huge", action="store_true")
@@ -192,6 +215,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.calibrate:
         calibrate(args.root)
+    if args.landmarks:
+        landmarks(args.root, args.val_fraction, args.split_seed)
     predictor = Predictor(args.model)
     samples = (
         val_samples(args.root, args.faces, args.val_fraction, args.split_seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -300,7 +301,11 @@ class PaletteModel(nn.Module):
         return -((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
 
 
-def draw_face(image: np.ndarray, face: Face) -> np.ndarray:
+PARTS = ((2, (49.5, 60, 4)), (4, (38, 48, 3)), (5, (61, 48, 3)), (6, (38, 40, 2)), (7, (61, 40, 2)))
+"""(class, (x, y, radius)) of the parts of `draw_face`, in a 100 x 100 training crop."""
+
+
+def draw_face(image: np.ndarray, face: Face, parts=PARTS) -> np.ndarray:
     """A schematic face in palette colours (skin, nose, eyes, brows) inside `face`'s crop; returns the
     class ids drawn."""
     ids = np.zeros(image.shape[:2], np.uint8)
@@ -308,13 +313,7 @@ def draw_face(image: np.ndarray, face: Face) -> np.ndarray:
     centre = apply(m, np.array([[49.5, 55.0]]))[0]
     axes = (round(face.size * 0.45), round(face.size * 0.6))
     cv2.ellipse(ids, tuple(int(v) for v in centre.round()), axes, -face.angle, 0, 360, 1, -1)
-    for k, (x, y, r) in (
-        (2, (49.5, 60, 4)),
-        (4, (38, 48, 3)),
-        (5, (61, 48, 3)),
-        (6, (38, 40, 2)),
-        (7, (61, 40, 2)),
-    ):
+    for k, (x, y, r) in parts:
         p = apply(m, np.array([[x, y]]))[0].round().astype(int)
         cv2.circle(ids, tuple(int(v) for v in p), round(r * face.size * 1.547 / 100), k, -1)
     palette = np.array(get_label_set("celebamask").palette, np.uint8)
@@ -412,3 +411,25 @@ def test_a_false_box_covering_the_image_is_checked_like_any_other(monkeypatch):
     face = np.zeros((200, 200, 3), np.uint8)
     draw_face(face, box)
     assert parse_faces(p, face).whole_image
+
+
+def test_a_box_whose_parts_are_out_of_place_is_not_a_face(monkeypatch):
+    """Clutter that a parser labels as skin, nose, eyes and brows, with the parts in the wrong places,
+    passed the old check (skin and three of four parts); the landmark check drops it unless the
+    detector is sure of the box."""
+    from segformer.faces import pipeline
+    from segformer.faces.pipeline import SURE
+
+    real, false = Face(110, 130, 100, 0.0, 5.0), Face(370, 130, 100, 0.0, 5.0)
+    photo = np.zeros((260, 480, 3), np.uint8)
+    draw_face(photo, real)
+    scattered = ((2, (49.5, 35, 4)), (4, (30, 70, 3)), (5, (75, 62, 3)), (6, (45, 80, 2)), (7, (66, 30, 2)))
+    draw_face(photo, false, parts=scattered)
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask", faces=True)
+    for score, kept in ((5.0, 1), (SURE, 2)):
+        boxes = [real, replace(false, score=score)]
+        monkeypatch.setattr(pipeline, "detect_faces", lambda image, boxes=boxes, **kw: boxes)
+        result = parse_faces(p, photo)
+        assert len(result.faces) == kept
+        assert abs(result.faces[0].cx - real.cx) < 5 and (result.ids[:, :230] != 0).any()
+        assert (result.ids[:, 250:] != 0).any() == (kept == 2)

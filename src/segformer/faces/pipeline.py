@@ -29,6 +29,7 @@ from torch import Tensor
 from ..ops import class_ids, predict_batch
 from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
 from .detect import Face, detect_faces, iou
+from .landmarks import parse_fit
 
 TILE = 1024
 """Side of the tiles the probabilities are pasted back in (memory: K x TILE² floats per face)."""
@@ -236,6 +237,25 @@ def looks_like_a_crop(ids: np.ndarray) -> bool:
     return bool(counts[1] >= CROP_SKIN * total and parts >= 3)
 
 
+SURE = 20.0
+"""Detector score (`Face.score`) from which a box needs no landmark check: on the development scenes
+(seeds 2-5) no box on clutter that the parser took for a face scored above 17, while true faces that
+this parser parses poorly (their landmarks off) scored up to 40 (see docs/faces.md)."""
+
+
+def looks_like_a_face(ids: np.ndarray, score: float = 0.0) -> bool:
+    """The check for a detector's box of detector `score`, from its parse `ids`: `looks_like_a_crop`
+    and, unless the detector is sure (`SURE`), its eyes, brows, nose and mouth where a face's are
+    (their centres fit the training framing's: `landmarks.Fit.plausible`). A parser trained on faces
+    labels clutter as skin and parts too, but scatters the parts."""
+    if not looks_like_a_crop(ids):
+        return False
+    if score >= SURE:
+        return True
+    fit = parse_fit(ids)
+    return fit is not None and fit.plausible
+
+
 SQUARE = 0.1
 """Images whose sides differ by at most this fraction may be aligned crops (training crops are square)."""
 
@@ -300,7 +320,9 @@ def parse_faces(
             detected and verify
         ):  # the cascade also fires on face-like clutter; the parser tells a face from it
             real = [
-                i for i in range(len(faces)) if looks_like_a_crop(crops[i].argmax(0).to(torch.uint8).numpy())
+                i
+                for i, face in enumerate(faces)
+                if looks_like_a_face(crops[i].argmax(0).to(torch.uint8).numpy(), face.score)
             ]
             faces, crops = [faces[i] for i in real], crops[real]
     if not faces and is_square(shape):

@@ -1,0 +1,140 @@
+"""Landmarks read from a face parse, and how far they are from the training framing.
+
+The aligned crops a face parser learns from (CelebAMask-HQ) are framed by the face's landmarks: over
+the 810 training masks of the shared CelebAMask-HQ sample, the centre of each eye lies within 0.9% of
+the crop's side of its median position (standard deviation), the nose and mouth within 1.8%, the brows
+within 2%. The centroids of the parsed eyes, brows, nose and mouth in a detector's crop, fitted to
+`CANONICAL` by a similarity (zoom, roll, shift), say how far the crop is from the training framing,
+and how well they fit says whether the parse is a face at all: a parser trained only on faces labels
+clutter as skin, eyes and lips too, but puts the "parts" in the wrong places.
+
+`CANONICAL` is reproduced by ``python benchmarks/bench_scenes.py --landmarks`` (medians over the
+training masks; the split seed is 0, so the validation faces the scene benchmark uses are not among
+them).
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+CANONICAL: dict[str, tuple[float, float]] = {
+    "eye_left": (0.3784, 0.4784),
+    "eye_right": (0.6229, 0.4789),
+    "brow_left": (0.3701, 0.4165),
+    "brow_right": (0.6298, 0.4162),
+    "nose": (0.4999, 0.5778),
+    "mouth": (0.4998, 0.7515),
+}
+"""(x, y) of each landmark in an aligned crop, in units of the crop's side from its top-left corner
+(pixel centres at (i + 0.5) / side). "left" is the image's left (the subject's right)."""
+
+PAIRS = {"eye": (4, 5), "brow": (6, 7)}
+"""CelebAMask-HQ classes of the paired parts (which one is on the image's left is read from the
+positions, not the class)."""
+SINGLES = {"nose": (2,), "mouth": (10, 11, 12)}  # mouth: inner mouth and both lips
+MIN_PIXELS = 4
+"""A part is a landmark when the parse gives it at least this many pixels."""
+
+MIN_LANDMARKS = 3
+MAX_RESIDUAL = 0.05
+"""Largest root-mean-square distance (crop sides) between the fitted landmarks and `CANONICAL` for a
+face. The bounds here were chosen on detector boxes of scenes composed with seeds 2-5 (223 boxes on
+a face, 10 on clutter that the parser took for a face): true faces fit within 0.047 (median 0.011),
+clutter median 0.097 (see docs/faces.md)."""
+SCALE_RANGE = (0.6, 1.5)
+"""Plausible zoom from a detector's crop to the training framing (faces: 0.65-1.32; clutter down
+to 0.15)."""
+MAX_ROLL = 25.0
+"""Plausible remaining roll in degrees (faces: within 10.1 but one; clutter up to 156)."""
+MAX_SHIFT = 0.15
+"""Plausible shift of the landmarks' centre, in crop sides (faces: 0.05 but one; clutter median 0.21)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The least-squares similarity (zoom, roll, shift) that takes a crop's parsed landmarks to
+    `CANONICAL`, and how well it fits."""
+
+    zoom: float
+    roll: float
+    """Degrees the face in the crop is still rolled by (same sign as `Face.angle`)."""
+    offset: float
+    """How far the landmarks' centre moves, in crop sides."""
+    residual: float
+    count: int
+
+    @property
+    def plausible(self) -> bool:
+        """True when the fit could be a face seen by the detector (see the module's bounds)."""
+        return (
+            self.count >= MIN_LANDMARKS
+            and self.residual <= MAX_RESIDUAL
+            and SCALE_RANGE[0] <= self.zoom <= SCALE_RANGE[1]
+            and abs(self.roll) <= MAX_ROLL
+            and self.offset <= MAX_SHIFT
+        )
+
+
+def _centre(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float]:
+    return ((float(xs.mean()) + 0.5) / shape[1], (float(ys.mean()) + 0.5) / shape[0])
+
+
+def find_landmarks(ids: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Landmarks (names of `CANONICAL`, crop-side units) found in a square (S, S) map of
+    CelebAMask-HQ class ids.
+
+    The pixels of both eyes (both brows) are pooled and split at the face's midline (the line
+    through the nose and mouth; the vertical through whichever of them is found, else through the
+    pool's median): parsers name the two sides inconsistently (so do 12% of the training masks) and
+    sometimes give both eyes one name."""
+    points: dict[str, tuple[float, float]] = {}
+    for name, classes in SINGLES.items():
+        ys, xs = np.nonzero(np.isin(ids, classes))
+        if len(xs) >= MIN_PIXELS:
+            points[name] = _centre(xs, ys, ids.shape)
+    h, w = ids.shape
+    found = [np.array(points[k]) * (w, h) - 0.5 for k in ("nose", "mouth") if k in points]
+    axis = found[1] - found[0] if len(found) == 2 and np.hypot(*(found[1] - found[0])) > 1 else (0.0, 1.0)
+    for name, classes in PAIRS.items():
+        ys, xs = np.nonzero(np.isin(ids, classes))
+        if len(xs) < MIN_PIXELS:
+            continue
+        origin = found[0] if found else (float(np.median(xs)), 0.0)
+        # Which side of the midline (pointing down the face): the cross product's sign, y down.
+        left = axis[0] * (ys - origin[1]) - axis[1] * (xs - origin[0]) > 0
+        for side, half in (("left", left), ("right", ~left)):
+            if half.sum() >= MIN_PIXELS:
+                points[f"{name}_{side}"] = _centre(xs[half], ys[half], ids.shape)
+    return points
+
+
+def fit_landmarks(points: dict[str, tuple[float, float]]) -> Fit | None:
+    """Least-squares similarity from `points` to `CANONICAL`, or None with fewer than
+    `MIN_LANDMARKS` points (two points fit any similarity exactly and prove nothing)."""
+    names = [k for k in CANONICAL if k in points]
+    if len(names) < MIN_LANDMARKS:
+        return None
+    src = np.array([complex(*points[k]) for k in names])
+    dst = np.array([complex(*CANONICAL[k]) for k in names])
+    s0, d0 = src.mean(), dst.mean()
+    a, b = src - s0, dst - d0
+    c = complex(np.vdot(a, b) / np.vdot(a, a))  # vdot conjugates its first argument
+    residual = float(np.sqrt(np.mean(np.abs(c * a - b) ** 2)))
+    # Points are complex x + iy with y pointing down: a positive phase turns them clockwise on
+    # screen, which undoes a counter-clockwise roll (positive in `Face.angle`).
+    return Fit(
+        zoom=abs(c),
+        roll=math.degrees(cmath.phase(c)),
+        offset=float(abs(d0 - s0)),
+        residual=residual,
+        count=len(names),
+    )
+
+
+def parse_fit(ids: np.ndarray) -> Fit | None:
+    """`fit_landmarks` of the landmarks found in `ids`."""
+    return fit_landmarks(find_landmarks(ids))
