@@ -120,6 +120,8 @@ import resource, time, warnings, numpy as np, cv2
 from segformer.inference import Predictor
 from segformer.data.io import load_image
 from segformer.faces import detect_faces
+from segformer.runtime import set_threads
+set_threads({threads!r})  # PyTorch's and OpenCV's threads, as `segformer predict --threads` sets them
 rng = np.random.default_rng(0)
 paths = {paths!r}
 p = Predictor({model!r})
@@ -143,10 +145,10 @@ print(len(result.faces), seconds, peak / 2**20, base / 2**20, result.ids.shape)
 """
 
 
-def huge(model: str, samples_root: Path, verify: bool = True) -> None:
+def huge(model: str, samples_root: Path, verify: bool = True, threads: int = 2) -> None:
     """A 4000x3000 photo with three faces, in a fresh process: peak RSS (target 2 GB), time per face."""
     paths = [str(p) for p in sorted((samples_root / "train" / "images").iterdir())[:3]]
-    code = HUGE.format(paths=paths, model=model, verify=verify)
+    code = HUGE.format(paths=paths, model=model, verify=verify, threads=threads)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -208,11 +210,10 @@ def main() -> int:
     )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    import torch
-
     from segformer.inference import Predictor
+    from segformer.runtime import set_threads
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # PyTorch's and OpenCV's threads, as `segformer predict --threads` sets them
     if args.calibrate:
         calibrate(args.root)
     if args.landmarks:
@@ -242,7 +243,7 @@ def main() -> int:
             f"{r['detections']} detections for {r['faces']} faces"
         )
     if args.huge:
-        huge(args.model, args.root, verify=not args.no_verify)
+        huge(args.model, args.root, verify=not args.no_verify, threads=args.threads)
     if args.video:
         video(predictor, samples, verify=not args.no_verify)
     return 0
