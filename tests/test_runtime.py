@@ -104,3 +104,48 @@ def test_workers_auto_is_the_default_and_reads_from_yaml_and_the_command_line(tm
     args = build_parser().parse_args(["train", "--synthetic", "8", "--workers", "auto"])
     assert args.workers == "auto"
     assert build_parser().parse_args(["train", "--synthetic", "8", "--workers", "2"]).workers == 2
+
+
+def test_importing_segformer_leaves_opencv_threads_alone():
+    """Importing the package used to set OpenCV to one thread for every program (the face detector ran
+    at half speed in Python-API use); only the package's DataLoader workers are set to one."""
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    code = (
+        "import cv2; cv2.setNumThreads(3)\n"
+        "import segformer, segformer.data.transforms, segformer.engine.train, segformer.faces\n"
+        "print(cv2.getNumThreads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert out.stdout.strip() == "3", out.stderr
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        import cv2
+
+        return cv2.getNumThreads()
+
+
+def test_data_workers_run_opencv_on_one_thread():
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        loader = torch.utils.data.DataLoader(
+            _OpenCVThreads(), num_workers=1, worker_init_fn=runtime.data_worker_init
+        )
+        assert [int(x) for x in loader] == [1, 1]
+        assert cv2.getNumThreads() == 3  # the main process keeps its own setting
+    finally:
+        cv2.setNumThreads(before)
