@@ -134,3 +134,22 @@ def test_ground_truth_masks_of_the_validation_faces_are_faces(shared_data):
     masks = [load_mask(shared_data / "train" / "masks" / f"{s}.png", "celebamask") for s in val]
     faces = [looks_like_a_face(m) for m in masks]
     assert sum(faces) >= 0.95 * len(masks), f"{sum(faces)} of {len(masks)}"
+
+
+def test_face_parts_are_found_by_name():
+    """CelebAMask-HQ's ids are what `FaceParts.of` reads from its names, and another numbering
+    (LaPa's names and order) is read as well: the checks then accept its faces."""
+    from segformer.data.labels import get_label_set
+    from segformer.faces.landmarks import CELEBAMASK_PARTS, FaceParts
+
+    assert FaceParts.of(get_label_set("celebamask").class_names) == CELEBAMASK_PARTS
+    lapa = ["background", "skin", "left_eyebrow", "right_eyebrow", "left_eye", "right_eye", "nose",
+            "upper_lip", "inner_mouth", "lower_lip", "hair"]  # fmt: skip
+    parts = FaceParts.of(lapa)
+    assert parts == FaceParts(skin=(1,), nose=(6,), eyes=(4, 5), brows=(2, 3), mouth=(7, 8, 9))
+    celeb = drawn_face()
+    renumber = {0: 0, 1: 1, 2: 6, 4: 4, 5: 5, 6: 2, 7: 3, 10: 8, 11: 7, 12: 9}
+    ids = np.vectorize(renumber.get)(celeb).astype(np.uint8)
+    assert looks_like_a_face(ids, parts=parts) and not looks_like_a_face(ids)  # read as CelebAMask-HQ: no
+    fit = parse_fit(ids, parts)
+    assert fit is not None and fit.count == 6 and fit.residual < 0.01

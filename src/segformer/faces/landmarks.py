@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import cmath
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +33,45 @@ CANONICAL: dict[str, tuple[float, float]] = {
 """(x, y) of each landmark in an aligned crop, in units of the crop's side from its top-left corner
 (pixel centres at (i + 0.5) / side). "left" is the image's left (the subject's right)."""
 
-PAIRS = {"eye": (4, 5), "brow": (6, 7)}
-"""CelebAMask-HQ classes of the paired parts (which one is on the image's left is read from the
-positions, not the class)."""
-SINGLES = {"nose": (2,), "mouth": (10, 11, 12)}  # mouth: inner mouth and both lips
+
+@dataclass(frozen=True)
+class FaceParts:
+    """The class ids of each face part in a label set, found by name (`of`), so that a face label set
+    other than CelebAMask-HQ's numbering is read right. Which eye or brow is on the image's left is
+    read from positions, never from the class."""
+
+    skin: tuple[int, ...]
+    nose: tuple[int, ...]
+    eyes: tuple[int, ...]
+    brows: tuple[int, ...]
+    mouth: tuple[int, ...]
+    """Inner mouth and lips."""
+
+    @classmethod
+    def of(cls, class_names: Sequence[str]) -> FaceParts:
+        """Parts by name: "skin", "nose", "eye" (not "eye_g" or glasses), "brow", "mouth" or "lip"
+        anywhere in a class's name, case ignored (CelebAMask-HQ's l_eye, LaPa's left_eye, ...)."""
+        names = [n.lower() for n in class_names]
+
+        def ids(test: Callable[[str], bool]) -> tuple[int, ...]:
+            return tuple(i for i, n in enumerate(names) if test(n))
+
+        return cls(
+            skin=ids(lambda n: "skin" in n),
+            nose=ids(lambda n: "nose" in n),
+            eyes=ids(lambda n: "eye" in n and "brow" not in n and "glass" not in n and n != "eye_g"),
+            brows=ids(lambda n: "brow" in n),
+            mouth=ids(lambda n: "mouth" in n or "lip" in n),
+        )
+
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """The inner parts that `pipeline.looks_like_a_crop` counts (those the label set has)."""
+        return tuple(g for g in (self.nose, self.eyes, self.brows, self.mouth) if g)
+
+
+CELEBAMASK_PARTS = FaceParts(skin=(1,), nose=(2,), eyes=(4, 5), brows=(6, 7), mouth=(10, 11, 12))
+"""`FaceParts.of` the CelebAMask-HQ label set (a test checks that they agree)."""
 MIN_PIXELS = 4
 """A part is a landmark when the parse gives it at least this many pixels."""
 
@@ -83,23 +119,23 @@ def _centre(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> tuple[flo
     return ((float(xs.mean()) + 0.5) / shape[1], (float(ys.mean()) + 0.5) / shape[0])
 
 
-def find_landmarks(ids: np.ndarray) -> dict[str, tuple[float, float]]:
-    """Landmarks (names of `CANONICAL`, crop-side units) found in a square (S, S) map of
-    CelebAMask-HQ class ids.
+def find_landmarks(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> dict[str, tuple[float, float]]:
+    """Landmarks (names of `CANONICAL`, crop-side units) found in a square (S, S) map of class ids
+    whose parts are `parts`.
 
     The pixels of both eyes (both brows) are pooled and split at the face's midline (the line
     through the nose and mouth; the vertical through whichever of them is found, else through the
     pool's median): parsers name the two sides inconsistently (so do 12% of the training masks) and
     sometimes give both eyes one name."""
     points: dict[str, tuple[float, float]] = {}
-    for name, classes in SINGLES.items():
+    for name, classes in (("nose", parts.nose), ("mouth", parts.mouth)):
         ys, xs = np.nonzero(np.isin(ids, classes))
         if len(xs) >= MIN_PIXELS:
             points[name] = _centre(xs, ys, ids.shape)
     h, w = ids.shape
     found = [np.array(points[k]) * (w, h) - 0.5 for k in ("nose", "mouth") if k in points]
     axis = found[1] - found[0] if len(found) == 2 and np.hypot(*(found[1] - found[0])) > 1 else (0.0, 1.0)
-    for name, classes in PAIRS.items():
+    for name, classes in (("eye", parts.eyes), ("brow", parts.brows)):
         ys, xs = np.nonzero(np.isin(ids, classes))
         if len(xs) < MIN_PIXELS:
             continue
@@ -135,6 +171,6 @@ def fit_landmarks(points: dict[str, tuple[float, float]]) -> Fit | None:
     )
 
 
-def parse_fit(ids: np.ndarray) -> Fit | None:
+def parse_fit(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> Fit | None:
     """`fit_landmarks` of the landmarks found in `ids`."""
-    return fit_landmarks(find_landmarks(ids))
+    return fit_landmarks(find_landmarks(ids, parts))

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..ops import class_ids, predict_batch
 from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
 from .detect import Face, detect_faces, iou
-from .landmarks import parse_fit
+from .landmarks import CELEBAMASK_PARTS, FaceParts, parse_fit
 
 TILE = 1024
 """Side of the tiles the probabilities are pasted back in (memory: K x TILE² floats per face)."""
@@ -41,9 +41,6 @@ FADE = 0.05
 """Fraction of the crop's side over which a face's weight fades to 0 at the crop's edge."""
 REFINE_DEGREES = 3.0
 """Roll corrections smaller than this are not worth a second pass."""
-EYE_CLASSES = (4, 5)  # l_eye, r_eye in the CelebAMask-HQ label set
-BROW_CLASSES = (6, 7)
-FACE_PARTS = ((2,), EYE_CLASSES, BROW_CLASSES, (10, 11, 12))  # nose, eyes, brows, mouth and lips
 
 
 class NoFaceWarning(UserWarning):
@@ -95,11 +92,17 @@ def parse_crops(predictor: Any, crops: Sequence[np.ndarray]) -> Tensor:
     return torch.cat(out)
 
 
-def eye_roll(probs: Tensor) -> float | None:
+def face_parts(predictor: Any) -> FaceParts:
+    """The face parts of the predictor's label set (CelebAMask-HQ's when it names none)."""
+    label_set = getattr(predictor, "label_set", None)
+    return FaceParts.of(label_set.class_names) if label_set is not None else CELEBAMASK_PARTS
+
+
+def eye_roll(probs: Tensor, parts: FaceParts = CELEBAMASK_PARTS) -> float | None:
     """Degrees the face in an aligned crop is still rolled by, from the centroids of its eyes (brows
     when an eye is missing), or None when neither pair is visible. Same sign as `Face.angle`."""
     ids = probs.argmax(0)
-    for pair in (EYE_CLASSES, BROW_CLASSES):
+    for pair in (parts.eyes, parts.brows):
         points = []
         for k in pair:
             ys, xs = torch.nonzero(ids == k, as_tuple=True)
@@ -131,7 +134,7 @@ def align_faces(
     if refine:
         redo = []
         for i, face in enumerate(faces):
-            roll = eye_roll(probs[i])
+            roll = eye_roll(probs[i], face_parts(predictor))
             if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
                 faces[i] = replace(face, angle=face.angle + roll)
                 redo.append(i)
@@ -226,15 +229,15 @@ CROP_SKIN = 0.10
 """Least fraction of skin in a parse that `looks_like_a_crop` (aligned crops hold 15-35%)."""
 
 
-def looks_like_a_crop(ids: np.ndarray) -> bool:
+def looks_like_a_crop(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> bool:
     """True when a parse at the training framing shows a face: a large skin area and at least three
     of its four inner parts (nose, eyes, brows, mouth and lips), each on 0.05% of the pixels or more.
     It checks the detector's boxes, and recognises the few aligned crops the detector misses. Three
     of four, not all: a half-trained parser finds the nose late, and one part may be hidden."""
     total = ids.size
-    counts = np.bincount(ids.ravel(), minlength=13)
-    parts = sum(counts[list(group)].sum() >= 0.0005 * total for group in FACE_PARTS)
-    return bool(counts[1] >= CROP_SKIN * total and parts >= 3)
+    found = sum(np.isin(ids, group).sum() >= 0.0005 * total for group in parts.groups)
+    skin = np.isin(ids, parts.skin).sum()
+    return bool(skin >= CROP_SKIN * total and found >= min(3, len(parts.groups)))
 
 
 SURE = 20.0
@@ -243,16 +246,16 @@ SURE = 20.0
 this parser parses poorly (their landmarks off) scored up to 40 (see docs/faces.md)."""
 
 
-def looks_like_a_face(ids: np.ndarray, score: float = 0.0) -> bool:
+def looks_like_a_face(ids: np.ndarray, score: float = 0.0, parts: FaceParts = CELEBAMASK_PARTS) -> bool:
     """The check for a detector's box of detector `score`, from its parse `ids`: `looks_like_a_crop`
     and, unless the detector is sure (`SURE`), its eyes, brows, nose and mouth where a face's are
     (their centres fit the training framing's: `landmarks.Fit.plausible`). A parser trained on faces
     labels clutter as skin and parts too, but scatters the parts."""
-    if not looks_like_a_crop(ids):
+    if not looks_like_a_crop(ids, parts):
         return False
     if score >= SURE:
         return True
-    fit = parse_fit(ids)
+    fit = parse_fit(ids, parts)
     return fit is not None and fit.plausible
 
 
@@ -302,6 +305,7 @@ def parse_faces(
     `NoFaceWarning` is issued.
     """
     shape = image.shape[:2]
+    parts = face_parts(predictor)
     detected = faces is None
     if faces is None:
         faces = detect_faces(image, **(detect or {}))
@@ -309,7 +313,7 @@ def parse_faces(
     background = 0
     if is_whole_image(faces, shape, framing):
         whole = _whole(predictor, image, faces, return_probs, instances)
-        if not (detected and verify) or looks_like_a_crop(whole.ids):
+        if not (detected and verify) or looks_like_a_crop(whole.ids, parts):
             return whole
         # The box that made the image look like an aligned crop does not parse as a face (a large
         # false box in clutter): the image is a photo, and that box is checked like the others below.
@@ -322,7 +326,7 @@ def parse_faces(
             real = [
                 i
                 for i, face in enumerate(faces)
-                if looks_like_a_face(crops[i].argmax(0).to(torch.uint8).numpy(), face.score)
+                if looks_like_a_face(crops[i].argmax(0).to(torch.uint8).numpy(), face.score, parts)
             ]
             faces, crops = [faces[i] for i in real], crops[real]
     if not faces and is_square(shape):
@@ -332,7 +336,7 @@ def parse_faces(
         # shows its clutter as large blobs that a parser takes for skin, and is not a face crop.
         size = predictor.image_size[0]
         small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        if looks_like_a_crop(parse_crops(predictor, [small])[0].argmax(0).to(torch.uint8).numpy()):
+        if looks_like_a_crop(parse_crops(predictor, [small])[0].argmax(0).to(torch.uint8).numpy(), parts):
             return _whole(predictor, image, [], return_probs, instances)
     if not faces:
         warnings.warn(

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..errors import SegformerError
 from .align import FRAMING, Framing, warp_to_crop
 from .detect import Face, detect_faces, iou
-from .pipeline import FaceParse, align_faces, looks_like_a_face, parse_crops, paste
+from .pipeline import FaceParse, align_faces, face_parts, looks_like_a_face, parse_crops, paste
 
 MATCH_IOU = 0.3
 
@@ -126,7 +126,8 @@ class FaceVideo:
             new_faces, new_probs = align_faces(self.predictor, frame, new, size=size, framing=self.framing)
             for face, probs in zip(new_faces, new_probs, strict=True):
                 # as for photos: a box whose parse is no face starts no track
-                if not self.verify or looks_like_a_face(probs.argmax(0).to(torch.uint8).numpy(), face.score):
+                ids = probs.argmax(0).to(torch.uint8).numpy()
+                if not self.verify or looks_like_a_face(ids, face.score, face_parts(self.predictor)):
                     self.tracks.append(Track(face, probs))
         old = [i for i, t in enumerate(self.tracks[: len(faces)]) if t.missed <= self.patience]
         if old:
