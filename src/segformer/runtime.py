@@ -172,13 +172,3 @@ def set_threads(requested: int | None = None) -> ThreadChoice:
     except ImportError:
         pass
     return choice
-
-
-def data_worker_init(worker_id: int) -> None:
-    """`worker_init_fn` of the package's DataLoaders: OpenCV on one thread in each worker (PyTorch
-    already runs a worker's own ops on one), so N workers do not start N OpenCV thread pools on the
-    same cores. Set here rather than at import, which would slow OpenCV (the face detector) for every
-    program that imports segformer."""
-    import cv2
-
-    cv2.setNumThreads(1)

@@ -35,6 +35,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("none", "geometric", "photometric", "both")
 
+# OpenCV would otherwise start its own thread pool inside every DataLoader worker.
+cv2.setNumThreads(1)
+
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):

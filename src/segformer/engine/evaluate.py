@@ -20,7 +20,6 @@ from ..devices import resolve_device
 from ..errors import SegformerError
 from ..metrics import SegmentationMetrics
 from ..ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
-from ..runtime import data_worker_init
 from ..settings import InferenceSettings
 from .data import background_of, mark_mirrored
 
@@ -160,10 +159,7 @@ def evaluate_model(
             f"the model predicts {model.config.num_classes} classes but {root} uses "
             f"{ls.name} ({ls.num_classes})"
         )
-    loader = DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval,
-        worker_init_fn=data_worker_init,
-    )  # fmt: skip
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_eval)
     device = resolve_device(device)
     model = model.to(device)
     scores = evaluate(

@@ -49,7 +49,7 @@ from ..fileio import atomic_file, check_output_dir, write_json, write_text
 from ..models import build_model
 from ..models.registry import adjust_logits, final_classifier
 from ..ops import flip_permutation
-from ..runtime import auto_workers, data_worker_init, tune_cpu_allocator
+from ..runtime import auto_workers, tune_cpu_allocator
 from ..settings import InferenceSettings
 from .data import TrainData, build_train_data, collate_batch, to_device_batch
 from .evaluate import collate_eval, evaluate
@@ -220,7 +220,6 @@ def train_loader(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         generator=generator,  # keeps DataLoader from drawing on the global RNG
-        worker_init_fn=data_worker_init,
         persistent_workers=persistent and workers > 0,
     )
     return loader, sampler
@@ -235,7 +234,6 @@ def eval_loader(dataset: Dataset, batch: int, workers: int, generator: torch.Gen
         num_workers=workers,
         collate_fn=collate_eval,
         generator=generator,
-        worker_init_fn=data_worker_init,
         persistent_workers=workers > 0,
     )
 
