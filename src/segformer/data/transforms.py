@@ -35,7 +35,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("none", "geometric", "photometric", "both")
 
-# OpenCV would otherwise start its own thread pool inside every DataLoader worker.
+# OpenCV would otherwise start its own thread pool inside every DataLoader worker. It must be set
+# before OpenCV first runs in parallel, not in the workers: a worker forked after the parent's pool
+# started hangs (setting it in `worker_init_fn` instead deadlocked the persistent-workers test).
 cv2.setNumThreads(1)
 
 
