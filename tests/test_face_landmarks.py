@@ -153,3 +153,21 @@ def test_face_parts_are_found_by_name():
     assert looks_like_a_face(ids, parts=parts) and not looks_like_a_face(ids)  # read as CelebAMask-HQ: no
     fit = parse_fit(ids, parts)
     assert fit is not None and fit.count == 6 and fit.residual < 0.01
+
+
+def test_eye_roll_reads_a_label_set_with_one_eye_class():
+    """A label set naming both eyes with one class (here "eyes") has its roll read too: the eye
+    pixels are split at the midline, not paired by class."""
+    import torch
+
+    from segformer.faces.landmarks import FaceParts
+    from segformer.faces.pipeline import eye_roll
+
+    m = cv2.getRotationMatrix2D(((SIZE - 1) / 2, (SIZE - 1) / 2), 10.0, 1.0)
+    ids = cv2.warpAffine(drawn_face(one_name=True), m, (SIZE, SIZE), flags=cv2.INTER_NEAREST)
+    probs = torch.nn.functional.one_hot(torch.from_numpy(ids).long(), 19).permute(2, 0, 1).float()
+    parts = FaceParts.of(["background", "skin", "nose", "eye_g", "eyes", "unused", "l_brow", "r_brow",
+                          "l_ear", "r_ear", "mouth", "u_lip", "l_lip"])  # fmt: skip
+    assert parts.eyes == (4,)
+    roll = eye_roll(probs, parts)
+    assert roll is not None and abs(roll - 10.0) < 1.0

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..ops import class_ids, predict_batch
 from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
 from .detect import Face, detect_faces, iou
-from .landmarks import CELEBAMASK_PARTS, FaceParts, parse_fit
+from .landmarks import CELEBAMASK_PARTS, FaceParts, find_landmarks, parse_fit
 
 TILE = 1024
 """Side of the tiles the probabilities are pasted back in (memory: K x TILE² floats per face)."""
@@ -99,19 +99,15 @@ def face_parts(predictor: Any) -> FaceParts:
 
 
 def eye_roll(probs: Tensor, parts: FaceParts = CELEBAMASK_PARTS) -> float | None:
-    """Degrees the face in an aligned crop is still rolled by, from the centroids of its eyes (brows
-    when an eye is missing), or None when neither pair is visible. Same sign as `Face.angle`."""
-    ids = probs.argmax(0)
-    for pair in (parts.eyes, parts.brows):
-        points = []
-        for k in pair:
-            ys, xs = torch.nonzero(ids == k, as_tuple=True)
-            if len(xs) < 4:
-                break
-            points.append((float(xs.float().mean()), float(ys.float().mean())))
-        else:
-            (xa, ya), (xb, yb) = sorted(points)  # left to right in the crop
-            if xb - xa < 2:
+    """Degrees the face in an aligned crop is still rolled by, from the line through its eyes (brows
+    when an eye is missing; `landmarks.find_landmarks`), or None when neither pair is visible. Same
+    sign as `Face.angle`."""
+    points = find_landmarks(probs.argmax(0).to(torch.uint8).numpy(), parts)
+    side = probs.shape[-1]
+    for pair in ("eye", "brow"):
+        if f"{pair}_left" in points and f"{pair}_right" in points:
+            (xa, ya), (xb, yb) = points[f"{pair}_left"], points[f"{pair}_right"]
+            if (xb - xa) * side < 2:
                 continue
             # A face still rolled counter-clockwise on screen has its right-hand eye higher (smaller y).
             return -math.degrees(math.atan2(yb - ya, xb - xa))
@@ -132,9 +128,9 @@ def align_faces(
     faces = list(faces)
     probs = parse_crops(predictor, [warp_to_crop(image, f, size, framing) for f in faces])
     if refine:
-        redo = []
+        redo, parts = [], face_parts(predictor)
         for i, face in enumerate(faces):
-            roll = eye_roll(probs[i], face_parts(predictor))
+            roll = eye_roll(probs[i], parts)
             if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
                 faces[i] = replace(face, angle=face.angle + roll)
                 redo.append(i)

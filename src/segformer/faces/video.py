@@ -124,10 +124,11 @@ class FaceVideo:
         new = [f for fi, f in enumerate(detected) if fi not in matched_faces]
         if new:
             new_faces, new_probs = align_faces(self.predictor, frame, new, size=size, framing=self.framing)
+            parts = face_parts(self.predictor)
             for face, probs in zip(new_faces, new_probs, strict=True):
                 # as for photos: a box whose parse is no face starts no track
                 ids = probs.argmax(0).to(torch.uint8).numpy()
-                if not self.verify or looks_like_a_face(ids, face.score, face_parts(self.predictor)):
+                if not self.verify or looks_like_a_face(ids, face.score, parts):
                     self.tracks.append(Track(face, probs))
         old = [i for i, t in enumerate(self.tracks[: len(faces)]) if t.missed <= self.patience]
         if old:
