@@ -91,7 +91,7 @@ def aligned(predictor, samples) -> None:
     """The validation crops as they are: direct parsing vs the face pipeline (target: not lower)."""
     import torch
 
-    from segformer.faces.scenes import IGNORE
+    from scenes import IGNORE
     from segformer.metrics import ce7454_image_scores, per_image_confusion
 
     k = predictor.config.num_classes
@@ -117,7 +117,7 @@ def aligned(predictor, samples) -> None:
 
 HUGE = """
 import resource, time, warnings, numpy as np, cv2
-from segformer.inference import Predictor
+from segformer.inference.predictor import Predictor
 from segformer.data.io import load_image
 from segformer.faces import detect_faces
 from segformer.runtime import set_threads
@@ -163,8 +163,8 @@ def huge(model: str, samples_root: Path, verify: bool = True, threads: int = 2) 
 def video(predictor, samples, frames: int = 16, verify: bool = True) -> None:
     """A still shot with per-frame noise: flicker of frames parsed one by one and of tracked, smoothed
     faces (target <= 0.5x)."""
+    from scenes import compose_scene
     from segformer.faces import flicker
-    from segformer.faces.scenes import compose_scene
     from segformer.faces.video import FaceVideo
 
     rng = np.random.default_rng(0)
@@ -210,7 +210,7 @@ def main() -> int:
     )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from segformer.inference import Predictor
+    from segformer.inference.predictor import Predictor
     from segformer.runtime import set_threads
 
     set_threads(args.threads)  # PyTorch's and OpenCV's threads, as `segformer predict --threads` sets them
@@ -227,7 +227,7 @@ def main() -> int:
     if args.aligned:
         aligned(predictor, samples)
     if args.scenes:
-        from segformer.faces.scenes import score_scenes
+        from scenes import score_scenes
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -13,13 +13,13 @@ from PIL import Image
 
 import segformer
 from segformer import SegformerError, create_model
-from segformer.attention import attention_probs, collect_attention, write_attention_maps
+from segformer.apps.attention import attention_probs, collect_attention, write_attention_maps
 from segformer.cli import main
 from segformer.data.io import load_image, save_image
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segformer.inference.ops import preprocess
 from segformer.models import SegFormer
 from segformer.models.mit import EfficientSelfAttention
-from segformer.ops import preprocess
 
 from conftest import tiny_config
 
@@ -148,7 +148,7 @@ def test_writes_one_figure_per_stage_and_the_stage1_comparison(tmp_path, face_im
 def test_a_nearly_uniform_map_is_drawn_nearly_flat():
     from matplotlib.colors import Normalize
 
-    from segformer.attention import _heatmap
+    from segformer.apps.attention import _heatmap
 
     image = np.full((32, 32, 3), 128, np.uint8)
     attn = torch.full((4, 4), 1 / 16)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segformer import load
-from segformer.demo import DEFAULTS, DEMO_OVERRIDES, PROMISED_CE7454, promise_warning
+from segformer.apps.demo import DEFAULTS, DEMO_OVERRIDES, PROMISED_CE7454, promise_warning
 from segformer.engine.train import format_epochs
 
 from conftest import run_cli
@@ -75,7 +75,7 @@ def test_demo_refuses_options_that_contradict_the_folder(tmp_path, option, messa
 
 def test_demo_trains_a_run_further_with_more_epochs_and_refuses_fewer(tmp_path):
     from segformer import SegformerError
-    from segformer.demo import run_demo
+    from segformer.apps.demo import run_demo
 
     out = tmp_path / "demo"
     first = run_demo(out, epochs=1, num=16, val=1, size=32, progress=False)["summary"]

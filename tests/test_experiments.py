@@ -15,11 +15,7 @@ import yaml
 from PIL import Image
 
 from segformer import SegformerError
-from segformer.cli import main
-from segformer.config import RunConfig
-from segformer.data.synthetic import write_synthetic_dataset
-from segformer.engine.train import train
-from segformer.experiments import (
+from segformer.apps.experiments import (
     QUICK,
     SUITE_NAMES,
     ExperimentSettings,
@@ -29,6 +25,10 @@ from segformer.experiments import (
     run_config,
     run_suite,
 )
+from segformer.cli import main
+from segformer.config import RunConfig
+from segformer.data.synthetic import write_synthetic_dataset
+from segformer.engine.train import train
 from segformer.models import create_model, get_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -221,7 +221,7 @@ def _model_overrides(row: dict[str, str]) -> dict:
 
 
 def test_suite_resumes_interrupted_runs_and_reuses_finished_ones(faces, tmp_path, monkeypatch):
-    import segformer.experiments as experiments
+    import segformer.apps.experiments as experiments
 
     # An interrupted run: the "constant" variant stopped by a tiny budget after one step, summary lost.
     variant = get_suite("schedule").variants[0]

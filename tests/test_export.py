@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 
 from segformer import Predictor, SegformerError, create_model, load
-from segformer.bundle import standalone_source
+from segformer.apps.bundle import standalone_source
+from segformer.apps.export import CE7454_BUDGET, export_ce7454, run_py_source
 from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.data.io import load_mask
 from segformer.data.labels import CELEBAMASK
-from segformer.export import CE7454_BUDGET, export_ce7454, run_py_source
+from segformer.inference.onnx import OnnxRuntimeModel, export_onnx, min_input_size
+from segformer.inference.ops import predict_batch
 from segformer.models.segformer import SegFormer
-from segformer.onnx import OnnxRuntimeModel, export_onnx, min_input_size
-from segformer.ops import predict_batch
 
 from conftest import ROOT, run_solution, tiny_config
 
@@ -194,7 +194,7 @@ def test_run_py_is_generated_from_the_package_source():
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout
     with pytest.raises(SegformerError, match="not a top-level definition"):
-        standalone_source([("segformer.inference", "no_such_function")])
+        standalone_source([("segformer.inference.predictor", "no_such_function")])
 
 
 def test_ce7454_parameter_budget(model_dir, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from segformer import ModelConfig
-from segformer.inference import Predictor
+from segformer.inference.predictor import Predictor
 
 from conftest import SHARED_DATA
 
@@ -268,7 +268,7 @@ def test_detector_finds_real_faces_rotated_in_clutter():
 
 
 def test_composed_scenes_and_their_scores():
-    from segformer.faces.scenes import compose_scene, face_scores
+    from scenes import compose_scene, face_scores
 
     rng = np.random.default_rng(0)
     face = np.zeros((64, 64, 3), np.uint8)
@@ -326,7 +326,7 @@ def test_predict_files_with_faces_writes_boxes_instances_and_videos(tmp_path, mo
 
     from segformer.faces import pipeline, video
     from segformer.faces.video import write_video
-    from segformer.predict import predict_files
+    from segformer.inference.files import predict_files
 
     face = Face(160, 120, 80, 12.0)
     photo = np.zeros((240, 320, 3), np.uint8)

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from segformer import Predictor, SegformerError, create_model, list_models
+from segformer.inference.ops import predict_batch
 from segformer.models import SegFormer, get_config
 from segformer.models.decoder import MicroDecoder, MLPDecoder
 from segformer.models.fuse import FusedSegFormer, fuse, maybe_fuse
-from segformer.ops import predict_batch
-from segformer.summary import count_flops
+from segformer.models.summary import count_flops
 
 from conftest import randomize_norms, tiny_config
 

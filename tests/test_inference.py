@@ -15,7 +15,7 @@ from segformer.checkpoint import save_model
 from segformer.data.io import load_image, to_rgb
 from segformer.data.labels import ADE20K, CELEBAMASK, CITYSCAPES, LabelSet, bit_palette
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, normalize
-from segformer.ops import (
+from segformer.inference.ops import (
     Preprocess,
     class_ids,
     predict_views,
@@ -25,7 +25,7 @@ from segformer.ops import (
     view_class_ids,
     view_probs,
 )
-from segformer.settings import resolve_label_set
+from segformer.inference.settings import resolve_label_set
 
 from conftest import tiny_config
 
@@ -281,7 +281,7 @@ def test_logits_are_upsampled_in_bands_with_exactly_the_ids_of_the_whole_image(m
     # the Predictor's ids, computed in small bands, are those of the whole image (and of its probs)
     ids, probs = Predictor(model, tta="flip", faces=False)(image, return_probs=True)
     np.testing.assert_array_equal(ids, class_ids(torch.from_numpy(probs)[None])[0].numpy())
-    monkeypatch.setattr("segformer.ops.BAND_ELEMENTS", 19 * 67 * 3)
+    monkeypatch.setattr("segformer.inference.ops.BAND_ELEMENTS", 19 * 67 * 3)
     np.testing.assert_array_equal(Predictor(model, tta="flip", faces=False)(image), ids)
 
 

@@ -10,7 +10,7 @@ import torch
 from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.models import SegFormer, create_model
-from segformer.summary import count_flops, summarize
+from segformer.models.summary import count_flops, summarize
 
 from conftest import run_cli, tiny_config
 
@@ -115,7 +115,7 @@ def test_info_on_a_model_directory_and_an_onnx_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"{params:,}" in text and "48x48 px" in text and "label set celebamask" in text
     pytest.importorskip("onnxruntime")
-    from segformer.onnx import export_onnx
+    from segformer.inference.onnx import export_onnx
 
     export_onnx(tmp_path / "m", tmp_path / "m.onnx", check=False)
     onnx_out = run_json(capsys, str(tmp_path / "m.onnx"), "--size", "64")

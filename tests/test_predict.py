@@ -18,7 +18,7 @@ from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.data.io import load_image, load_mask
 from segformer.data.labels import CELEBAMASK
-from segformer.predict import collect_inputs
+from segformer.inference.files import collect_inputs
 
 from conftest import run_cli, tiny_config
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-import segformer.export
+import segformer.apps.export
 from segformer import Predictor, SegformerError, create_model, load
+from segformer.apps.export import export_model
 from segformer.checkpoint import save_model
 from segformer.cli import main
 from segformer.cli.predict import split_model_and_inputs
-from segformer.export import export_model
+from segformer.inference.settings import InferenceSettings
 from segformer.pretrained import DEFAULT_TAG, DIR_ENV, PRETRAINED, pretrained_dir, read_pretrained
-from segformer.settings import InferenceSettings
 
 from conftest import ROOT, tiny_config
 
@@ -82,7 +82,7 @@ def test_fp16_file_is_half_the_size_and_loads_as_float32(run_dir, tmp_path, monk
     monkeypatch.setenv(DIR_ENV, str(folder))
     full = export_model(run_dir / "best", folder / "full.safetensors", "pretrained")
     half = export_model(run_dir / "best", folder / PRETRAINED[TAG].file, "pretrained", fp16=True)
-    assert 0 <= half["fp16_changed"] <= segformer.export.FP16_MAX_CHANGED
+    assert 0 <= half["fp16_changed"] <= segformer.apps.export.FP16_MAX_CHANGED
     assert half["bytes"] < 0.6 * full["bytes"]
     model, original = load(TAG), load(run_dir / "best")
     for key, value in original.state_dict().items():
@@ -96,7 +96,7 @@ def test_fp16_file_is_half_the_size_and_loads_as_float32(run_dir, tmp_path, monk
 
 
 def test_fp16_refused_when_predictions_change(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(segformer.export, "FP16_MAX_CHANGED", -1.0)  # any share is too much
+    monkeypatch.setattr(segformer.apps.export, "FP16_MAX_CHANGED", -1.0)  # any share is too much
     out = tmp_path / "m.safetensors"
     with pytest.raises(SegformerError, match=r"float16 weights change .*% of a check image's pixels"):
         export_model(run_dir / "best", out, "pretrained", fp16=True)

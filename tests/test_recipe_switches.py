@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from segformer import InferenceSettings, Predictor, SegformerError, create_model
+from segformer.apps.export import export_model
 from segformer.config import DataConfig, load_recipe
 from segformer.data.check import is_mirrored
 from segformer.data.io import load_mask, save_mask
@@ -19,8 +20,7 @@ from segformer.data.labels import CELEBAMASK
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.data import build_train_data
 from segformer.engine.losses import SegmentationLoss, boundary_pixels
-from segformer.export import export_model
-from segformer.ops import remove_small_regions
+from segformer.inference.ops import remove_small_regions
 
 from conftest import tiny_config
 

@@ -22,6 +22,8 @@ from PIL import Image
 
 import segformer
 from segformer import SegformerError
+from segformer.apps.export import export_model
+from segformer.apps.report import build_report
 from segformer.checkpoint import convert
 from segformer.cli import main
 from segformer.data.check import fix_dataset
@@ -29,10 +31,8 @@ from segformer.data.io import save_image
 from segformer.data.preview import preview_dataset
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.train import train
-from segformer.export import export_model
 from segformer.fileio import atomic_file, check_output_dir, is_ours
-from segformer.predict import predict_files
-from segformer.report import build_report
+from segformer.inference.files import predict_files
 from test_data_datasets import write_pairs
 from test_data_prepare import make_raw
 from test_train import TINY_MODEL, tiny_run

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from segformer import SegformerError
+from segformer.apps.experiments import QUICK, run_suite
+from segformer.apps.report import build_report, latex_escape, latex_table, markdown_table
 from segformer.cli import main
 from segformer.data.synthetic import write_synthetic_dataset
-from segformer.experiments import QUICK, run_suite
-from segformer.report import build_report, latex_escape, latex_table, markdown_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -216,7 +216,7 @@ def test_report_of_a_run_on_its_own_synthetic_faces_and_after_its_data_is_gone(t
 
 
 def test_report_of_an_interrupted_suite_shows_the_finished_runs_marked_partial(tmp_path, monkeypatch):
-    import segformer.experiments as experiments
+    import segformer.apps.experiments as experiments
     from segformer.engine.train import train
 
     data = tmp_path / "data"

@@ -17,7 +17,7 @@ from segformer.cli import main
 from segformer.data.labels import CELEBAMASK, LabelSet
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segformer.engine.evaluate import evaluate_model
-from segformer.settings import InferenceSettings, label_set_dict, model_settings, parse_label_set
+from segformer.inference.settings import InferenceSettings, label_set_dict, model_settings, parse_label_set
 
 from conftest import tiny_config
 

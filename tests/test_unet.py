@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import segformer
 from segformer import SegformerError, create_model, list_models
-from segformer.experiments import MICROSEGFORMER_PARAMS, matched_unet_width, unet_params
+from segformer.apps.experiments import MICROSEGFORMER_PARAMS, matched_unet_width, unet_params
 from segformer.models import UNet
-from segformer.summary import count_flops, summarize
+from segformer.models.summary import count_flops, summarize
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -3,9 +3,9 @@
 from .checkpoint import load, save
 from .config import ModelConfig
 from .errors import SegformerError
-from .inference import Predictor
+from .inference.predictor import Predictor
+from .inference.settings import InferenceSettings
 from .models import create_model, list_models
-from .settings import InferenceSettings
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ..errors import SegformerError
 from ..models.fuse import maybe_fuse
+from ..models.summary import count_flops
 from ..runtime import tune_cpu_allocator
-from ..summary import count_flops
 from .memory import rows_with_memory
 from .references import comparable_model, load_reference
 from .report import Report, alternate, gemm_flops_per_s, hw, timed, title
@@ -24,7 +24,7 @@ def ours_inference(model: nn.Module, backend: str = "torch") -> Callable[[Tensor
     if backend not in BACKENDS:
         raise SegformerError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
-        from ..onnx import OnnxRuntimeModel
+        from ..inference.onnx import OnnxRuntimeModel
 
         return OnnxRuntimeModel.from_model(model.eval())
     net = maybe_fuse(model.eval())

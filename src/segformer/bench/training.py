@@ -20,8 +20,8 @@ from ..engine.losses import SegmentationLoss
 from ..engine.train import build_learner, model_config, train_loader
 from ..errors import SegformerError
 from ..models import build_model
+from ..models.summary import count_flops
 from ..runtime import auto_workers, tune_cpu_allocator
-from ..summary import count_flops
 from .memory import rows_with_memory
 from .references import comparable_model, load_reference
 from .report import Report, Row, alternate, gemm_flops_per_s, hw, title

@@ -28,7 +28,7 @@ def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
     """``--postprocess`` / ``--min-area`` of the commands that turn logits into masks (eval, predict,
     export); unset, they leave the model's own settings in force."""
     from ..config import POSTPROCESS_MODES
-    from ..settings import DEFAULT_MIN_AREA
+    from ..inference.settings import DEFAULT_MIN_AREA
     from .types import unit_interval
 
     parser.add_argument(

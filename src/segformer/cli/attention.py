@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attention import write_attention_maps
+    from ..apps.attention import write_attention_maps
     from ..checkpoint import load
 
     paths = write_attention_maps(

@@ -9,7 +9,7 @@ from .types import nonneg_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..demo import DEFAULTS, PROMISED_CE7454
+    from ..apps.demo import DEFAULTS, PROMISED_CE7454
 
     p = sub.add_parser(
         "demo",
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..apps.demo import run_demo
     from ..engine.train import format_epochs
 
     result = run_demo(

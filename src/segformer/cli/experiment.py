@@ -9,7 +9,7 @@ from .types import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..experiments import SUITE_NAMES
+    from ..apps.experiments import SUITE_NAMES
 
     p = sub.add_parser(
         "experiment",
@@ -78,9 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..apps.experiments import make_settings, run_experiments
+    from ..apps.report import markdown_table
     from ..config import parse_overrides
-    from ..experiments import make_settings, run_experiments
-    from ..report import markdown_table
 
     settings = make_settings(
         args.quick,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..apps.export import CE7454_BUDGET, FORMATS, export_model
 from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES
-from ..export import CE7454_BUDGET, FORMATS, export_model
-from ..onnx import EXPORTERS
+from ..inference.onnx import EXPORTERS
 from . import add_threads_option
 from .types import int_between, positive_int, unit_interval
 

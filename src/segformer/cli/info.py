@@ -13,11 +13,11 @@ from torch import nn
 
 from ..checkpoint import load
 from ..config import parse_overrides
+from ..inference.onnx import OnnxRuntimeModel
+from ..inference.settings import InferenceSettings, model_settings
 from ..models import build_model, create_model, list_models
-from ..onnx import OnnxRuntimeModel
+from ..models.summary import format_table, summarize
 from ..pretrained import is_tag
-from ..settings import InferenceSettings, model_settings
-from ..summary import format_table, summarize
 from . import add_set_option
 from .types import positive_int
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..checkpoint import CONFIG_FILE
 from ..config import EVAL_MODES, TTA_MODES
 from ..errors import SegformerError
-from ..inference import BACKENDS, Predictor
-from ..predict import predict_files
+from ..inference.files import predict_files
+from ..inference.predictor import BACKENDS, Predictor
 from ..pretrained import DEFAULT_TAG, is_tag
 from . import add_postprocess_options, add_threads_option
 from .types import positive_floats, positive_int, unit_interval

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report
+    from ..apps.report import build_report
 
     path = build_report(args.inputs, args.out, args.title, args.samples, overwrite=args.overwrite)
     print(f"report: {path}  (and {path.with_name('report.md')})")

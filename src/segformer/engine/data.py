@@ -26,7 +26,7 @@ from ..data.labels import IGNORE_INDEX, LabelSet
 from ..data.layouts import build_datasets
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from ..errors import SegformerError
-from ..ops import Preprocess
+from ..inference.ops import Preprocess
 
 
 @dataclass

@@ -18,9 +18,9 @@ from ..data.labels import LabelSet, get_label_set
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..devices import resolve_device
 from ..errors import SegformerError
+from ..inference.ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
+from ..inference.settings import InferenceSettings
 from ..metrics import SegmentationMetrics
-from ..ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
-from ..settings import InferenceSettings
 from .data import background_of, mark_mirrored
 
 

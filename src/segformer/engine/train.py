@@ -46,11 +46,11 @@ from ..data.batch_augment import BatchAugment
 from ..devices import has_fast_bf16, resolve_device
 from ..errors import SegformerError
 from ..fileio import atomic_file, check_output_dir, write_json, write_text
+from ..inference.ops import flip_permutation
+from ..inference.settings import InferenceSettings
 from ..models import build_model
 from ..models.registry import adjust_logits, final_classifier
-from ..ops import flip_permutation
 from ..runtime import auto_workers, tune_cpu_allocator
-from ..settings import InferenceSettings
 from .data import TrainData, build_train_data, collate_batch, to_device_batch
 from .evaluate import collate_eval, evaluate
 from .losses import SegmentationLoss

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import class_ids, predict_batch
+from ..inference.ops import class_ids, predict_batch
 from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
 from .detect import Face, detect_faces, iou
 from .landmarks import CELEBAMASK_PARTS, FaceParts, find_landmarks, parse_fit

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.io import load_image
-from .errors import SegformerError
-from .fileio import check_output_dir, write_json
-from .models.mit import EfficientSelfAttention
-from .ops import preprocess
+from ..data.io import load_image
+from ..errors import SegformerError
+from ..fileio import check_output_dir, write_json
+from ..inference.ops import preprocess
+from ..inference.settings import InferenceSettings
+from ..models.mit import EfficientSelfAttention
 from .report import pyplot, save_figure
-from .settings import InferenceSettings
 
 
 @dataclass

@@ -4,7 +4,7 @@ run through the training engine.
 A suite is a list of variants, each a run name and the recipe overrides that make it. Every variant is
 trained by `segformer.engine.train.train` from the same recipe, seed, data split, image size, epochs
 and time budget, into ``OUT/<suite>/<run>/``, then measured (parameters, GFLOPs, CPU images/s) and
-tabulated (`segformer.report`). Suites:
+tabulated (`segformer.apps.report`). Suites:
 
 - ``depth``: MicroSegFormer encoder depths [1,1,1,1] / [1,2,2,2] (the model) / [2,3,3,3];
 - ``width``: channels [16,32,64,96] / [32,64,128,192] (the model) / [48,96,192,288] (half, 1x and
@@ -42,14 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load
-from .config import RunConfig, load_recipe
-from .engine.rundir import RunDir
-from .engine.train import check_resume, train
-from .errors import SegformerError
-from .fileio import OutputKind, check_output_dir, write_json
-from .models import create_model
-from .summary import count_flops
+from ..checkpoint import load
+from ..config import RunConfig, load_recipe
+from ..engine.rundir import RunDir
+from ..engine.train import check_resume, train
+from ..errors import SegformerError
+from ..fileio import OutputKind, check_output_dir, write_json
+from ..models import create_model
+from ..models.summary import count_flops
 
 MICROSEGFORMER_PARAMS = 1_721_939
 
@@ -266,7 +266,7 @@ def final_scores(run_dir: Path, summary: dict[str, Any], device: str = "cpu") ->
     scores = summary.get("last_scores")
     if scores and "per_class" in scores:
         return scores
-    from .engine.evaluate import evaluate_model
+    from ..engine.evaluate import evaluate_model
 
     run = RunDir(run_dir)
     return evaluate_model(load(run.last), run.read_config().data.root, "val", device=device, progress=False)
@@ -294,7 +294,7 @@ def measure_run(run_dir: Path, settings: ExperimentSettings, remeasure: bool = F
 
 def validation_source(cfg: RunConfig) -> str:
     """Where the validation images come from: a val split, or the seeded hold-out of train."""
-    from .data.layouts import split_description
+    from ..data.layouts import split_description
 
     return split_description(cfg.data.root, cfg.data.kind, cfg.data.val_fraction, cfg.data.split_seed)
 
@@ -396,7 +396,7 @@ def run_experiments(
     if data is None:
         if not synthetic:
             raise SegformerError("no data: pass --data ROOT or --synthetic N")
-        from .data.synthetic import write_synthetic_dataset
+        from ..data.synthetic import write_synthetic_dataset
 
         data = Path(out) / "data"
         if not (data / "train" / "images").is_dir():
@@ -405,7 +405,7 @@ def run_experiments(
     elif not Path(data).is_dir():
         raise SegformerError(f"{data}: dataset folder not found")
     if progress:
-        from .runtime import thread_choice
+        from ..runtime import thread_choice
 
         runs = sum(len(get_suite(name).variants) for name in names)
         print(

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import EVAL_MODES, TTA_MODES
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .errors import SegformerError
+from ..config import EVAL_MODES, TTA_MODES
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..errors import SegformerError
 from .settings import DEFAULT_SCALES
 
 # Upper bound on B x K x rows x W of one band of upsampled probabilities (float32: 64 MB); a few such

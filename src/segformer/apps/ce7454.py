@@ -3,9 +3,9 @@
 `segformer export --format ce7454` turns this module into a standalone ``solution/run.py``: it copies
 these functions, and every definition of the package they use (the model, the settings,
 `predict_batch`, `load_image`, ...), into one file that needs only torch, numpy and Pillow
-(`segformer.bundle.standalone_source`).
+(`segformer.apps.bundle.standalone_source`).
 The code that runs at submission is therefore the code that `segformer predict` runs, and the masks
-are the same. Here, in the package, it runs as ``python -m segformer.ce7454``.
+are the same. Here, in the package, it runs as ``python -m segformer.apps.ce7454``.
 
 ``ckpt.pth`` is ``{"state_dict": ..., "config": ModelConfig as a dict, "meta": InferenceSettings as a
 dict}``, plain types only, so it loads with ``torch.load(weights_only=True)``.
@@ -23,12 +23,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data.io import load_image
-from .data.labels import LabelSet
-from .errors import SegformerError
-from .models.registry import build_model
-from .ops import class_ids, flip_permutation, predict_batch
-from .settings import InferenceSettings
+from ..data.io import load_image
+from ..data.labels import LabelSet
+from ..errors import SegformerError
+from ..inference.ops import class_ids, flip_permutation, predict_batch
+from ..inference.settings import InferenceSettings
+from ..models.registry import build_model
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, InferenceSettings]:

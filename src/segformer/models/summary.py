@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .models.decoder import literal_decoders
+from .decoder import literal_decoders
 
 _SECTIONS = ("encoder", "decoder")
 

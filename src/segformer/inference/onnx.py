@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load, unwrap
-from .config import ModelConfig
-from .errors import SegformerError
-from .fileio import check_output_file, write_bytes
-from .models.fuse import maybe_fuse
+from ..checkpoint import load, unwrap
+from ..config import ModelConfig
+from ..errors import SegformerError
+from ..fileio import check_output_file, write_bytes
+from ..models.fuse import maybe_fuse
 from .settings import InferenceSettings, model_settings
 
 ONNX_METADATA_KEY = "segformer"

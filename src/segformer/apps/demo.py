@@ -26,22 +26,22 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load
-from .config import RunConfig, load_recipe
-from .data.datasets import FolderDataset
-from .data.io import load_image, overlay, save_image
-from .data.labels import get_label_set
-from .data.synthetic import write_synthetic_dataset
-from .engine.evaluate import evaluate_model
-from .engine.losses import SegmentationLoss
-from .engine.rundir import RunDir
-from .engine.train import format_epochs, train
-from .errors import SegformerError
-from .fileio import check_output_dir, write_text
-from .inference import Predictor
-from .metrics import format_per_class
-from .models import create_model
-from .runtime import thread_choice
+from ..checkpoint import load
+from ..config import RunConfig, load_recipe
+from ..data.datasets import FolderDataset
+from ..data.io import load_image, overlay, save_image
+from ..data.labels import get_label_set
+from ..data.synthetic import write_synthetic_dataset
+from ..engine.evaluate import evaluate_model
+from ..engine.losses import SegmentationLoss
+from ..engine.rundir import RunDir
+from ..engine.train import format_epochs, train
+from ..errors import SegformerError
+from ..fileio import check_output_dir, write_text
+from ..inference.predictor import Predictor
+from ..metrics import format_per_class
+from ..models import create_model
+from ..runtime import thread_choice
 
 # The defaults of `segformer demo` and the score they reach on an idle 2-core CPU in about 8 minutes
 # (the README's promise; CE7454 F-score on the 100 validation faces, no test-time augmentation).

@@ -1,8 +1,8 @@
 """The `Predictor`: class ids (and probabilities) at each input's own size, from any model we can load.
 
 It is a facade over three things: loading (`segformer.checkpoint.load`, or an ``.onnx`` file run by
-`segformer.onnx.OnnxRuntimeModel`), the model's `InferenceSettings` (working size, normalisation,
-mode, label set, TTA), and the tensor operations of `segformer.ops`. It adds input handling: paths,
+`segformer.inference.onnx.OnnxRuntimeModel`), the model's `InferenceSettings` (working size, normalisation,
+mode, label set, TTA), and the tensor operations of `segformer.inference.ops`. It adds input handling: paths,
 PIL images and numpy arrays, batches of any sizes, and a `SegformerError` for every input it cannot
 take.
 """
@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoint import CONFIG_FILE, is_model_dir, load
-from .config import ModelConfig
-from .data.io import load_image, to_rgb
-from .data.labels import LabelSet
-from .devices import resolve_device
-from .errors import SegformerError
-from .models.fuse import maybe_fuse
+from ..checkpoint import CONFIG_FILE, is_model_dir, load
+from ..config import ModelConfig
+from ..data.io import load_image, to_rgb
+from ..data.labels import LabelSet
+from ..devices import resolve_device
+from ..errors import SegformerError
+from ..models.fuse import maybe_fuse
+from ..runtime import tune_cpu_allocator
 from .onnx import OnnxRuntimeModel
 from .ops import (
     class_ids,
@@ -34,11 +35,10 @@ from .ops import (
     view_class_ids,
     view_probs,
 )
-from .runtime import tune_cpu_allocator
 from .settings import InferenceSettings, model_settings
 
 if TYPE_CHECKING:
-    from .faces import FaceParse
+    from ..faces import FaceParse
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -60,7 +60,7 @@ class Predictor:
     >>> mask, probs = predictor("face.jpg", return_probs=True)    # probs: (K, H, W) float32
 
     `model` is a loaded model, anything `segformer.load` reads (native or HF directory, ``.pth``) or
-    an ``.onnx`` file written by `segformer.onnx.export_onnx` (run with onnxruntime). Inputs are
+    an ``.onnx`` file written by `segformer.inference.onnx.export_onnx` (run with onnxruntime). Inputs are
     paths, PIL images or numpy arrays (RGB, as `segformer.data.io.to_rgb` takes them; grey, alpha,
     16-bit and EXIF-rotated images are converted the way files are read; float arrays must lie in
     [0, 1]).
@@ -75,7 +75,8 @@ class Predictor:
     kernels are chosen per batch shape), which only matters at near-tied pixels.
     ``backend="onnxruntime"`` exports the model to ONNX (in memory) and runs that instead.
     `device` defaults to the model's own device (CPU for files); ``"auto"`` picks CUDA when present.
-    Class ids are computed a band of rows at a time (`segformer.ops.view_class_ids`), so a huge photo
+    Class ids are computed a band of rows at a time (`segformer.inference.ops.view_class_ids`), so a
+    huge photo
     needs memory for its pixels, not for its full-size probabilities (unless `return_probs`).
     For face label sets (`segformer.faces.default_faces`) each image is treated as a photo: its
     faces are found, parsed at the framing the model was trained on and pasted back, the rest is
@@ -148,7 +149,7 @@ class Predictor:
         self.model = model
         # What runs: the exactly equivalent fused graph of a SegFormer (`segformer.models.fuse`).
         self.net = maybe_fuse(model) if isinstance(model, nn.Module) else model
-        from .faces import default_faces
+        from ..faces import default_faces
 
         # Face parsers learn from aligned crops: in a photo, find the faces and parse each at that framing.
         self.faces = default_faces(self.label_set) if faces is None else bool(faces)
@@ -214,7 +215,7 @@ class Predictor:
     def parse_faces(self, image: Input, **options: Any) -> FaceParse:
         """Every face of one image found, parsed at the training framing and pasted back (ids,
         faces, optionally probabilities and an instance map): `segformer.faces.parse_faces`."""
-        from .faces import parse_faces
+        from ..faces import parse_faces
 
         return parse_faces(self, self.read(image), **options)
 

@@ -39,11 +39,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from .data.io import IMAGE_EXTENSIONS, PNG_MARK, is_segformer_png, load_image, overlay, save_image, save_mask
-from .errors import SegformerError
-from .faces import FaceParse, FaceVideo, NoFaceWarning, VideoWriter, draw_faces, video_fps
-from .fileio import atomic_file, check_output_file, make_dirs
-from .inference import Predictor
+from ..data.io import IMAGE_EXTENSIONS, PNG_MARK, is_segformer_png, load_image, overlay, save_image, save_mask
+from ..errors import SegformerError
+from ..faces import FaceParse, FaceVideo, NoFaceWarning, VideoWriter, draw_faces, video_fps
+from ..fileio import atomic_file, check_output_file, make_dirs
+from .predictor import Predictor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 

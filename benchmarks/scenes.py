@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..metrics import ce7454_image_scores, per_image_confusion
+from segformer.metrics import ce7454_image_scores, per_image_confusion
 
 IGNORE = 255
 

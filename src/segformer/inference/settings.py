@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES, ModelConfig
-from .data.labels import IGNORE_INDEX, LabelSet, bit_palette, get_label_set, list_label_sets
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .errors import SegformerError
+from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES, ModelConfig
+from ..data.labels import IGNORE_INDEX, LabelSet, bit_palette, get_label_set, list_label_sets
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import SegformerError
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)
 DEFAULT_IMAGE_SIZE = 512
@@ -148,7 +148,7 @@ class InferenceSettings:
     """Scales of the working size that ``scales`` TTA averages over."""
     postprocess: str = "none"
     """``small-regions``: connected regions of a class smaller than `min_area` are relabelled to the
-    label around them (`segformer.ops.remove_small_regions`); ``none``: the argmax as is."""
+    label around them (`segformer.inference.ops.remove_small_regions`); ``none``: the argmax as is."""
     min_area: float = DEFAULT_MIN_AREA
     """The smallest region kept by ``small-regions``, as a fraction of the image's pixels."""
 

@@ -2,7 +2,7 @@
 
 `standalone_source` copies the definitions it is asked for, and every definition of the package they
 use, from the package's own source (comments included) into one file whose only imports are other
-libraries'. The CE7454 ``run.py`` is made this way from `segformer.ce7454`, so it computes exactly
+libraries'. The CE7454 ``run.py`` is made this way from `segformer.apps.ce7454`, so it computes exactly
 what the package computes and cannot drift from it.
 """
 
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import SegformerError
+from ..errors import SegformerError
 
 # An import kept in generated code: (module, name, alias); name None for ``import module [as alias]``.
 _Import = tuple[str, str | None, str | None]

@@ -1,0 +1,8 @@
+"""Inference: from a model and its settings to class ids, probabilities and files.
+
+- `settings`: `InferenceSettings`, what travels with a model besides its weights.
+- `ops`: the tensor operations (preprocess, TTA views, probabilities, class ids).
+- `predictor`: the `Predictor` facade (paths, PIL images, arrays, batches; faces in photos).
+- `files`: predict on files, folders, globs and videos, writing label maps and overlays.
+- `onnx`: export a graph and run it with ONNX Runtime.
+"""
