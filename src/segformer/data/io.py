@@ -17,6 +17,7 @@ Masks written here are mode-P PNGs: pixel value = class id, palette = the label 
 
 from __future__ import annotations
 
+import io
 import shutil
 import warnings
 from pathlib import Path
@@ -190,6 +191,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def encode_image(image: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """The bytes `save_image` writes for an (H, W, 3) uint8 RGB image in format `fmt` (PNG, JPEG, BMP,
+    WEBP), for writers that are not files (`segformer.serve` answers them over HTTP)."""
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
+    options = {"JPEG": {"quality": quality}, "WEBP": {"quality": quality}, "PNG": {"pnginfo": _png_info()}}
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options.get(fmt, {}))
+    return buffer.getvalue()
+
+
 def save_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an (H, W, 3) uint8 RGB image atomically; the format follows the extension (JPEG or PNG)."""
     path = Path(path)
@@ -198,27 +209,34 @@ def save_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     )
     if fmt is None:
         raise SegformerError(f"{path}: unsupported image extension (use .jpg or .png)")
-    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
-    options = {"JPEG": {"quality": quality}, "WEBP": {"quality": quality}, "PNG": {"pnginfo": _png_info()}}
-    # Pillow writes to a file object with Python's write, which reports a short write (a full disk);
-    # given a path it writes the file descriptor itself and ignores one.
+    data = encode_image(image, fmt, quality)
+    # Python's write reports a short write (a full disk); Pillow given a path would ignore one.
     with atomic_file(path) as f:
-        img.save(f, format=fmt, **options.get(fmt, {}))
+        f.write(data)
+
+
+def encode_mask(mask: np.ndarray, label_set: LabelSet | str, name: str = "mask") -> bytes:
+    """The bytes `save_mask` writes: (H, W) class ids as a mode-P PNG with the label set's palette.
+    Errors start with `name`."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise SegformerError(f"{name}: a mask must be 2-D (H, W), got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise SegformerError(f"{name}: mask values must lie in 0-255")
+        mask = mask.astype(np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(mask), "P")
+    img.putpalette(get_label_set(label_set).palette_bytes())
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", pnginfo=_png_info())
+    return buffer.getvalue()
 
 
 def save_mask(path: str | Path, mask: np.ndarray, label_set: LabelSet | str) -> None:
     """Write (H, W) class ids as a mode-P PNG (pixel value = class id) with the label set's palette."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise SegformerError(f"{path}: a mask must be 2-D (H, W), got shape {mask.shape}")
-    if mask.dtype != np.uint8:
-        if mask.size and (mask.min() < 0 or mask.max() > 255):
-            raise SegformerError(f"{path}: mask values must lie in 0-255")
-        mask = mask.astype(np.uint8)
-    img = Image.fromarray(np.ascontiguousarray(mask), "P")
-    img.putpalette(get_label_set(label_set).palette_bytes())
+    data = encode_mask(mask, label_set, name=str(path))
     with atomic_file(path) as f:  # a file object: see save_image
-        img.save(f, format="PNG", pnginfo=_png_info())
+        f.write(data)
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:
