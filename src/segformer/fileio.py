@@ -20,15 +20,19 @@ user's umask gives (temporary files are created private and opened up before the
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,3 +552,502 @@ def _swap(new: Path, dst: Path) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# -- one writer per folder --------------------------------------------------------------------------
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock falls back to the pid check alone
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".segformer-lock"
+
+
+def _lock_owner() -> str:
+    return f"{os.getpid()} {socket.gethostname()}"
+
+
+def same_file(path: Path, fd: int) -> bool:
+    """Whether `path` is (still) the file open as `fd`."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+    except OSError:
+        return "another process"
+    return f"process {pid} on {host}" if host else f"process {pid}"
+
+
+def _pid_alive(path: Path) -> bool:
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+        if host and host != socket.gethostname():
+            return True  # cannot tell: assume it runs
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
+def _busy(path: Path, target: Path) -> SegformerError:
+    return SegformerError(
+        f"{target} is being written by {_lock_holder(path)} (lock {path}); "
+        "wait for that command to end or choose another --out"
+    )
+
+
+def acquire_lock(path: str | Path, target: str | Path | None = None, orphan_wait: float = 15.0) -> int:
+    """Take the writer lock file `path` (for output `target`, its folder by default); returns its fd.
+
+    The lock is an advisory ``flock``, which the kernel releases when its process dies however it dies,
+    so a lock left behind by a killed writer is taken over without a race. The file holds "PID HOST"
+    for the error message of the next writer. A second writer gets a one-line `SegformerError`."""
+    path = Path(path)
+    target = Path(target) if target is not None else path.parent
+    if path.is_symlink() or (path.exists() and not _safely(_run_lock, path)):
+        raise SegformerError(
+            f"{path}: exists and is not a segformer lock; move it away or choose another --out"
+        )
+    deadline = time.monotonic() + orphan_wait
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise write_error(path, err) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                # DataLoader workers forked by a killed owner share its lock until they notice
+                # (within seconds); a live owner keeps it.
+                if not _pid_alive(path) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise _busy(path, target) from None
+            if not same_file(path, fd):  # removed by its previous owner meanwhile: retry
+                os.close(fd)
+                continue
+        elif os.fstat(fd).st_size and _pid_alive(path):
+            os.close(fd)
+            raise _busy(path, target)
+        os.ftruncate(fd, 0)
+        os.write(fd, (_lock_owner() + "\n").encode())
+        return fd
+
+
+def release_lock(path: str | Path, fd: int) -> None:
+    """Give back a lock taken by `acquire_lock` (its file removed while it is still ours)."""
+    try:
+        if same_file(Path(path), fd):
+            Path(path).unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def writer_lock(
+    folder: str | Path, name: str = LOCK_NAME, target: str | Path | None = None
+) -> Iterator[Path]:
+    """Hold the writer lock ``folder/name`` for the block (the folder is created); yields `folder`.
+
+    The one mechanism for "one writer per output": training's run lock (``RUN/lock``) and every
+    `OutputFolder` use it."""
+    folder = make_dirs(folder)
+    lock = folder / name
+    fd = acquire_lock(lock, target if target is not None else folder)
+    try:
+        yield folder
+    finally:
+        release_lock(lock, fd)
+
+
+@contextmanager
+def _folder_mutex(folder: Path) -> Iterator[None]:
+    """A short exclusive lock on `folder` itself (a flock on its descriptor), for the read-modify-write
+    of its manifest by writers of different files in it. Without flock it is a no-op."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without locks: one writer per file still holds
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- the output policy ------------------------------------------------------------------------------
+
+MANIFEST_NAME = ".segformer-manifest.json"
+JOURNAL_NAME = ".segformer-manifest.jsonl"
+MANIFEST_FORMAT = "segformer-manifest"
+_RESERVED = (MANIFEST_NAME, JOURNAL_NAME, LOCK_NAME)
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+class OutputFolder:
+    """The one output policy of every command that writes: what a user owns is never changed.
+
+    ::
+
+        with OutputFolder(out_dir, command="predict", inputs=[...], overwrite=False) as out:
+            path = out.claim(out_dir / "x.png")  # one-line SegformerError if the path may not be written
+            ... write `path` atomically (atomic_file / atomic_path / write_*) ...
+            out.record(path)                     # the manifest now says: ours
+        # or in one call: out.write_bytes(path, data), out.write_json(...), `with out.atomic_file(path)`
+
+    Rules of `claim`: a path that is one of the command's `inputs` or lies inside an input folder is
+    never written (a hard link to an input counts as the input); an existing file is replaced only when
+    this folder's manifest records that this `command` wrote it, with the content it has now (a file the
+    user edited since is theirs), and only with `overwrite`; a folder or a link is never replaced. So
+    ``--overwrite`` never replaces a file that is not ours, and a folder written before manifests existed
+    holds nothing of ours: its files must be moved away by the user (the message says so).
+
+    Entering takes the folder's writer lock (`writer_lock`: a second writer gets "OUT is being written
+    by process N") and creates the folder; leaving releases the lock and removes a folder it created
+    that received nothing. The manifest (``OUT/.segformer-manifest.json``) is replaced atomically; each
+    `record` appends a line to a journal beside it (``.jsonl``), folded into the manifest when the
+    folder is next opened or closed, so a killed command loses at most the file it was writing.
+
+    `OutputFolder.for_file(path, ...)` applies the same rules to a single-file output: the manifest is
+    the one of the folder holding it, the lock is the file's own (``.NAME.segformer-lock``), so writers
+    of different files in one folder do not wait for each other.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        command: str,
+        inputs: Iterable[str | Path] = (),
+        overwrite: bool = False,
+        *,
+        _target: Path | None = None,
+    ) -> None:
+        self.path = Path(out_dir)
+        self.command = command
+        self.inputs = [Path(p) for p in inputs if p is not None]
+        self.overwrite = overwrite
+        self.target = _target
+        self._real_inputs = [(p, _real(p)) for p in self.inputs]
+        self._files: dict[str, dict[str, Any]] = {}
+        self._fd: int | None = None
+        self._lock: Path | None = None
+        self._created = False
+        self._journal_lines = 0
+        self.written: list[Path] = []
+
+    @classmethod
+    def for_file(
+        cls, path: str | Path, command: str, inputs: Iterable[str | Path] = (), overwrite: bool = False
+    ) -> OutputFolder:
+        """A single-file output `path` under the same rules (claimed on entry: refused before the work)."""
+        path = Path(path)
+        return cls(path.parent, command, inputs, overwrite, _target=path)
+
+    # -- entering and leaving
+
+    def __enter__(self) -> OutputFolder:
+        try:
+            self._open()
+        except OSError as err:
+            self._close()
+            raise write_error(self.target or self.path, err) from None
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _open(self) -> None:
+        where = self.target or self.path
+        blocker = _blocking_file(self.path / "x")
+        if blocker is not None:
+            if blocker == self.path and self.target is None:
+                raise SegformerError(
+                    f"{self.path}: already exists and is not a folder; "
+                    "segformer never replaces a file with a folder"
+                )
+            raise SegformerError(f"{where}: cannot write: {blocker} is a file, not a folder")
+        if self.path.is_symlink() and not self.path.exists():
+            raise SegformerError(f"{self.path}: is a broken link")
+        if self.target is None:
+            self._refuse_input(self.path, folder=True)
+        else:
+            self._refuse_input(self.target)  # before the folder or any lock appears
+        self._created = not self.path.exists()
+        make_dirs(self.path)
+        self._lock = self.path / (LOCK_NAME if self.target is None else f".{self.target.name}{LOCK_NAME}")
+        self._fd = acquire_lock(self._lock, where)
+        with _folder_mutex(self.path):
+            self._load()
+            self._compact()
+        if self.target is not None:
+            self.claim(self.target)
+
+    def _close(self) -> None:
+        try:
+            if self._fd is not None and self.path.is_dir():
+                with _folder_mutex(self.path):
+                    self._load()
+                    self._compact()
+        except (OSError, SegformerError):
+            pass  # the journal is kept: the next writer folds it in
+        finally:
+            if self._fd is not None:
+                release_lock(self._lock, self._fd)  # type: ignore[arg-type]
+                self._fd = None
+            if self._created:
+                self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A folder this command created and wrote nothing into disappears again."""
+        try:
+            names = {e.name for e in self.path.iterdir()}
+            if names <= {MANIFEST_NAME, JOURNAL_NAME} and not self._files:
+                for name in names:
+                    (self.path / name).unlink()
+                self.path.rmdir()
+        except OSError:
+            pass
+
+    # -- the manifest
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL_NAME
+
+    def _load(self) -> None:
+        files: dict[str, dict[str, Any]] = {}
+        if os.path.lexists(self.manifest):
+            try:
+                doc = json.loads(self.manifest.read_text())
+            except (OSError, ValueError, UnicodeDecodeError):
+                doc = None
+            if self.manifest.is_symlink() or not (
+                isinstance(doc, dict)
+                and doc.get("format") == MANIFEST_FORMAT
+                and isinstance(doc.get("files"), dict)
+            ):
+                raise SegformerError(
+                    f"{self.manifest}: is not a segformer manifest; move it away or choose another --out"
+                )
+            files = {k: v for k, v in doc["files"].items() if isinstance(v, dict)}
+        if self.journal.is_file() and not self.journal.is_symlink():
+            for line in self.journal.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    name = entry.pop("path")
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    continue  # a line cut by a kill
+                if entry.get("removed"):
+                    files.pop(name, None)
+                else:
+                    files[name] = entry
+        self._files = files
+
+    def _compact(self) -> None:
+        if not self._files and not os.path.lexists(self.manifest):
+            self.journal.unlink(missing_ok=True)
+            return
+        doc = {"format": MANIFEST_FORMAT, "version": 1, "files": dict(sorted(self._files.items()))}
+        write_text(self.manifest, json.dumps(doc, indent=1) + "\n")
+        self.journal.unlink(missing_ok=True)
+        self._journal_lines = 0
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry) + "\n"
+        with _folder_mutex(self.path):
+            if self.target is not None:
+                self._load()  # other files' writers may have recorded meanwhile
+            try:
+                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~current_umask())
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                raise write_error(self.journal, err) from None
+            name = entry.pop("path")
+            if entry.get("removed"):
+                self._files.pop(name, None)
+            else:
+                self._files[name] = entry
+            self._journal_lines += 1
+            if self._journal_lines >= 4096:  # keep the journal short in long runs
+                self._compact()
+
+    def _name(self, path: str | Path) -> str:
+        """`path` relative to the folder (as the manifest keys it); a path outside is a caller's bug."""
+        path = Path(path)
+        try:
+            rel = path.relative_to(self.path) if path.is_absolute() == self.path.is_absolute() else None
+        except ValueError:
+            rel = None
+        if rel is None:
+            try:
+                rel = _real(path).relative_to(_real(self.path))
+            except ValueError:
+                raise ValueError(f"{path} is not inside the output folder {self.path}") from None
+        if not rel.parts or ".." in rel.parts or rel.parts[-1] in _RESERVED or rel.name.endswith(LOCK_NAME):
+            raise ValueError(f"{path} is not a file name an output may have")
+        return rel.as_posix()
+
+    # -- the rules
+
+    def _refuse_input(self, path: Path, folder: bool = False) -> None:
+        real = _real(path)
+        for given, inp in self._real_inputs:
+            if real == inp or (inp.is_dir() and _within(real, inp)):
+                what = "is the command's input" if real == inp else f"lies inside the input folder {given}"
+                raise SegformerError(
+                    f"{path}: {what}; segformer never writes over its input: choose another --out"
+                )
+            if not folder and os.path.lexists(path) and inp.exists():
+                try:
+                    if os.path.samefile(path, inp):
+                        raise SegformerError(
+                            f"{path}: is the command's input {given} (a link to it); "
+                            "segformer never writes over its input: choose another --out"
+                        )
+                except OSError:
+                    pass
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether `path` is a file this folder's manifest records as written by this command, unchanged."""
+        path = Path(path)
+        entry = self._files.get(self._name(path))
+        if entry is None or entry.get("command") != self.command:
+            return False
+        if path.is_symlink() or not path.is_file():
+            return False
+        try:
+            st = path.stat()
+            return st.st_size == entry.get("size") and sha256_file(path) == entry.get("sha256")
+        except OSError:
+            return False
+
+    def claim(self, path: str | Path) -> Path:
+        """`path`, once it is sure that this command may write it; a one-line `SegformerError` if not."""
+        path = Path(path)
+        name = self._name(path)
+        self._refuse_input(path)
+        blocker = _blocking_file(path)
+        if blocker is not None:
+            raise SegformerError(f"{path}: cannot write: {blocker} is a file, not a folder")
+        if path.is_symlink():
+            raise SegformerError(f"{path}: is a link; segformer does not replace links: move it away")
+        if path.is_dir():
+            raise SegformerError(f"{path}: is a folder; segformer does not replace a folder with a file")
+        if os.path.lexists(path):
+            entry = self._files.get(name)
+            if not self.owns(path):
+                if entry is None:
+                    why = "was not written by segformer " + self.command
+                    if not self._files:
+                        why += f" (this folder has no {MANIFEST_NAME})"
+                elif entry.get("command") != self.command:
+                    why = f"was written by segformer {entry.get('command')}, not segformer {self.command}"
+                else:
+                    why = f"was changed after segformer {self.command} wrote it"
+                raise SegformerError(
+                    f"{path}: already exists and {why}; segformer never replaces it (even with --overwrite): "
+                    "choose another --out or remove the file yourself"
+                )
+            if not self.overwrite:
+                raise SegformerError(
+                    f"{path}: already exists (written by an earlier segformer {self.command}); "
+                    "pass --overwrite to replace it"
+                )
+        return path
+
+    def record(self, path: str | Path) -> Path:
+        """Say in the manifest that this command wrote `path` (call once it is in place)."""
+        path = Path(path)
+        name = self._name(path)
+        try:
+            entry = {
+                "path": name,
+                "command": self.command,
+                "size": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+        except OSError as err:
+            raise SegformerError(f"{path}: cannot read back ({err.strerror or err})") from None
+        self._append(entry)
+        self.written.append(path)
+        return path
+
+    def forget(self, path: str | Path) -> None:
+        """Remove `path`, a file of ours (checked), and its manifest entry."""
+        path = Path(path)
+        if not self.owns(path):
+            raise SegformerError(f"{path}: was not written by segformer {self.command}; it is kept")
+        self._append({"path": self._name(path), "removed": True})
+        path.unlink(missing_ok=True)
+
+    def recorded(self) -> list[Path]:
+        """The files the manifest records as written by this command (whether they still exist or not)."""
+        return [self.path / k for k, v in self._files.items() if v.get("command") == self.command]
+
+    # -- writing in one call
+
+    @contextmanager
+    def atomic_path(self, path: str | Path) -> Iterator[Path]:
+        """claim + `atomic_path` + record."""
+        path = self.claim(path)
+        with atomic_path(path) as tmp:
+            yield tmp
+        self.record(path)
+
+    @contextmanager
+    def atomic_file(self, path: str | Path) -> Iterator[BinaryIO]:
+        """claim + `atomic_file` + record."""
+        path = self.claim(path)
+        with atomic_file(path) as f:
+            yield f
+        self.record(path)
+
+    def write_bytes(self, path: str | Path, data: bytes) -> Path:
+        with self.atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return Path(path)
+
+    def write_text(self, path: str | Path, text: str) -> Path:
+        return self.write_bytes(path, text.encode())
+
+    def write_json(self, path: str | Path, data: Any) -> Path:
+        return self.write_text(path, json.dumps(data, indent=2) + "\n")

@@ -23,8 +23,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,12 +33,7 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import SegformerError
-from ..fileio import make_dirs, write_text
-
-try:
-    import fcntl
-except ImportError:  # Windows: the lock falls back to the pid check alone
-    fcntl = None
+from ..fileio import acquire_lock, make_dirs, release_lock, write_text
 
 
 @dataclass(frozen=True)
@@ -140,18 +133,16 @@ class RunDir:
         """
         created = not self.path.exists()
         make_dirs(self.path)
-        fd = _acquire(self.lock_file)
+        fd = acquire_lock(self.lock_file)  # (the one writer lock of segformer.fileio)
         try:
             yield
         finally:
+            release_lock(self.lock_file, fd)
             try:
-                if _same_file(self.lock_file, fd):
-                    self.lock_file.unlink()
                 if created and not any(self.path.iterdir()):
                     self.path.rmdir()  # a run that failed before writing anything leaves nothing
             except OSError:
                 pass
-            os.close(fd)
 
     def remove_leftovers(self) -> list[Path]:
         """Remove the temporaries that killed atomic writes left in the folder (``.NAME.*.tmp``);
@@ -182,67 +173,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
-
-
-def _owner() -> str:
-    return f"{os.getpid()} {socket.gethostname()}"
-
-
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except OSError:
-        return False
-
-
-def _describe(path: Path) -> str:
-    try:
-        pid, _, host = path.read_text().strip().partition(" ")
-    except OSError:
-        return "another process"
-    return f"process {pid} on {host}" if host else f"process {pid}"
-
-
-def _pid_alive(path: Path) -> bool:
-    try:
-        pid, _, host = path.read_text().strip().partition(" ")
-        if host and host != socket.gethostname():
-            return True  # cannot tell: assume it runs
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, ValueError):
-        return True
-    return True
-
-
-def _acquire(path: Path, orphan_wait: float = 15.0) -> int:
-    deadline = time.monotonic() + orphan_wait
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                # DataLoader workers forked by a killed owner share its lock until they notice
-                # (within seconds); a live owner keeps it.
-                if not _pid_alive(path) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-                raise SegformerError(
-                    f"{path.parent} is being written by {_describe(path)} (lock {path}); "
-                    "wait for that run to end or choose another --out"
-                ) from None
-            if not _same_file(path, fd):  # removed by its previous owner meanwhile: retry
-                os.close(fd)
-                continue
-        elif os.fstat(fd).st_size and _pid_alive(path):
-            os.close(fd)
-            raise SegformerError(
-                f"{path.parent} is being written by {_describe(path)} (lock {path}); "
-                "wait for that run to end or choose another --out"
-            )
-        os.ftruncate(fd, 0)
-        os.write(fd, (_owner() + "\n").encode())
-        return fd
