@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import load, plain_state_dict, unwrap
+from ..checkpoint.card import card_metadata, card_text
 from ..config import ModelConfig, arch_class, list_archs
 from ..data.synthetic import generate_face
 from ..errors import SegformerError
@@ -179,7 +180,9 @@ def model_card(
     recipe: Path | None,
     export_command: str,
 ) -> str:
-    """The model card of pretrained file `path` from the template (figures from ``model.meta``)."""
+    """The model card of pretrained file `path`: the Hub's metadata header (`card_metadata`: licence,
+    datasets, the recorded scores and the run that measured them) over the template (figures from
+    ``model.meta``)."""
     meta = dict(getattr(model, "meta", None) or {})
     scores, data = meta.get("scores") or {}, meta.get("data") or {}
     tag = path.stem
@@ -215,7 +218,16 @@ def model_card(
         "command": f"{train_command}\n{export_command}",
     }
     template = (Path(__file__).parents[1] / "pretrained" / "card_template.md").read_text()
-    return template.format(**fields)
+    label_set = settings.label_set.name if settings.label_set is not None else None
+    metadata = card_metadata(
+        tag,
+        label_set,
+        scores=scores,
+        command=train_command if recipe is not None and recipe.is_file() else None,
+        dataset_name=f"seeded hold-out (val_fraction {fields['val_fraction']}, split_seed "
+        f"{fields['split_seed']}), epoch {fields['epoch']}",
+    )
+    return card_text(metadata, template.format(**fields))
 
 
 def _check_image(size: tuple[int, int]) -> np.ndarray:

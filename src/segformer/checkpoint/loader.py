@@ -7,6 +7,8 @@
   or not, legacy or 5.x key names): SegformerForSemanticSegmentation
   (``nvidia/segformer-b0-finetuned-ade-512-512`` ...) and the encoder-only
   SegformerForImageClassification (``nvidia/mit-b0`` ...);
+- any of these on the Hugging Face Hub, named ``org/name`` or ``org/name@revision`` (`hub.snapshot`:
+  fetched into huggingface_hub's cache, ``HF_HUB_OFFLINE`` honoured);
 - NVlabs/mmseg ``.pth`` files: whole segmentation checkpoints (``{"meta": ..., "state_dict": ...}``) and
   ImageNet ``mit_bX.pth`` encoders; the architecture is inferred from the tensor shapes
   (`original.infer_config`). A ``.pth``/``.bin`` holding our own key names loads the same way.
@@ -43,6 +45,7 @@ from ..errors import SegformerError
 from ..fileio import atomic_dir, check_output_dir
 from ..models import build_model
 from ..pretrained import is_pretrained_file, is_tag, pretrained_path, read_pretrained
+from .hub import is_hub_id, snapshot
 from .native import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -62,6 +65,7 @@ HF_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+HF_PROCESSOR_FILE = "preprocessor_config.json"
 
 
 # -- reading files safely --
@@ -163,6 +167,23 @@ def _foreign_layout(state: Mapping[str, Tensor]) -> KeyMap | None:
     return best[1] if best[0] else None
 
 
+# -- naming a model --
+
+
+def resolve_model(model: str | Path) -> Path:
+    """The local file or folder a model argument names: an existing path first, then a pretrained
+    tag (its weights file), then a Hugging Face Hub id (``org/name[@revision]``: its snapshot in the
+    cache, downloaded unless offline). Every command reaches its model through here (`load`).
+
+    Strict: an id that does not resolve is a `SegformerError`, never another model.
+    """
+    if is_tag(model):
+        return pretrained_path(str(model))
+    if is_hub_id(model):
+        return snapshot(str(model))
+    return Path(model)
+
+
 # -- building the model --
 
 
@@ -220,8 +241,9 @@ def load(
     **overrides: Any,
 ) -> nn.Module:
     """Load a model from a pretrained tag (``"microsegformer-celebamask"``: weights shipped inside the
-    package, `segformer.pretrained`), a native directory, an HF transformers directory or an
-    NVlabs/mmseg ``.pth``.
+    package, `segformer.pretrained`), a native directory, an HF transformers directory, an
+    NVlabs/mmseg ``.pth``, or a Hub id ``org/name[@revision]`` holding one of the directories
+    (`resolve_model`: local paths win over tags, tags over ids).
 
     Returns the model in eval mode with ``model.config`` (class names from ``id2label`` or the mmseg
     ``CLASSES`` where present) and ``model.meta``. `num_classes` is required for encoder-only checkpoints
@@ -232,10 +254,12 @@ def load(
     >>> model = segformer.load("segformer-b0-finetuned-ade-512-512/")   # HF directory
     >>> model = segformer.load("mit_b2.pth", num_classes=19)            # ImageNet encoder
     >>> model = segformer.load("microsegformer-celebamask")            # shipped face parser
+    >>> model = segformer.load("nvidia/segformer-b0-finetuned-ade-512-512")  # Hub id
     """
     device = resolve_device(device)
-    path = pretrained_path(str(path)) if is_tag(path) else Path(path)
-    source = str(path)
+    name = str(path)
+    path = resolve_model(path)
+    source = name if is_hub_id(name) else str(path)  # errors name the id, not the cache folder
     if is_pretrained_file(path):
         config, meta, state = read_pretrained(path)
         layout = None
@@ -300,8 +324,10 @@ def save(
 ) -> Path:
     """Write `model` as a native model directory or, with ``format="hf"``, an HF transformers directory.
 
-    The HF directory (``config.json`` + ``model.safetensors``, legacy key names) loads with
-    ``SegformerForSemanticSegmentation.from_pretrained``; class names go to ``id2label``. Only SegFormer
+    The HF directory (``config.json`` + ``model.safetensors``, legacy key names, and the
+    ``preprocessor_config.json`` of the model's settings) loads with
+    ``SegformerForSemanticSegmentation.from_pretrained`` and ``pipeline("image-segmentation")``; class
+    names go to ``id2label``. Only SegFormer
     models (MiT with Mix-FFN + All-MLP decoder) have an HF equivalent; others raise `SegformerError`.
     A model directory there is replaced atomically; any other non-empty `directory` is refused unless
     `overwrite`, and then the model is written next to the files there, which are kept.
@@ -324,7 +350,31 @@ def save(
     with atomic_dir(directory, "model", overwrite) as tmp:
         write_safetensors(tmp / WEIGHTS_FILE, weights)
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        processor = hf_image_processor({**getattr(model, "meta", {}), **(meta or {})})
+        (tmp / HF_PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
     return directory
+
+
+def hf_image_processor(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` of an HF directory: transformers' SegformerImageProcessor set
+    to the model's working size and normalisation (`InferenceSettings`), which
+    ``pipeline("image-segmentation")`` and ``AutoImageProcessor`` need to use the directory."""
+    from ..inference.settings import InferenceSettings  # above this package: imported when used
+
+    settings = InferenceSettings.from_meta(meta)
+    h, w = settings.image_size
+    return {
+        "image_processor_type": "SegformerImageProcessor",
+        "do_resize": True,
+        "size": {"height": h, "width": w},
+        "resample": 2,  # bilinear, as `Predictor` resizes
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(settings.mean),
+        "image_std": list(settings.std),
+        "do_reduce_labels": False,
+    }
 
 
 def convert(
@@ -344,4 +394,4 @@ def convert(
     return model
 
 
-__all__ = ["FORMATS", "convert", "load", "save", "torch_load_safe"]
+__all__ = ["FORMATS", "convert", "load", "resolve_model", "save", "torch_load_safe"]

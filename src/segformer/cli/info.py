@@ -1,5 +1,6 @@
 """`segformer info MODEL`: parameters by component and FLOPs at a size, of a registered model or of any
-loadable one (model directory, HF directory, ``.pth``, ``.onnx``), with the settings it carries."""
+loadable one (model directory, HF directory, ``.pth``, ``.onnx``, Hub id), with the settings it carries,
+its classes (ids and colours) and the licence its model card states."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import load
+from ..checkpoint import is_hub_id, load, resolve_model
+from ..checkpoint.card import find_card, licence_line, read_card
 from ..config import parse_overrides
 from ..inference.onnx import OnnxRuntimeModel
 from ..inference.settings import InferenceSettings, model_settings
@@ -29,14 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Print the parameters of MODEL by component (patch embeddings, blocks per stage, "
         "stage norms, decoder projections, fuse, classifier), the total, and the FLOPs of one "
         "forward pass at SIZE x SIZE. MODEL is a registered name or a model to load (model directory, "
-        "HF directory, .pth, .onnx): those also show the inference settings they carry, and an "
-        f".onnx file its inputs and outputs. Models: {', '.join(list_models())}.",
+        "HF directory, .pth, .onnx, Hugging Face Hub id org/name[@revision]): those also show the "
+        "inference settings they carry, their classes with ids and colours, the licence of their model "
+        f"card, and an .onnx file its inputs and outputs. Models: {', '.join(list_models())}.",
     )
     p.add_argument(
         "model",
         metavar="MODEL",
         help="registered model name (e.g. microsegformer, segformer-b0), pretrained tag, model directory, "
-        ".pth or .onnx",
+        ".pth, .onnx or Hub id (org/name)",
     )
     p.add_argument(
         "--num-classes", type=positive_int, default=None, help="number of classes (default: the model's, 19)"
@@ -61,11 +64,15 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, InferenceSettings | Non
         }
         # The graph computes what its config builds: count on the PyTorch model of the same config.
         return build_model(runtime.config), model_settings(runtime, source=str(path)), {"onnx": io}
-    if path.exists() or is_tag(args.model):  # a pretrained tag wins over the architecture's name
-        model = load(args.model, args.num_classes, **overrides)
+    # A path, then a pretrained tag, then a Hub id win over the architecture's name (ids have a slash).
+    if path.exists() or is_tag(args.model) or is_hub_id(args.model):
+        local = resolve_model(args.model)
+        model = load(local, args.num_classes, **overrides)
         fields = {f.name for f in dataclasses.fields(InferenceSettings)}
         meta = {k: v for k, v in model.meta.items() if k not in fields}
-        return model, model_settings(model, source=str(path)), {"meta": meta}
+        card = find_card(local)
+        licence = licence_line(read_card(card)) if card else "no model card"
+        return model, model_settings(model, source=str(path)), {"meta": meta, "licence": licence}
     return create_model(args.model, num_classes=args.num_classes, **overrides), None, {}
 
 
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             ],
             "config": model.config.to_dict(),
             **({"settings": settings.to_dict()} if settings is not None else {}),
+            **({"classes": _classes(settings)} if settings is not None else {}),
             **extra,
         }
         print(json.dumps(out, indent=2))
@@ -107,6 +115,26 @@ def run(args: argparse.Namespace) -> int:
             f"settings: {h}x{w} px, {settings.eval_mode}, TTA {settings.tta}, label set {ls.name} "
             f"({ls.num_classes} classes), mean {list(settings.mean)}, std {list(settings.std)}"
         )
+        print("classes (id, name, colour):")
+        width = max(map(len, ls.class_names))
+        for c in _classes(settings):
+            print(f"  {c['id']:>3}  {c['name']:<{width}}  {_hex(c['colour'])}  {tuple(c['colour'])}")
+    if "licence" in extra:
+        print(f"licence: {extra['licence']}")
     for key, value in extra.get("meta", {}).items():
         print(f"{key}: {json.dumps(value)}")
     return 0
+
+
+def _classes(settings: InferenceSettings) -> list[dict[str, Any]]:
+    """The classes the model predicts: id, name and palette colour (RGB)."""
+    ls = settings.label_set
+    assert ls is not None  # resolved for the model
+    return [
+        {"id": i, "name": name, "colour": list(rgb)}
+        for i, (name, rgb) in enumerate(zip(ls.class_names, ls.palette, strict=True))
+    ]
+
+
+def _hex(rgb: list[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
