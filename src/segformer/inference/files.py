@@ -20,6 +20,9 @@ tracked and their labels smoothed over time (`smoothing`); `mp4` also writes the
 An unreadable input is reported by name on stderr and skipped; the report counts the failures. A video
 whose container lists frames that cannot be decoded is a failure too (its readable frames are written,
 under their own frame numbers).
+
+The work is a stream of events in input order (`segformer.inference.stream`): the inputs are decoded,
+parsed in batches, and a `PredictionWriter` writes each output kind with a method of its own.
 """
 
 from __future__ import annotations
@@ -28,24 +31,34 @@ import glob
 import json
 import sys
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from ..data.io import IMAGE_EXTENSIONS, PNG_MARK, is_segformer_png, load_image, overlay, save_image, save_mask
+from ..data.io import IMAGE_EXTENSIONS, PNG_MARK, is_segformer_png, overlay, save_image, save_mask
+from ..data.labels import LabelSet
 from ..errors import SegformerError
-from ..faces import FaceParse, FaceVideo, NoFaceWarning, VideoWriter, draw_faces, video_fps
+from ..faces import FaceParse, VideoWriter, draw_faces, video_fps
 from ..fileio import atomic_file, check_output_file, make_dirs
 from .predictor import Predictor
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+from .stream import (
+    VIDEO_EXTENSIONS,
+    BatchParser,
+    Failure,
+    InputDone,
+    Parsed,
+    VideoEnd,
+    VideoStart,
+    frames_text,
+    is_video,
+    parse_stream,
+    read_inputs,
+)
 
 
 @dataclass
@@ -56,7 +69,18 @@ class PredictReport:
     seconds: float = 0.0
     """Wall-clock time of reading, predicting and writing (model loading excluded)."""
     failed: list[tuple[str, str]] = field(default_factory=list)
-    """(input, reason) of every input that was skipped."""
+    """(input, reason) of every input that was skipped or whose outputs were not all written."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What `predict_files` writes besides the label maps (see the module docstring)."""
+
+    overlay: bool = False
+    probs: bool = False
+    faces_json: bool = False
+    instances: bool = False
+    mp4: bool = False
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -81,8 +105,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
     return files, missing
 
 
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
+# -- which existing files are ours to replace ----------------------------------------------------------
 
 
 def _is_our_probs(path: Path) -> bool:
@@ -108,54 +131,149 @@ def _check_output(path: Path) -> Path:
     return check_output_file(path, is_segformer_png, "label map or overlay")
 
 
-# Consecutive undecodable frames after which the rest of a video is taken to be unreadable.
-MAX_BAD_FRAMES = 25
-# Containers without a frame index (WebM, MKV, ...) estimate their frame count from the duration and
-# may list a frame or two more than they hold: a shortfall this small at the end is not reported.
-TRAILING_SLACK = 2
+def _check_outputs(files: list[Path], out: Path, outputs: Outputs) -> None:
+    """Refuse before any work when two inputs would write the same output, or an output would
+    replace something that is not ours (a video's frames are checked as they are written)."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        key = f"{path.stem}/" if is_video(path) else path.stem
+        if key in seen:
+            raise SegformerError(
+                f"{seen[key]} and {path} would both write {out / path.stem}.png; predict them into "
+                "different --out folders"
+            )
+        seen[key] = path
+    make_dirs(out)
+    subdirs = [("", ".png")] + [("overlays", ".png")] * outputs.overlay + [("probs", ".npy")] * outputs.probs
+    for path in files:
+        for sub, ext in subdirs:
+            frames = out / sub / path.stem
+            if is_video(path) and (frames.exists() or frames.is_symlink()) and not frames.is_dir():
+                raise SegformerError(f"{frames}: is a file, not a folder (the frames of {path} go there)")
+            if not is_video(path):
+                _check_output(out / sub / f"{path.stem}{ext}")
 
 
-def _video_frames(path: Path, bad: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame number, (H, W, 3) uint8 RGB frame) of every decodable frame of a video; the numbers of
-    frames the container lists but that cannot be decoded are appended to `bad`."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise SegformerError(f"{path}: cannot open as a video")
-    listed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less: the container does not say
-    index = decoded = run = 0
-    missing: list[int] = []  # undecodable frames not (yet) followed by a decodable one
-    try:
-        while True:
-            ok, frame = capture.read()
-            if ok:
-                bad.extend(missing)
-                missing, run = [], 0
-                decoded += 1
-                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            elif index < listed and run < MAX_BAD_FRAMES:
-                missing.append(index)  # a listed frame that does not decode: try the next one
-                run += 1
-            else:
-                break
-            index += 1
-    finally:
-        capture.release()
-    if decoded == 0:
-        raise SegformerError(f"{path}: no video frame could be decoded")
-    missing.extend(range(index, listed))  # after a run of bad frames the rest is unreadable too
-    if len(missing) > TRAILING_SLACK:
-        bad.extend(missing)
+# -- writing -------------------------------------------------------------------------------------------
 
 
-def _frames_text(numbers: list[int]) -> str:
-    """Frame numbers as ranges: ``3, 7-9``."""
-    spans: list[list[int]] = []
-    for n in numbers:
-        if spans and n == spans[-1][1] + 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+def _marked_png(array: np.ndarray, mode: str) -> bytes:
+    """A PNG of `array` in PIL `mode`, carrying the mark that tells a later run it is ours."""
+    import io
+
+    info = PngInfo()
+    info.add_text(*PNG_MARK)
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+class PredictionWriter:
+    """Writes what each `Parsed` frame asks for into `out`, one method per output kind, and keeps the
+    report: label maps written, and every input that failed with the reason."""
+
+    def __init__(
+        self, out: Path, label_set: LabelSet, outputs: Outputs, report: PredictReport, bar: tqdm
+    ) -> None:
+        self.out = out
+        self.label_set = label_set
+        self.outputs = outputs
+        self.report = report
+        self.bar = bar
+        self.movie: VideoWriter | None = None  # the overlays of the video being written, as an mp4
+        self.video: Path | None = None
+
+    def handle(self, events: list[object]) -> None:
+        """Write / report one item of `parse_stream`."""
+        for event in events:
+            if isinstance(event, Parsed):
+                self.write(event)
+            elif isinstance(event, Failure):
+                self.fail(event.item, event.reason)
+            elif isinstance(event, InputDone):
+                self.bar.update(1)
+            elif isinstance(event, VideoStart):
+                self.start_video(event.path)
+            elif isinstance(event, VideoEnd):
+                self.end_video(event)
+        if self.video is not None and isinstance(events[-1], Parsed):
+            self.bar.set_postfix_str(f"{self.video.name} frame {int(events[-1].name[-6:]) + 1}")
+
+    def fail(self, item: str, reason: str) -> None:
+        self.report.failed.append((item, reason))
+        shown = reason if reason.startswith(item) else f"{item}: {reason}"
+        self.bar.write(f"skipped {shown}", file=sys.stderr)
+
+    def write(self, p: Parsed) -> None:
+        if p.note is not None:
+            self.bar.write(f"{p.name}: {p.note}", file=sys.stderr)
+        try:
+            self.label_map(p.name, p.ids)
+            if self.outputs.overlay or self.movie is not None:
+                shown = self.overlay(p)
+                if self.movie is not None:
+                    self.movie.write(shown)
+            if p.faces is not None and self.outputs.faces_json:
+                self.faces_json(p.name, p.faces)
+            if p.faces is not None and p.faces.instances is not None:
+                self.instances(p.name, p.faces.instances)
+            if p.probs is not None:
+                self.probs(p.name, p.probs)
+        except (OSError, SegformerError) as err:
+            self.fail(p.name, str(err))
+            return
+        self.report.written += 1
+
+    def label_map(self, name: str, ids: np.ndarray) -> None:
+        save_mask(_check_output(self.out / f"{name}.png"), ids, self.label_set)
+
+    def overlay(self, p: Parsed) -> np.ndarray:
+        """The colours over the image (and the faces' boxes), written when asked for; returned for
+        the video's mp4."""
+        shown = overlay(p.image, p.ids, self.label_set)
+        if p.faces is not None:
+            shown = draw_faces(shown, p.faces.faces)
+        if self.outputs.overlay:
+            save_image(_check_output(self.out / "overlays" / f"{p.name}.png"), shown)
+        return shown
+
+    def faces_json(self, name: str, parse: FaceParse) -> None:
+        boxes = {"faces": parse.faces_json(), "whole_image": parse.whole_image}
+        with atomic_file(_check_output(self.out / "faces" / f"{name}.json")) as f:
+            f.write(json.dumps(boxes).encode())
+
+    def instances(self, name: str, instances: np.ndarray) -> None:
+        with atomic_file(_check_output(self.out / "instances" / f"{name}.png")) as f:
+            f.write(_marked_png(instances, "L"))
+
+    def probs(self, name: str, probs: np.ndarray) -> None:
+        with atomic_file(_check_output(self.out / "probs" / f"{name}.npy")) as f:
+            np.save(f, probs.astype(np.float16))
+
+    def start_video(self, path: Path) -> None:
+        self.video = path
+        if self.outputs.mp4:
+            self.movie = VideoWriter(self.out / "overlays" / f"{path.stem}.mp4", video_fps(path))
+
+    def end_video(self, end: VideoEnd) -> None:
+        self.close()
+        if end.error is not None:
+            self.fail(str(end.path), end.error + (f" after {end.frames} frames" if end.frames else ""))
+        elif end.bad:
+            self.fail(
+                str(end.path),
+                f"{len(end.bad)} frame(s) could not be decoded ({frames_text(end.bad)}); "
+                f"wrote the other {end.frames}",
+            )
+
+    def close(self) -> None:
+        self.video = None
+        if self.movie is not None:
+            self.movie.close()
+            self.movie = None
+
+
+# -- the command -------------------------------------------------------------------------------------
 
 
 def predict_files(
@@ -176,132 +294,22 @@ def predict_files(
     skipped; an input naming nothing is a failure too. Raises `SegformerError` when no input names
     any file, or when two inputs would write the same output."""
     out = Path(out)
+    outputs = Outputs(overlay_images, probs, faces_json, instances, mp4)
     files, missing = collect_inputs(inputs)
     if not files:
         reasons = "; ".join(f"{item}: {why}" for item, why in missing)
         raise SegformerError(f"no input images found ({reasons})")
-    seen: dict[str, Path] = {}
-    for path in files:
-        key = f"{path.stem}/" if _is_video(path) else path.stem
-        if key in seen:
-            raise SegformerError(
-                f"{seen[key]} and {path} would both write {out / path.stem}.png; predict them into "
-                "different --out folders"
-            )
-        seen[key] = path
-    # Refuse before any work when an output would replace something that is not ours (a video's
-    # frames are checked as they are written).
-    make_dirs(out)
-    subdirs = [("", ".png")] + [("overlays", ".png")] * overlay_images + [("probs", ".npy")] * probs
-    for path in files:
-        for sub, ext in subdirs:
-            frames = out / sub / path.stem
-            if _is_video(path) and (frames.exists() or frames.is_symlink()) and not frames.is_dir():
-                raise SegformerError(f"{frames}: is a file, not a folder (the frames of {path} go there)")
-            if not _is_video(path):
-                _check_output(out / sub / f"{path.stem}{ext}")
+    _check_outputs(files, out, outputs)
     report = PredictReport(out)
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
-
-    def fail(item: str, reason: str) -> None:
-        report.failed.append((item, reason))
-        bar.write(f"skipped {reason if reason.startswith(item) else f'{item}: {reason}'}", file=sys.stderr)
-
-    for item, why in missing:
-        fail(item, why)
-    pending: list[tuple[str, np.ndarray]] = []  # (output name without .png, image)
-    video: FaceVideo | None = None  # the face tracker of the video being read
-    movie: VideoWriter | None = None
-
-    def parse(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None, FaceParse | None]]:
-        if not predictor.faces:
-            results = predictor.predict_arrays(images, return_probs=probs)
-            return [(*(r if probs else (r, None)), None) for r in results]
-        parses = []
-        for (name, _), image in zip(pending, images, strict=True):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NoFaceWarning)
-                if video is not None:
-                    result = video(image, instances=instances, return_probs=probs)
-                else:
-                    result = predictor.parse_faces(image, instances=instances, return_probs=probs)
-            if caught and video is None:
-                bar.write(f"{name}: {caught[0].message}", file=sys.stderr)
-            parses.append((result.ids, result.probs, result))
-        return parses
-
-    def flush() -> None:
-        results = parse([image for _, image in pending])
-        for (name, image), (mask, prob, found) in zip(pending, results, strict=True):
-            try:
-                save_mask(_check_output(out / f"{name}.png"), mask, predictor.label_set)
-                if overlay_images or movie is not None:
-                    shown = overlay(image, mask, predictor.label_set)
-                    if found is not None:
-                        shown = draw_faces(shown, found.faces)
-                    if overlay_images:
-                        save_image(_check_output(out / "overlays" / f"{name}.png"), shown)
-                    if movie is not None:
-                        movie.write(shown)
-                if found is not None and faces_json:
-                    boxes = {"faces": found.faces_json(), "whole_image": found.whole_image}
-                    with atomic_file(_check_output(out / "faces" / f"{name}.json")) as f:
-                        f.write(json.dumps(boxes).encode())
-                if found is not None and found.instances is not None:
-                    info = PngInfo()
-                    info.add_text(*PNG_MARK)
-                    with atomic_file(_check_output(out / "instances" / f"{name}.png")) as f:
-                        Image.fromarray(found.instances, "L").save(f, format="PNG", pnginfo=info)
-                if prob is not None:
-                    with atomic_file(_check_output(out / "probs" / f"{name}.npy")) as f:
-                        np.save(f, prob.astype(np.float16))
-            except (OSError, SegformerError) as err:
-                fail(name, str(err))
-                continue
-            report.written += 1
-        pending.clear()
-
-    for path in files:
-        if not _is_video(path):
-            try:
-                pending.append((path.stem, load_image(path)))
-            except SegformerError as err:
-                fail(str(path), str(err))
-            bar.update(1)
-            if len(pending) >= predictor.batch_size:
-                flush()
-            continue
-        flush()
-        frames, bad = 0, []
-        if predictor.faces:
-            video = FaceVideo(predictor, smoothing=smoothing)
-        if mp4:
-            movie = VideoWriter(out / "overlays" / f"{path.stem}.mp4", video_fps(path))
-        try:
-            for index, frame in _video_frames(path, bad):
-                pending.append((f"{path.stem}/{index:06d}", frame))
-                frames += 1
-                if len(pending) >= predictor.batch_size:
-                    flush()
-                    bar.set_postfix_str(f"{path.name} frame {index + 1}")
-            flush()
-            if bad:
-                fail(
-                    str(path),
-                    f"{len(bad)} frame(s) could not be decoded ({_frames_text(bad)}); "
-                    f"wrote the other {frames}",
-                )
-        except SegformerError as err:
-            flush()  # the frames decoded before a broken one are still written
-            fail(str(path), str(err) + (f" after {frames} frames" if frames else ""))
-        finally:
-            video = None
-            if movie is not None:
-                movie.close()
-                movie = None
-        bar.update(1)
-    flush()
-    bar.close()
+    writer = PredictionWriter(out, predictor.label_set, outputs, report, bar)
+    parser = BatchParser(predictor, probs=probs, instances=instances, smoothing=smoothing)
+    try:
+        for events in parse_stream(read_inputs(files, missing), parser, predictor.batch_size):
+            writer.handle(events)
+    finally:
+        writer.close()
+        bar.close()
     report.seconds = time.perf_counter() - start
     return report
