@@ -341,3 +341,14 @@ def test_push_refuses_offline_and_bad_ids(uploads, tmp_path, monkeypatch, capsys
         len(errors) == 2 and "not a Hugging Face Hub model id" in errors[0] and "HF_HUB_OFFLINE" in errors[1]
     )
     assert uploads == []
+
+
+def test_predict_takes_an_id_as_its_model_argument(hub, tmp_path, monkeypatch):
+    from segformer.cli.predict import split_model_and_inputs
+
+    monkeypatch.chdir(tmp_path)
+    assert split_model_and_inputs(["org/tiny", "a.jpg"]) == ("org/tiny", ["a.jpg"])
+    # An input is never taken for an id: file names, globs, existing folders.
+    (tmp_path / "photos" / "today").mkdir(parents=True)
+    for inputs in (["photos/a.jpg", "b.png"], ["photos/*.jpg"], ["photos/today"]):
+        assert split_model_and_inputs(inputs)[1] == inputs

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE
+from ..checkpoint import CONFIG_FILE, is_hub_id
 from ..config import EVAL_MODES, TTA_MODES
 from ..errors import SegformerError
 from ..inference.files import predict_files
@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "paths",
         nargs="+",
         metavar="[MODEL] INPUT",
-        help="the model (model directory such as RUN/best, pretrained tag, .pth, .safetensors or .onnx; "
-        f"default {DEFAULT_TAG}), then image/video files, folders or glob patterns",
+        help="the model (model directory such as RUN/best, pretrained tag, .pth, .safetensors, .onnx or "
+        f"Hub id org/name; default {DEFAULT_TAG}), then image/video files, folders or glob patterns",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
@@ -99,9 +99,10 @@ MODEL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".onnx")
 
 def is_model_arg(arg: str) -> bool:
     """Whether a first positional argument names a model rather than an input: a pretrained tag, a
-    model file, or a folder that holds a model (``config.json``) or is a run (``best/``, ``last/``)."""
+    Hub id (``org/name``, not a local path), a model file, or a folder that holds a model
+    (``config.json``) or is a run (``best/``, ``last/``)."""
     path = Path(arg)
-    if is_tag(arg) or (path.suffix.lower() in MODEL_SUFFIXES and not path.is_dir()):
+    if is_tag(arg) or is_hub_id(arg) or (path.suffix.lower() in MODEL_SUFFIXES and not path.is_dir()):
         return True
     return path.is_dir() and any((path / name).exists() for name in (CONFIG_FILE, "best", "last"))
 
