@@ -99,7 +99,7 @@ def compose_scene(
             cx = rng.uniform(extent / 2, w - extent / 2)
             cy = rng.uniform(extent / 2, h - extent / 2)
             box = (cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)
-            from .detect import iou
+            from segformer.faces.detect import iou
 
             if all(iou(box, b) < 0.05 for b in boxes):
                 break
