@@ -162,7 +162,7 @@ def score_scenes(
     """Composes `scenes` seeded scenes from `samples`, parses them with `segformer.faces.parse_faces`
     and scores them (see the module docstring); the reference is `crop_scores` on the same faces.
     `options` go to `parse_faces`."""
-    from .pipeline import parse_faces
+    from segformer.faces.pipeline import parse_faces
 
     rng = np.random.default_rng(seed)
     k = predictor.config.num_classes
