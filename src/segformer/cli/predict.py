@@ -13,7 +13,7 @@ from ..inference.files import predict_files
 from ..inference.predictor import BACKENDS, Predictor
 from ..pretrained import DEFAULT_TAG, is_tag
 from . import add_postprocess_options, add_threads_option
-from .types import positive_floats, positive_int, unit_interval
+from .types import int_between, nonneg_int, positive_floats, positive_int, unit_interval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +89,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mp4", action="store_true", help="videos: also write the overlays as DIR/overlays/<stem>.mp4"
     )
+    p.add_argument(
+        "--parts",
+        metavar="CLASSES",
+        help="also write a mask per named class, e.g. hair,skin: DIR/parts/<stem>/<class>.png, 255 inside "
+        "the class and 0 outside (class names: the model's label set, see `segformer info MODEL`)",
+    )
+    p.add_argument(
+        "--cutout",
+        action="store_true",
+        help="also write DIR/cutout/<stem>.png: the image as RGBA, opaque on every class but the background",
+    )
+    p.add_argument(
+        "--soft",
+        action="store_true",
+        help="--parts / --cutout: the class probabilities as 0-255 instead of hard 0/255 edges",
+    )
+    p.add_argument(
+        "--grow",
+        type=int_between(-1000, 1000),
+        default=0,
+        metavar="N",
+        help="--parts / --cutout: dilate the masks by N pixels with a disk (negative: erode; default 0)",
+    )
+    p.add_argument(
+        "--feather",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="--parts / --cutout: soften the edges into ramps about N pixels wide (default 0: hard)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -144,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
         instances=args.instances,
         smoothing=args.smoothing,
         mp4=args.mp4,
+        parts=args.parts or (),
+        cutout=args.cutout,
+        soft=args.soft,
+        grow=args.grow,
+        feather=args.feather,
     )
     rate = f" in {report.seconds:.1f} s ({report.written / max(report.seconds, 1e-9):.2f} images/s)"
     failed = f"; {len(report.failed)} input(s) failed (listed above)" if report.failed else ""
