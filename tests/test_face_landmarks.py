@@ -3,6 +3,7 @@ and the check that tells a parsed face from clutter a parser labelled as one."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import cv2
@@ -11,8 +12,8 @@ import pytest
 
 from segformer.data.datasets import holdout_stems
 from segformer.data.io import load_mask
+from segformer.faces.checks import looks_like_a_crop, looks_like_a_face
 from segformer.faces.landmarks import CANONICAL, find_landmarks, fit_landmarks, parse_fit
-from segformer.faces.pipeline import SURE, looks_like_a_crop, looks_like_a_face
 
 SIZE = 128
 PARTS = {"eye": (4, 5), "brow": (6, 7)}
@@ -94,8 +95,8 @@ def test_parts_scattered_over_clutter_are_not_a_face():
     assert looks_like_a_crop(ids)
     fit = parse_fit(ids)
     assert fit is not None and not fit.plausible and not looks_like_a_face(ids)
-    # A box the detector is sure of needs only the parse's parts, not their places.
-    assert not looks_like_a_face(ids, score=SURE - 1) and looks_like_a_face(ids, score=SURE)
+    # No detector score skips the places (issue 25): the check reads the parse alone.
+    assert "score" not in inspect.signature(looks_like_a_face).parameters
 
 
 @pytest.mark.parametrize("bound", ["zoom", "roll", "offset"])
@@ -160,8 +161,8 @@ def test_eye_roll_reads_a_label_set_with_one_eye_class():
     pixels are split at the midline, not paired by class."""
     import torch
 
+    from segformer.faces.checks import eye_roll
     from segformer.faces.landmarks import FaceParts
-    from segformer.faces.pipeline import eye_roll
 
     m = cv2.getRotationMatrix2D(((SIZE - 1) / 2, (SIZE - 1) / 2), 10.0, 1.0)
     ids = cv2.warpAffine(drawn_face(one_name=True), m, (SIZE, SIZE), flags=cv2.INTER_NEAREST)

@@ -3,6 +3,10 @@
 >>> predictor = segformer.Predictor("runs/face/best")
 >>> result = predictor.parse_faces("group.jpg", instances=True)
 >>> result.ids, result.instances, result.faces_json()
+
+What the faces code needs from the parser is a `FaceModel`: a function from aligned crops to
+probabilities, and the inference settings (`Predictor.face_model` builds it); it never sees the
+Predictor.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import cv2
 from ..data.labels import LabelSet
 from .align import FRAMING, Framing, crop_transform, invert, warp_to_crop
 from .detect import Face, cascade_available, detect_faces
-from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces, paste
+from .model import FaceModel
+from .paste import paste
+from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces
 from .video import FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
 
 FACE_CLASSES = ("skin", "nose")
@@ -51,6 +57,7 @@ def default_faces(label_set: LabelSet) -> bool:
 __all__ = [
     "FRAMING",
     "Face",
+    "FaceModel",
     "FaceParse",
     "FaceVideo",
     "FacesUnavailableWarning",

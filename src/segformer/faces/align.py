@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .detect import Face
+from .landmarks import Fit
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,26 @@ def warp_to_crop(image: np.ndarray, face: Face, size: int, framing: Framing = FR
         m = m[:, :2] @ pre[:, :2], m
         m = np.hstack([m[0], (m[1][:, :2] @ pre[:, 2] + m[1][:, 2])[:, None]])
     return cv2.warpAffine(part, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def resize_transform(shape: tuple[int, int], size: int) -> np.ndarray:
+    """The (2, 3) matrix of resizing a whole image of `shape` (H, W) to `size` x `size` (half-pixel
+    centres, as `segformer.inference.ops.resize` samples): the "crop" of a whole-image parse."""
+    h, w = shape
+    sx, sy = size / w, size / h
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
+def face_from_fit(m: np.ndarray, fit: Fit, size: int, framing: Framing = FRAMING, score: float = 1.0) -> Face:
+    """The face whose training crop would put the landmarks parsed in the `size` crop of transform `m`
+    (photo -> crop) at their `CANONICAL` places: where the parse itself says the face is."""
+    back = invert(m)
+    points = [fit.to_crop(0.5 + 0.5j), fit.to_crop(1.0 + 0.5j)]  # the framing's centre, right edge
+    centre, right = apply(back, np.array([[p.real * size - 0.5, p.imag * size - 0.5] for p in points]))
+    half = right - centre
+    side = 2 * float(np.hypot(*half))
+    ux = half / max(np.hypot(*half), 1e-9)  # the face's right and down, on screen (y down)
+    uy = np.array([-ux[1], ux[0]])
+    box = side / framing.scale
+    cx, cy = centre - box * (framing.dx * ux + framing.dy * uy)
+    return Face(float(cx), float(cy), box, -math.degrees(math.atan2(ux[1], ux[0])), score)

@@ -102,6 +102,13 @@ class Fit:
     """How far the landmarks' centre moves, in crop sides."""
     residual: float
     count: int
+    similarity: complex = 1
+    """The fitted map itself: a landmark at crop point p (complex x + iy, crop sides) goes to
+    ``similarity * (p - source) + target`` in `CANONICAL`'s frame."""
+    source: complex = 0.5 + 0.5j
+    """Mean of the fitted landmarks in the crop."""
+    target: complex = 0.5 + 0.5j
+    """Mean of the same landmarks in `CANONICAL`."""
 
     @property
     def plausible(self) -> bool:
@@ -113,6 +120,11 @@ class Fit:
             and abs(self.roll) <= MAX_ROLL
             and self.offset <= MAX_SHIFT
         )
+
+    def to_crop(self, point: complex) -> complex:
+        """Where a point of the training framing (x + iy, crop sides) lies in the parsed crop: the
+        inverse of the fitted similarity."""
+        return (point - self.target) / self.similarity + self.source
 
 
 def _centre(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float]:
@@ -168,6 +180,9 @@ def fit_landmarks(points: dict[str, tuple[float, float]]) -> Fit | None:
         offset=float(abs(d0 - s0)),
         residual=residual,
         count=len(names),
+        similarity=c,
+        source=complex(s0),
+        target=complex(d0),
     )
 
 

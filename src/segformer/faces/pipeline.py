@@ -1,15 +1,22 @@
 """Parse every face of a photo at the framing the parser was trained on, and paste the labels back.
 
-1. `detect_faces` finds the faces (box, roll).
-2. Each face is warped to a training-style crop at the model's working size (`align.warp_to_crop`)
-   and parsed; its roll is then corrected from the parse (the line through the eyes) and, when the
-   correction is noticeable, the face is warped and parsed once more.
-3. The crops' probabilities are warped back with the inverse transform, tile by tile over the faces'
-   regions only (memory stays bounded for huge photos), weighted by a window that fades out towards
-   the crop's edges and averaged where faces overlap; whatever weight the faces leave is background.
+1. **The whole image first.** A square image may be an aligned crop: it is parsed as one (with the
+   settings' TTA) and its landmarks are fitted to the training framing (`checks.looks_like_a_face`).
+   When they fit and the face fills the frame (`checks.fills_the_frame`) that parse is the answer:
+   one parse and a landmark fit, no detector. The whole image is never thrown away for a box inside
+   its face: a parse of it that fits is kept, and only faces the detector finds outside its face
+   are added.
+2. **Detection** (`detect.detect_faces`: upright first, rotated copies only where that found nothing)
+   when the whole image is not such a crop.
+3. **Check and refine**: each box is warped to a training-style crop (`align.warp_to_crop`) and parsed
+   once without TTA; a box whose parse is not a face at that place and size is dropped (no detector
+   score skips this). The roll is corrected from the parse (the eye line), and the faces kept are
+   parsed with the settings' TTA at their final framing.
+4. **Paste** (`paste.paste`): each face's labels go back into the photo; where faces overlap the face
+   in front wins. A face none of whose labels survive is in no output: the label map, the instance
+   map, the faces' boxes (JSON, overlay) always describe the same faces.
 
-A photo that is already an aligned crop (one face whose training crop is about the whole image) is
-parsed directly, exactly as before this module existed, so aligned crops score as they did.
+`FaceModel` (`faces/model.py`) is all this module knows of the parser: data flows one way.
 """
 
 from __future__ import annotations
@@ -23,24 +30,28 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..inference.ops import class_ids, predict_batch
-from .align import FRAMING, Framing, crop_roi, crop_transform, warp_to_crop
-from .detect import Face, detect_faces, iou
-from .landmarks import CELEBAMASK_PARTS, FaceParts, find_landmarks, parse_fit
+from ..errors import SegformerError
+from .align import FRAMING, Framing, crop_transform, face_from_fit, resize_transform, warp_to_crop
+from .checks import (
+    eye_roll,
+    fills_the_frame,
+    is_square,
+    is_whole_image,
+    looks_like_a_crop,
+    looks_like_a_face,
+)
+from .detect import Face, detect_faces, overlap_of_smaller
+from .landmarks import parse_fit
+from .model import FaceModel
+from .paste import FRONT, FRONT_RULES, TILE, Layer, paste, sharpness
 
-TILE = 1024
-"""Side of the tiles the probabilities are pasted back in (memory: K x TILE² floats per face)."""
-WHOLE_IMAGE_IOU = 0.6
-"""A single face whose training crop covers the image this well (IoU) is parsed as the image."""
-WHOLE_IMAGE_ROLL = 10.0
-"""...and is upright within this many degrees (the cascade's own tolerance)."""
-FADE = 0.05
-"""Fraction of the crop's side over which a face's weight fades to 0 at the crop's edge."""
 REFINE_DEGREES = 3.0
 """Roll corrections smaller than this are not worth a second pass."""
+NESTED = 0.6
+"""A box with this much of its area inside the face of the whole image's parse is part of that face
+(the detector's own rule for boxes inside a stronger one, `detect._merge`)."""
 
 
 class NoFaceWarning(UserWarning):
@@ -49,7 +60,7 @@ class NoFaceWarning(UserWarning):
 
 @dataclass
 class FaceParse:
-    """The labels of a photo and the faces they came from."""
+    """The labels of a photo and the faces they came from (every face listed has labels in `ids`)."""
 
     ids: np.ndarray
     """(H, W) uint8 class ids at the photo's resolution."""
@@ -57,230 +68,126 @@ class FaceParse:
     probs: np.ndarray | None = None
     """(K, H, W) float32 probabilities (only when asked for: K floats per photo pixel)."""
     instances: np.ndarray | None = None
-    """(H, W) uint8: 0 outside every face, i + 1 where face i has the most weight (when asked for)."""
+    """(H, W) uint8: 0 on background, i + 1 where the labels are face i's (when asked for)."""
     whole_image: bool = False
-    """True when the image was parsed as one aligned crop."""
+    """True when the image was parsed as one aligned crop (its face is then `faces[0]`)."""
     crops: Tensor | None = field(default=None, repr=False)
-    """(N, K, S, S) probabilities of the aligned crops (what video smoothing averages)."""
+    """(N, K, S, S) probabilities of the faces' aligned crops."""
 
     def faces_json(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self.faces]
 
 
-def _settings(predictor: Any) -> dict[str, Any]:
-    return {
-        "mean": predictor.mean,
-        "std": predictor.std,
-        "tta": predictor.tta,
-        "flip_perm": predictor.flip_perm,
-        "scales": predictor.scales,
-        "device": predictor.device,
-        "mode": "resize",  # a crop is at the working size already
-    }
+@dataclass
+class Found:
+    """A face and the parse of its crop."""
+
+    face: Face
+    probs: Tensor
+    """(K, S, S) probabilities of the crop."""
+    transform: np.ndarray
+    """(2, 3) photo -> crop."""
+    crop: np.ndarray | None = None
+    """The (S, S, 3) crop that was parsed (for the sharpness rule)."""
+    whole: bool = False
 
 
-def parse_crops(predictor: Any, crops: Sequence[np.ndarray]) -> Tensor:
-    """(N, K, S, S) float32 CPU probabilities of aligned (S, S, 3) uint8 crops, with the predictor's
-    model, normalisation and test-time augmentation."""
-    out = []
-    size = crops[0].shape[0]
-    with torch.inference_mode():
-        for start in range(0, len(crops), predictor.batch_size):
-            chunk = list(crops[start : start + predictor.batch_size])
-            probs = predict_batch(predictor.net, chunk, size, **_settings(predictor))
-            out.append(probs.float().cpu())
-    return torch.cat(out)
+def whole_face(shape: tuple[int, int], framing: Framing = FRAMING) -> Face:
+    """The face whose training crop is the largest square centred in an image of `shape` (H, W)."""
+    h, w = shape
+    size = min(h, w) / framing.scale
+    return Face((w - 1) / 2 - framing.dx * size, (h - 1) / 2 - framing.dy * size, size)
 
 
-def face_parts(predictor: Any) -> FaceParts:
-    """The face parts of the predictor's label set (CelebAMask-HQ's when it names none)."""
-    label_set = getattr(predictor, "label_set", None)
-    return FaceParts.of(label_set.class_names) if label_set is not None else CELEBAMASK_PARTS
+def parse_whole(model: FaceModel, image: np.ndarray, framing: Framing = FRAMING) -> tuple[Found, bool, bool]:
+    """The image parsed as one aligned crop (settings' TTA); whether that parse is a face at the
+    training framing (`looks_like_a_face`), and whether its face fills the frame. The face is where
+    the landmarks put it (the centred square when they do not fit)."""
+    probs = model.parse([image], model.tta)[0]
+    ids = probs.argmax(0).to(torch.uint8).numpy()
+    fit = parse_fit(ids, model.parts)
+    m = resize_transform(image.shape[:2], model.size)
+    face_ok = looks_like_a_crop(ids, model.parts) and fit is not None and fit.plausible
+    face = (
+        face_from_fit(m, fit, model.size, framing)
+        if face_ok and fit
+        else whole_face(image.shape[:2], framing)
+    )
+    return Found(face, probs, m, whole=True), face_ok, bool(face_ok and fit and fills_the_frame(fit))
 
 
-def eye_roll(probs: Tensor, parts: FaceParts = CELEBAMASK_PARTS) -> float | None:
-    """Degrees the face in an aligned crop is still rolled by, from the line through its eyes (brows
-    when an eye is missing; `landmarks.find_landmarks`), or None when neither pair is visible. Same
-    sign as `Face.angle`."""
-    points = find_landmarks(probs.argmax(0).to(torch.uint8).numpy(), parts)
-    side = probs.shape[-1]
-    for pair in ("eye", "brow"):
-        if f"{pair}_left" in points and f"{pair}_right" in points:
-            (xa, ya), (xb, yb) = points[f"{pair}_left"], points[f"{pair}_right"]
-            if (xb - xa) * side < 2:
-                continue
-            # A face still rolled counter-clockwise on screen has its right-hand eye higher (smaller y).
-            return -math.degrees(math.atan2(yb - ya, xb - xa))
-    return None
-
-
-def align_faces(
-    predictor: Any,
+def parse_boxes(
+    model: FaceModel,
     image: np.ndarray,
-    faces: Sequence[Face],
+    boxes: Sequence[Face],
     *,
-    size: int | None = None,
+    verify: bool = True,
     refine: bool = True,
     framing: Framing = FRAMING,
-) -> tuple[list[Face], Tensor]:
-    """The faces (roll refined from the parse when `refine`) and their (N, K, S, S) crop probabilities."""
-    size = size or predictor.image_size[0]
-    faces = list(faces)
-    probs = parse_crops(predictor, [warp_to_crop(image, f, size, framing) for f in faces])
-    if refine:
-        redo, parts = [], face_parts(predictor)
-        for i, face in enumerate(faces):
-            roll = eye_roll(probs[i], parts)
-            if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
-                faces[i] = replace(face, angle=face.angle + roll)
-                redo.append(i)
-        if redo:
-            again = parse_crops(predictor, [warp_to_crop(image, faces[i], size, framing) for i in redo])
-            for j, i in enumerate(redo):
-                probs[i] = again[j]
-    return faces, probs
+) -> list[Found]:
+    """The boxes that are faces (`looks_like_a_face` of a parse without TTA; all with `verify=False`),
+    each with its roll refined from the eye line (`refine`) and parsed with the settings' TTA."""
+    if not boxes:
+        return []
+    size, parts = model.size, model.parts
+    crops = [warp_to_crop(image, b, size, framing) for b in boxes]
+    quick = model.parse(crops, "none")
+    kept: list[list[Any]] = []  # [face, crop, final probabilities or None]
+    for box, crop, probs in zip(boxes, crops, quick, strict=True):
+        if verify and not looks_like_a_face(probs.argmax(0).to(torch.uint8).numpy(), parts):
+            continue  # the cascade also fires on face-like clutter; the parse tells a face from it
+        roll = eye_roll(probs, parts) if refine else None
+        if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
+            face = replace(box, angle=box.angle + roll)
+            kept.append([face, warp_to_crop(image, face, size, framing), None])
+        else:
+            kept.append([box, crop, probs if model.tta == "none" else None])
+    redo = [k for k in kept if k[2] is None]
+    if redo:
+        for k, probs in zip(redo, model.parse([k[1] for k in redo], model.tta), strict=True):
+            k[2] = probs
+    return [Found(face, probs, crop_transform(face, size, framing), crop) for face, crop, probs in kept]
 
 
-def _window(size: int) -> Tensor:
-    """(1, 1, S, S) weights: 1 inside, fading linearly to 0 over `FADE` of the side at the edges."""
-    ramp = max(1.0, FADE * size)
-    d = torch.arange(size, dtype=torch.float32)
-    edge = torch.minimum(d + 0.5, size - 0.5 - d) / ramp
-    w = edge.clamp(0, 1)
-    return (w[:, None] * w[None, :])[None, None]
-
-
-def paste(
-    crops: Tensor,
-    faces: Sequence[Face],
-    shape: tuple[int, int],
+def find_faces(
+    model: FaceModel,
+    image: np.ndarray,
     *,
-    background: int = 0,
+    verify: bool = True,
+    refine: bool = True,
     framing: Framing = FRAMING,
-    tile: int = TILE,
-    return_probs: bool = False,
-    instances: bool = False,
-) -> FaceParse:
-    """Class ids of a photo of `shape` (H, W) from the (N, K, S, S) crop probabilities of `faces`."""
-    h, w = shape
-    n, k, s, _ = crops.shape
-    ids = np.full((h, w), background, np.uint8)
-    probs_out = None
-    if return_probs:
-        probs_out = np.zeros((k, h, w), np.float32)
-        probs_out[background] = 1.0
-    inst = np.zeros((h, w), np.uint8) if instances else None
-    rois = [crop_roi(f, shape, framing) for f in faces]
-    transforms = [torch.from_numpy(crop_transform(f, s, framing)).float() for f in faces]
-    weighted = torch.cat([crops, _window(s).expand(n, 1, s, s)], 1)  # weight rides along as channel K
-    weighted[:, :k] *= weighted[:, k:]
-    live = [r for r in rois if r is not None]
-    if not live:
-        return FaceParse(ids, list(faces), probs_out, inst, crops=crops)
-    x_lo, y_lo = min(r[0] for r in live), min(r[1] for r in live)
-    x_hi, y_hi = max(r[2] for r in live), max(r[3] for r in live)
-    for ty in range(y_lo, y_hi, tile):
-        for tx in range(x_lo, x_hi, tile):
-            tx1, ty1 = min(tx + tile, x_hi), min(ty + tile, y_hi)
-            hits = [
-                i for i, r in enumerate(rois)
-                if r is not None and r[0] < tx1 and r[2] > tx and r[1] < ty1 and r[3] > ty
-            ]  # fmt: skip
-            if not hits:
-                continue
-            ys, xs = torch.meshgrid(
-                torch.arange(ty, ty1, dtype=torch.float32),
-                torch.arange(tx, tx1, dtype=torch.float32),
-                indexing="ij",
-            )
-            acc = torch.zeros(k + 1, ty1 - ty, tx1 - tx)
-            best = torch.zeros(ty1 - ty, tx1 - tx)
-            owner = torch.zeros(ty1 - ty, tx1 - tx, dtype=torch.uint8)
-            for i in hits:
-                m = transforms[i]
-                u = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]  # crop pixel coordinates
-                v = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-                grid = torch.stack([(2 * u + 1) / s - 1, (2 * v + 1) / s - 1], -1)[None]
-                part = F.grid_sample(
-                    weighted[i : i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-                )[0]
-                acc += part
-                if inst is not None:
-                    more = part[k] > best
-                    best = torch.where(more, part[k], best)
-                    owner[more] = i + 1
-            weight = acc[k]
-            probs = acc[:k] / weight.clamp(min=1.0)
-            probs[background] += (1 - weight).clamp(min=0)
-            ids[ty:ty1, tx:tx1] = class_ids(probs[None])[0].to(torch.uint8).numpy()
-            if probs_out is not None:
-                probs_out[:, ty:ty1, tx:tx1] = probs.numpy()
-            if inst is not None:
-                owner[(weight <= 0) | (torch.from_numpy(ids[ty:ty1, tx:tx1]) == background)] = 0
-                inst[ty:ty1, tx:tx1] = owner.numpy()
-    return FaceParse(ids, list(faces), probs_out, inst, crops=crops)
+    detect: dict[str, Any] | None = None,
+) -> list[Found]:
+    """The faces of a photo and their parses (steps 1-3 of the module docstring)."""
+    shape = image.shape[:2]
+    whole, whole_ok = None, False
+    if is_square(shape):
+        whole, whole_ok, fills = parse_whole(model, image, framing)
+        if fills or (whole_ok and not verify):
+            return [whole]
+    boxes = detect_faces(image, **(detect or {}))
+    if not verify:  # every box kept: as the detector alone says (an upright box about the image: whole)
+        if whole is not None and is_whole_image(boxes, shape, framing):
+            return [whole]
+        found = parse_boxes(model, image, boxes, verify=False, refine=refine, framing=framing)
+        return found or ([whole] if whole is not None and looks_like_a_crop(_ids(whole), model.parts) else [])
+    if whole_ok:  # a box inside the face of the whole image is part of it, not a face of its own
+        assert whole is not None
+        boxes = [b for b in boxes if overlap_of_smaller(b.box, whole.face.box) <= NESTED]
+    found = parse_boxes(model, image, boxes, verify=True, refine=refine, framing=framing)
+    if whole is not None and (whole_ok or (not found and looks_like_a_crop(_ids(whole), model.parts))):
+        # Kept when it fits; also when nothing else is a face and the parse still looks like a face crop
+        # whose landmarks this parser misplaced (an aligned portrait is never worse off than parsed whole).
+        found = [whole, *found]
+    return found
 
 
-CROP_SKIN = 0.10
-"""Least fraction of skin in a parse that `looks_like_a_crop` (aligned crops hold 15-35%)."""
-
-
-def looks_like_a_crop(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> bool:
-    """True when a parse at the training framing shows a face: a large skin area and at least three
-    of its four inner parts (nose, eyes, brows, mouth and lips), each on 0.05% of the pixels or more.
-    It checks the detector's boxes, and recognises the few aligned crops the detector misses. Three
-    of four, not all: a half-trained parser finds the nose late, and one part may be hidden."""
-    total = ids.size
-    found = sum(np.isin(ids, group).sum() >= 0.0005 * total for group in parts.groups)
-    skin = np.isin(ids, parts.skin).sum()
-    return bool(skin >= CROP_SKIN * total and found >= min(3, len(parts.groups)))
-
-
-SURE = 20.0
-"""Detector score (`Face.score`) from which a box needs no landmark check: on the development scenes
-(seeds 2-5) no box on clutter that the parser took for a face scored above 17, while true faces that
-this parser parses poorly (their landmarks off) scored up to 40 (see docs/faces.md)."""
-
-
-def looks_like_a_face(ids: np.ndarray, score: float = 0.0, parts: FaceParts = CELEBAMASK_PARTS) -> bool:
-    """The check for a detector's box of detector `score`, from its parse `ids`: `looks_like_a_crop`
-    and, unless the detector is sure (`SURE`), its eyes, brows, nose and mouth where a face's are
-    (their centres fit the training framing's: `landmarks.Fit.plausible`). A parser trained on faces
-    labels clutter as skin and parts too, but scatters the parts."""
-    if not looks_like_a_crop(ids, parts):
-        return False
-    if score >= SURE:
-        return True
-    fit = parse_fit(ids, parts)
-    return fit is not None and fit.plausible
-
-
-SQUARE = 0.1
-"""Images whose sides differ by at most this fraction may be aligned crops (training crops are square)."""
-
-
-def is_square(shape: tuple[int, int]) -> bool:
-    """True when an image of `shape` (H, W) is square within `SQUARE`, as every aligned crop is."""
-    return abs(shape[0] - shape[1]) <= SQUARE * max(shape)
-
-
-def is_whole_image(faces: Sequence[Face], shape: tuple[int, int], framing: Framing = FRAMING) -> bool:
-    """True when the image already is a training-style crop: its largest face upright and its crop
-    about the image (other boxes are then inside that crop, parsed with it). Parsing such an image
-    directly scores at least as well as re-framing it: the detector's box varies in size on aligned
-    crops (quartiles -4% .. +5%), the crops' own framing does not."""
-    if not faces:
-        return False
-    f = max(faces, key=lambda face: face.size)
-    if abs(f.angle) > WHOLE_IMAGE_ROLL:
-        return False
-    half = framing.scale * f.size / 2
-    cx, cy = f.cx + framing.dx * f.size, f.cy + framing.dy * f.size
-    return iou((cx - half, cy - half, cx + half, cy + half), (0, 0, shape[1], shape[0])) >= WHOLE_IMAGE_IOU
+def _ids(found: Found) -> np.ndarray:
+    return found.probs.argmax(0).to(torch.uint8).numpy()
 
 
 def parse_faces(
-    predictor: Any,
+    model: FaceModel,
     image: np.ndarray,
     *,
     faces: Sequence[Face] | None = None,
@@ -291,71 +198,73 @@ def parse_faces(
     tile: int = TILE,
     framing: Framing = FRAMING,
     detect: dict[str, Any] | None = None,
+    front: str = FRONT,
 ) -> FaceParse:
     """Labels of every face in an (H, W, 3) uint8 RGB photo (see the module docstring).
 
-    `predictor` is a `segformer.Predictor` (its model, working size, normalisation and TTA are
-    used). `faces` skips detection and the check that the parse of each box looks like a face
-    (`looks_like_a_crop`; `verify=False` skips only the check); `detect` passes options to
-    `detect_faces`. With no face found the image is all background and a
-    `NoFaceWarning` is issued.
+    `faces` skips the search and the check: those boxes are parsed (roll refined when `refine`) and
+    pasted. `verify=False` keeps every detected box; `detect` passes options to `detect_faces`;
+    `front` is the rule for overlapping faces (`paste.FRONT_RULES`). With no face found the image is
+    all background and a `NoFaceWarning` is issued.
     """
-    shape = image.shape[:2]
-    parts = face_parts(predictor)
-    detected = faces is None
-    if faces is None:
-        faces = detect_faces(image, **(detect or {}))
-    faces = list(faces)
-    background = 0
-    if is_whole_image(faces, shape, framing):
-        whole = _whole(predictor, image, faces, return_probs, instances)
-        if not (detected and verify) or looks_like_a_crop(whole.ids, parts):
-            return whole
-        # The box that made the image look like an aligned crop does not parse as a face (a large
-        # false box in clutter): the image is a photo, and that box is checked like the others below.
-    crops = None
-    if faces:
-        faces, crops = align_faces(predictor, image, faces, refine=refine, framing=framing)
-        if (
-            detected and verify
-        ):  # the cascade also fires on face-like clutter; the parser tells a face from it
-            real = [
-                i
-                for i, face in enumerate(faces)
-                if looks_like_a_face(crops[i].argmax(0).to(torch.uint8).numpy(), face.score, parts)
-            ]
-            faces, crops = [faces[i] for i in real], crops[real]
-    if not faces and is_square(shape):
-        # The cascade misses about 3% of aligned crops; the parser recognises those itself (first
-        # at the working size, so that a huge photo without faces costs one small forward pass).
-        # Only square images can be aligned crops: a photo squeezed into the square working size
-        # shows its clutter as large blobs that a parser takes for skin, and is not a face crop.
-        size = predictor.image_size[0]
-        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        if looks_like_a_crop(parse_crops(predictor, [small])[0].argmax(0).to(torch.uint8).numpy(), parts):
-            return _whole(predictor, image, [], return_probs, instances)
-    if not faces:
+    if front not in FRONT_RULES:
+        raise SegformerError(f"unknown front rule {front!r}; choose from {', '.join(FRONT_RULES)}")
+    if faces is not None:
+        found = parse_boxes(model, image, list(faces), verify=False, refine=refine, framing=framing)
+    else:
+        found = find_faces(model, image, verify=verify, refine=refine, framing=framing, detect=detect)
+    result = compose(
+        model, image, found, return_probs=return_probs, instances=instances, tile=tile, front=front
+    )
+    if not result.faces:
+        h, w = image.shape[:2]
         warnings.warn(
-            f"no face found in the {shape[1]}x{shape[0]} image: labelled all background "
+            f"no face found in the {w}x{h} image: labelled all background "
             "(parse it as one aligned crop with --whole-image / faces=False)",
             NoFaceWarning,
             stacklevel=2,
         )
-        crops = torch.zeros(0, predictor.config.num_classes, 1, 1)
-    return paste(
-        crops, faces, shape, background=background, framing=framing, tile=tile,
+    return result
+
+
+def _rank(found: Found, image: np.ndarray, front: str, size: int) -> float:
+    """The `paste.Layer.rank` of a face under the `front` rule (larger: in front)."""
+    if front == "size":
+        return -found.face.size
+    if front == "sharpness":
+        crop = found.crop
+        if crop is None:  # the whole image, as the parser saw it
+            crop = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        return sharpness(crop)
+    return 0.0  # "confidence" ranks pixel by pixel
+
+
+def compose(
+    model: FaceModel,
+    image: np.ndarray,
+    found: Sequence[Found],
+    *,
+    return_probs: bool = False,
+    instances: bool = False,
+    tile: int = TILE,
+    front: str = FRONT,
+) -> FaceParse:
+    """The photo's `FaceParse` from its faces' parses: pasted back (`paste.paste`), and only the faces
+    whose labels survived listed, numbered as in the instance map."""
+    layers = [Layer(f.probs, f.transform, _rank(f, image, front, model.size), f.whole) for f in found]
+    pasted = paste(
+        layers, image.shape[:2], num_classes=model.num_classes, front=front, tile=tile,
         return_probs=return_probs, instances=instances,
     )  # fmt: skip
-
-
-def _whole(
-    predictor: Any, image: np.ndarray, faces: list[Face], return_probs: bool, instances: bool
-) -> FaceParse:
-    """The image parsed as one aligned crop (the predictor's path without face localisation)."""
-    result = predictor.predict_arrays([image], return_probs=return_probs, faces=False)[0]
-    ids, probs = result if return_probs else (result, None)
-    inst = (ids != 0).astype(np.uint8) if instances else None
-    return FaceParse(ids, faces, probs, inst, whole_image=True)
+    keep = [i for i, n in enumerate(pasted.pixels) if n > 0]
+    owners = None
+    if pasted.owners is not None:
+        renumber = np.zeros(len(found) + 1, np.uint8)
+        renumber[[i + 1 for i in keep]] = np.arange(1, len(keep) + 1)
+        owners = renumber[pasted.owners]
+    crops = torch.stack([found[i].probs for i in keep]) if keep else torch.zeros(0, model.num_classes, 1, 1)
+    whole = any(found[i].whole for i in keep)
+    return FaceParse(pasted.ids, [found[i].face for i in keep], pasted.probs, owners, whole, crops)
 
 
 def face_polygon(face: Face) -> np.ndarray:
@@ -389,3 +298,18 @@ def draw_faces(
             thick,
         )
     return out
+
+
+__all__ = [
+    "FaceParse",
+    "Found",
+    "NoFaceWarning",
+    "compose",
+    "draw_faces",
+    "face_polygon",
+    "find_faces",
+    "parse_boxes",
+    "parse_faces",
+    "parse_whole",
+    "whole_face",
+]

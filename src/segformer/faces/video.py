@@ -1,11 +1,16 @@
-"""Faces through a video: tracked across frames, their labels smoothed over time.
+"""Faces through a video: found every few frames, tracked by their own parse in between, their labels
+smoothed over time.
 
-Per frame the faces are detected and matched to the tracks of the previous frames by box IoU (greedy,
-best overlap first). A track smooths its face's geometry (centre, size, roll) and the probabilities of
-its aligned crop with exponential moving averages: the crop frame then barely moves between frames of
-a still shot, so averaging crop probabilities averages the same facial positions. A track that misses
-a detection keeps its last face for `patience` frames (a detector dropping one frame would otherwise
-blank the face), then ends. New faces start new tracks.
+Every `DETECT_EVERY` frames (and on the first) the frame is searched for faces (`detect_faces`);
+detections are matched to tracks by box IoU (greedy, best overlap first), and new faces whose parse
+is a face start tracks. On every frame each track's face is warped to its training-style crop, at
+the face's own size, and parsed once; the parse's landmarks (`landmarks.parse_fit`) say where the
+face has moved (`align.face_from_fit`), which frames the crop of the next frame, so between searches
+no full-frame detection runs and no full-frame probabilities are made (only the faces' regions are
+pasted). A track smooths the probabilities of its aligned crop with an exponential moving average
+(`smoothing`): the crop follows the face, so the average is over the same facial positions. A parse
+that is no face (the face left or turned away) keeps the track's last labels for `patience` frames,
+then ends it. A move smaller than `STILL` of the face's size is jitter: the crop stays put.
 
 `flicker` is the measure of temporal noise: the mean fraction of pixels whose label changes between
 consecutive frames.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +31,35 @@ import torch
 from torch import Tensor
 
 from ..errors import SegformerError
-from .align import FRAMING, Framing, warp_to_crop
-from .detect import Face, detect_faces, iou
-from .pipeline import FaceParse, align_faces, face_parts, looks_like_a_face, parse_crops, paste
+from .align import FRAMING, Framing, crop_transform, face_from_fit, warp_to_crop
+from .checks import looks_like_a_crop
+from .detect import Face, detect_faces, iou, overlap_of_smaller
+from .landmarks import parse_fit
+from .model import FaceModel
+from .pipeline import NESTED, FaceParse, Found, compose, parse_boxes
 
 MATCH_IOU = 0.3
+DETECT_EVERY = 15
+"""Frames between two searches of the whole frame for faces (new faces are found within this many
+frames; tracked faces are followed by their parse on every frame)."""
 
 
 @dataclass
 class Track:
     face: Face
-    probs: Tensor  # (K, S, S) smoothed crop probabilities
+    """Where the next crop is taken."""
+    probs: Tensor
+    """(K, S, S) smoothed crop probabilities."""
+    shown: Face
+    """The framing `probs` belong to (the crop of the last parse)."""
     missed: int = 0
+    fresh: bool = False
+    """Parsed this frame already (a face found by this frame's search)."""
 
 
 STILL = 0.06
-"""A detection this close to its track (centre and size, in units of the face's size) is the same face
-standing still: the track's framing stays put, so that the averaged crops show the same pixels."""
+"""A new position this close to its track's (centre and size, in units of the face's size) is the same
+face standing still: the track's framing stays put, so that the averaged crops show the same pixels."""
 STILL_DEGREES = 4.0
 
 
@@ -52,37 +69,44 @@ def _blend(a: Face, b: Face, keep: float) -> Face:
         and abs(b.size - a.size) <= STILL * a.size
         and abs(b.angle - a.angle) <= STILL_DEGREES
     )
-    if still:  # detector jitter: moving the crop would only shift the labels back and forth
-        return Face(a.cx, a.cy, a.size, a.angle, b.score)
+    if still:  # detector or landmark jitter: moving the crop would only shift the labels back and forth
+        return Face(a.cx, a.cy, a.size, a.angle, a.score)
     mix = lambda x, y: keep * x + (1 - keep) * y  # noqa: E731
-    return Face(mix(a.cx, b.cx), mix(a.cy, b.cy), mix(a.size, b.size), mix(a.angle, b.angle), b.score)
+    return Face(mix(a.cx, b.cx), mix(a.cy, b.cy), mix(a.size, b.size), mix(a.angle, b.angle), a.score)
 
 
 class FaceVideo:
-    """Parses frames one after another, tracking and smoothing faces.
+    """Parses frames one after another, tracking and smoothing faces (see the module docstring).
 
     `smoothing` is the weight of the past in the moving averages (0: every frame on its own).
+    `verify=False` trusts the detector: its boxes start tracks unchecked and a track ends after
+    `patience` searches that miss it.
     """
 
     def __init__(
         self,
-        predictor: Any,
+        model: FaceModel,
         *,
         smoothing: float = 0.7,
         patience: int = 3,
         verify: bool = True,
         framing: Framing = FRAMING,
         detect: dict[str, Any] | None = None,
+        detect_every: int = DETECT_EVERY,
     ) -> None:
         if not 0.0 <= smoothing < 1.0:
             raise SegformerError(f"smoothing must lie in [0, 1), got {smoothing}")
-        self.predictor = predictor
+        if detect_every < 1:
+            raise SegformerError(f"detect_every must be a positive number of frames, got {detect_every}")
+        self.model = model
         self.smoothing = smoothing
         self.patience = patience
         self.verify = verify
         self.framing = framing
         self.detect = detect or {}
+        self.detect_every = detect_every
         self.tracks: list[Track] = []
+        self.frames = 0
 
     def _match(self, faces: Sequence[Face]) -> list[tuple[int, int]]:
         pairs = sorted(
@@ -104,63 +128,70 @@ class FaceVideo:
             matches.append((ti, fi))
         return matches
 
+    def _search(self, frame: np.ndarray) -> None:
+        """Detection: tracks re-anchored to their boxes, new faces (checked unless not `verify`) tracked."""
+        detected = detect_faces(frame, **self.detect)
+        matches = dict(self._match(detected))  # track -> face
+        for ti, track in enumerate(self.tracks):
+            if ti in matches:
+                track.face = _blend(track.face, detected[matches[ti]], self.smoothing)
+                track.missed = 0 if not self.verify else track.missed
+            elif not self.verify:
+                track.missed += 1
+        taken = set(matches.values())
+        new = [
+            f
+            for fi, f in enumerate(detected)
+            if fi not in taken and all(overlap_of_smaller(f.box, t.face.box) <= NESTED for t in self.tracks)
+        ]
+        for found in parse_boxes(self.model, frame, new, verify=self.verify, framing=self.framing):
+            self.tracks.append(Track(found.face, found.probs, found.face, fresh=True))
+
+    def _follow(self, frame: np.ndarray) -> None:
+        """Each track parsed at its face (one pass), smoothed, and moved to where its landmarks are."""
+        todo = [t for t in self.tracks if not t.fresh]
+        if not todo:
+            return
+        size, keep = self.model.size, self.smoothing
+        parses = self.model.parse(
+            [warp_to_crop(frame, t.face, size, self.framing) for t in todo], self.model.tta
+        )
+        for track, probs in zip(todo, parses, strict=True):
+            ids = probs.argmax(0).to(torch.uint8).numpy()
+            fit = parse_fit(ids, self.model.parts)
+            is_face = looks_like_a_crop(ids, self.model.parts) and fit is not None and fit.plausible
+            if self.verify and not is_face:
+                track.missed += 1  # no new evidence: the last labels stay for `patience` frames
+                continue
+            if self.verify:
+                track.missed = 0
+            track.probs = keep * track.probs + (1 - keep) * probs
+            track.shown = track.face
+            if is_face and fit is not None:
+                moved = face_from_fit(crop_transform(track.face, size, self.framing), fit, size, self.framing)
+                track.face = _blend(track.face, replace(moved, score=track.face.score), 0.0)
+
     def __call__(
         self, frame: np.ndarray, *, instances: bool = False, return_probs: bool = False
     ) -> FaceParse:
         """The labels of the next frame."""
-        size = self.predictor.image_size[0]
-        detected = detect_faces(frame, **self.detect)
-        matches = dict(self._match(detected))  # track -> face
-        matched_faces = set(matches.values())
-        keep = self.smoothing
-        faces: list[Face] = []
-        for ti, track in enumerate(self.tracks):
-            if ti in matches:
-                track.face = _blend(track.face, detected[matches[ti]], keep)
-                track.missed = 0
-            else:
-                track.missed += 1
-            faces.append(track.face)
-        new = [f for fi, f in enumerate(detected) if fi not in matched_faces]
-        if new:
-            new_faces, new_probs = align_faces(self.predictor, frame, new, size=size, framing=self.framing)
-            parts = face_parts(self.predictor)
-            for face, probs in zip(new_faces, new_probs, strict=True):
-                # as for photos: a box whose parse is no face starts no track
-                ids = probs.argmax(0).to(torch.uint8).numpy()
-                if not self.verify or looks_like_a_face(ids, face.score, parts):
-                    self.tracks.append(Track(face, probs))
-        old = [i for i, t in enumerate(self.tracks[: len(faces)]) if t.missed <= self.patience]
-        if old:
-            crops = [warp_to_crop(frame, self.tracks[i].face, size, self.framing) for i in old]
-            fresh = parse_crops(self.predictor, crops)
-            for j, i in enumerate(old):
-                track = self.tracks[i]
-                # A missed frame carries no new evidence about the face: only parse when seen.
-                if track.missed == 0:
-                    track.probs = keep * track.probs + (1 - keep) * fresh[j]
+        for track in self.tracks:
+            track.fresh = False
+        if self.frames % self.detect_every == 0:
+            self._search(frame)
+        self.frames += 1
+        self._follow(frame)
         self.tracks = [t for t in self.tracks if t.missed <= self.patience]
-        if not self.tracks:
-            empty = torch.zeros(0, self.predictor.config.num_classes, 1, 1)
-            return paste(
-                empty,
-                [],
-                frame.shape[:2],
-                framing=self.framing,
-                instances=instances,
-                return_probs=return_probs,
-            )
-        return paste(
-            torch.stack([t.probs for t in self.tracks]), [t.face for t in self.tracks], frame.shape[:2],
-            framing=self.framing, instances=instances, return_probs=return_probs,
-        )  # fmt: skip
+        size = self.model.size
+        found = [Found(t.shown, t.probs, crop_transform(t.shown, size, self.framing)) for t in self.tracks]
+        return compose(self.model, frame, found, instances=instances, return_probs=return_probs)
 
 
 def parse_video(
-    predictor: Any, frames: Iterable[np.ndarray], *, smoothing: float = 0.7, instances: bool = False
+    model: FaceModel, frames: Iterable[np.ndarray], *, smoothing: float = 0.7, instances: bool = False
 ) -> Iterator[FaceParse]:
     """`FaceParse` of each frame, in order (one per frame)."""
-    video = FaceVideo(predictor, smoothing=smoothing)
+    video = FaceVideo(model, smoothing=smoothing)
     for frame in frames:
         yield video(frame, instances=instances)
 

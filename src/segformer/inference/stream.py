@@ -184,7 +184,7 @@ class BatchParser:
 
     def start_video(self) -> None:
         if self.predictor.faces:
-            self.video = FaceVideo(self.predictor, smoothing=self.smoothing)
+            self.video = FaceVideo(self.predictor.face_model, smoothing=self.smoothing)
 
     def end_video(self) -> None:
         self.video = None
