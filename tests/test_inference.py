@@ -25,7 +25,7 @@ from segformer.inference.ops import (
     view_class_ids,
     view_probs,
 )
-from segformer.inference.settings import resolve_label_set
+from segformer.inference.settings import InferenceSettings, resolve_label_set
 
 from conftest import tiny_config
 
@@ -273,7 +273,8 @@ def test_logits_are_upsampled_in_bands_with_exactly_the_ids_of_the_whole_image(m
         for start, stop in ((0, 1), (3, 11), (out_size[0] - 4, out_size[0])):
             assert torch.equal(resize_rows(x, out_size, start, stop), whole[:, :, start:stop])
     image = _image(83, 67)
-    views = predict_views(model, [image, _image(83, 67, 1)], 48, tta="flip+scales", scales=(0.5, 1.0))
+    settings = InferenceSettings(image_size=48, tta="flip+scales", scales=(0.5, 1.0))
+    views = predict_views(model, [image, _image(83, 67, 1)], settings)
     flip_perm = torch.arange(19).roll(1)  # any permutation: mirrored views must use it in every band
     expected = class_ids(view_probs(views, (83, 67), flip_perm))
     for band in (1, 19 * 2 * 67, 19 * 2 * 67 * 10 + 5, 10**9):  # one element, one row, ~10 rows, whole

@@ -172,3 +172,42 @@ def set_threads(requested: int | None = None) -> ThreadChoice:
     except ImportError:
         pass
     return choice
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+
+
+def available_memory(device: str | object = "cpu") -> int | None:
+    """Bytes that `device` can still allocate: free GPU memory for CUDA; for the CPU the kernel's
+    ``MemAvailable`` plus free swap, capped by this process's cgroup limit; None where unknown."""
+    import torch
+
+    device = torch.device(device)  # type: ignore[arg-type]
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        info = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
+        )
+        free = (int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:  # cgroup v2: a container's own limit
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = min(free, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_memory(nbytes: int, what: str, device: str | object = "cpu") -> None:
+    """A one-line `SegformerError` before the work when `what` needs more than `nbytes` bytes and
+    `device` has less available (`available_memory`), rather than a failure inside the allocator."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise SegformerError(
+            f"{what} needs at least {nbytes / 2**30:,.1f} GiB of memory; {device} has "
+            f"{free / 2**30:,.1f} GiB available"
+        )

@@ -51,18 +51,7 @@ def predict(
     classes: LabelSet = settings.label_set  # type: ignore[assignment]  (checked by load_checkpoint)
     flip_perm = flip_permutation(classes.flip_pairs, classes.num_classes)
     with torch.inference_mode():
-        probs = predict_batch(
-            model,
-            [image],
-            settings.image_size,
-            mean=settings.mean,
-            std=settings.std,
-            mode=settings.eval_mode,
-            tta=settings.tta,
-            flip_perm=flip_perm,
-            scales=settings.scales,
-            device=device,
-        )
+        probs = predict_batch(model, [image], settings, flip_perm, device)
     return class_ids(probs)[0].to(torch.uint8).cpu().numpy()
 
 

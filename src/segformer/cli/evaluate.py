@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import TTA_MODES
-from . import add_postprocess_options, add_threads_option
-from .types import nonneg_int, positive_int
+from . import add_threads_option
+from .options import add_inference_options, inference_overrides
+from .types import nonneg_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,23 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN/best) or pretrained tag")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    p.add_argument(
-        "--tta", choices=TTA_MODES, help="test-time augmentation (default: the model's own, e.g. flip)"
-    )
-    p.add_argument("--img-size", type=positive_int, help="working resolution (default: the training size)")
-    p.add_argument(
-        "--eval-mode", choices=["resize", "slide"], help="resize to the working size, or sliding windows"
-    )
-    add_postprocess_options(p)
+    add_inference_options(p, ("tta", "scales", "image_size", "eval_mode", "postprocess"))
     p.add_argument(
         "--fix-mirrored",
         action="store_true",
         help="score masks whose every left/right pair is on the wrong side (mirrored annotations) with "
         "the sides swapped back, as training validates with data.fix_mirrored (default: as on disk)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
+    add_inference_options(p, (), ("batch_size", "device"), batch_size=4)
     p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_threads_option(p)
     p.set_defaults(func=run)
@@ -49,20 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import format_per_class
 
     model = load(args.model, device=args.device)
+    overrides = inference_overrides(args)
     scores = evaluate_model(
         model,
         args.data,
         args.split,
-        tta=args.tta,
-        img_size=args.img_size,
-        eval_mode=args.eval_mode,
-        batch_size=args.batch_size,
         workers=args.workers,
-        device=args.device,
         progress=not args.json,
-        postprocess=args.postprocess,
-        min_area=args.min_area,
         fix_mirrored=args.fix_mirrored,
+        **overrides,
     )
     if args.json:
         print(json.dumps(scores, indent=2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,11 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.datasets import SegmentationDataset
-from ..data.labels import LabelSet, get_label_set
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.labels import get_label_set
 from ..devices import resolve_device
 from ..errors import SegformerError
 from ..inference.ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
-from ..inference.settings import InferenceSettings
+from ..inference.settings import InferenceSettings, split_overrides
 from ..metrics import SegmentationMetrics
 from .data import background_of, mark_mirrored
 
@@ -42,18 +41,20 @@ def evaluate(
     ignore_index: int = 255,
     background: int | None = 0,
     class_names: list[str] | None = None,
-    tta: str = "none",
+    settings: InferenceSettings | None = None,
+    tta: str | None = None,
     flip_perm: Tensor | None = None,
-    window: int | None = None,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "eval",
-    min_area: float | None = None,
 ) -> dict[str, Any]:
     """Score `model` on batches of ``(images, masks)``; scores are summed over processes when
-    distributed (each process evaluates its own shard). With `min_area`, the class ids are cleaned by
-    `remove_small_regions` before they are scored (the ``small-regions`` post-processing)."""
+    distributed (each process evaluates its own shard). The `settings` (default: resize mode, no TTA;
+    `tta` overrides theirs) decide the TTA views, sliding windows (``slide`` mode: images at full
+    size) and the ``small-regions`` post-processing of the class ids before they are scored."""
+    s = (settings or InferenceSettings()).replace(tta=tta)
+    min_area = s.min_area if s.postprocess == "small-regions" else None
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -68,7 +69,9 @@ def evaluate(
         )
         for x, y in groups:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                probs = predict_probs(model, x, y.shape[-2:], tta=tta, flip_perm=flip_perm, window=window)
+                probs = predict_probs(
+                    model, x, y.shape[-2:], tta=s.tta, flip_perm=flip_perm, scales=s.scales, window=s.window
+                )
             ids = class_ids(probs)
             if min_area is not None:
                 cleaned = [remove_small_regions(m, min_area) for m in ids.cpu().numpy()]
@@ -82,17 +85,14 @@ def evaluate(
 def eval_dataset(
     root: str | Path,
     split: str = "val",
+    settings: InferenceSettings | None = None,
     *,
     kind: str = "auto",
-    label_set: LabelSet | str | None = None,
-    img_size: int | Sequence[int] = 512,
-    eval_mode: str = "resize",
     val_fraction: float = 0.1,
     split_seed: int = 0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> SegmentationDataset:
-    """The labelled split `split` of a dataset, transformed for evaluation.
+    """The labelled split `split` of a dataset (in the `settings`' label set, if they name one),
+    preprocessed as the `settings` say (default: `InferenceSettings()`).
 
     ``val`` of a folder dataset without ``ROOT/val`` is the seeded hold-out of train that training
     used (same `val_fraction` and `split_seed` give the same images).
@@ -100,12 +100,13 @@ def eval_dataset(
     from ..data.layouts import load_split
 
     # The Predictor's preprocessing, so that scores describe what `segformer predict` writes.
-    tf = Preprocess(None if eval_mode == "slide" else img_size, mean, std)
+    settings = settings or InferenceSettings()
+    tf = Preprocess.of(settings)
     return load_split(
         root,
         split,
         kind=kind,
-        label_set=label_set,
+        label_set=settings.label_set,
         val_fraction=val_fraction,
         split_seed=split_seed,
         transform=tf,
@@ -116,41 +117,32 @@ def evaluate_model(
     model: nn.Module,
     root: str | Path,
     split: str = "val",
+    settings: InferenceSettings | None = None,
     *,
-    tta: str | None = None,
-    img_size: int | None = None,
-    eval_mode: str | None = None,
     batch_size: int = 4,
     workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
-    postprocess: str | None = None,
-    min_area: float | None = None,
     fix_mirrored: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Score a trained model on a dataset split. The working size, mode, TTA, normalisation, label set
-    and post-processing come from the model's `InferenceSettings` unless given; the hold-out split from
-    what training recorded in ``model.meta["data"]``. With `fix_mirrored`, masks whose every left/right
-    pair lies on the wrong side are scored swapped back (as a run with ``data.fix_mirrored`` validates);
-    ``scores["mirrored_fixed"]`` counts them."""
+    """Score a trained model on a dataset split with `settings` (default: the model's own
+    `InferenceSettings`) and `overrides` of their fields (``tta``, ``image_size``, ``eval_mode``,
+    ``postprocess``, ...; None: keep; ``img_size`` / ``mode`` are old spellings); the hold-out split
+    from what training recorded in ``model.meta["data"]``. With `fix_mirrored`, masks whose every
+    left/right pair lies on the wrong side are scored swapped back (as a run with
+    ``data.fix_mirrored`` validates); ``scores["mirrored_fixed"]`` counts them."""
     meta = getattr(model, "meta", None) or {}
-    settings = InferenceSettings.from_meta(meta).replace(
-        image_size=img_size, eval_mode=eval_mode, tta=tta, postprocess=postprocess, min_area=min_area
-    )
-    tta = settings.tta
-    (h, w), eval_mode = settings.image_size, settings.eval_mode
+    changes, _ = split_overrides(overrides, runtime=(), what="evaluate_model")
+    settings = (settings or InferenceSettings.from_meta(meta)).replace(**changes)
     data_meta = meta.get("data", {})
     ds = eval_dataset(
         root,
         split,
+        settings,
         kind=data_meta.get("kind", "auto"),
-        label_set=settings.label_set,
-        img_size=settings.image_size,
-        eval_mode=eval_mode,
         val_fraction=data_meta.get("val_fraction", 0.1),
         split_seed=data_meta.get("split_seed", 0),
-        mean=settings.mean,
-        std=settings.std,
     )
     fixed = mark_mirrored(ds) if fix_mirrored else 0
     ls = get_label_set(ds.label_set)
@@ -169,20 +161,18 @@ def evaluate_model(
         ignore_index=ls.ignore_index,
         background=background_of(ls),
         class_names=list(ls.class_names),
-        tta=tta,
+        settings=settings,
         flip_perm=flip_permutation(ls.flip_pairs, ls.num_classes),
-        window=h if eval_mode == "slide" else None,
         device=device,
         progress=progress,
-        min_area=settings.min_area if settings.postprocess == "small-regions" else None,
     )
-    size = h if h == w else [h, w]
+    h, w = settings.image_size
     scores.update(
         {
             "split": split,
-            "tta": tta,
-            "img_size": size,
-            "eval_mode": eval_mode,
+            "tta": settings.tta,
+            "img_size": h if h == w else [h, w],
+            "eval_mode": settings.eval_mode,
             "postprocess": settings.postprocess,
             "mirrored_fixed": fixed,
         }

@@ -15,6 +15,7 @@ onnx and onnxruntime are an extra (``pip install segformer[onnx]``), imported on
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import json
 import mmap
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from ..checkpoint import load, unwrap
 from ..config import ModelConfig
 from ..errors import SegformerError
-from ..fileio import check_output_file, write_bytes
+from ..fileio import OutputFolder
 from ..models.fuse import maybe_fuse
 from .settings import InferenceSettings, model_settings
 
@@ -77,8 +78,8 @@ def onnx_bytes(
         raise SegformerError(f"unknown ONNX exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     model = maybe_fuse(unwrap(model).eval())  # the exactly equivalent, cheaper graph
     side = max(64, min_input_size(model.config))
-    device = next(model.parameters()).device
-    x = torch.randn(2, 3, side, side, device=device)
+    param = next(model.parameters(), None)
+    x = torch.randn(2, 3, side, side, device=param.device if param is not None else "cpu")
     names = {"input_names": ["image"], "output_names": ["logits"], "opset_version": opset}
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated (still supported in torch 2.x) and warns about the
@@ -119,9 +120,11 @@ class OnnxRuntimeModel:
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # what --threads chose, as PyTorch uses
         try:
             self.session = ort.InferenceSession(
-                source if isinstance(source, bytes) else str(source), providers=providers
+                source if isinstance(source, bytes) else str(source), options, providers=providers
             )
         except Exception as err:  # onnxruntime raises its own exception types for unreadable models
             raise SegformerError(f"{self.source}: cannot load as an ONNX model ({err})") from None
@@ -179,22 +182,89 @@ class OnnxRuntimeModel:
         return torch.from_numpy(out).to(x.device)
 
 
+class AutoRuntime:
+    """``backend="auto"``: a CPU model run by ONNX Runtime where it can be, by PyTorch otherwise.
+
+    At the first call the model is exported in memory (dynamic batch, height and width: every size
+    that TTA scales produce) and its logits are checked against PyTorch's (`compare_logits`); the
+    session is kept for the calls that follow. PyTorch (`net`) runs instead, for good, when onnx or
+    onnxruntime is not installed (silently), or when the export or its check fails (with a warning);
+    and for inputs smaller than the graph supports (`min_input_size`). `backend` says which runs and
+    `reason` why PyTorch does. The export is a snapshot, like `segformer.models.fuse`: build another
+    Predictor after changing the weights.
+    """
+
+    def __init__(self, model: nn.Module, net: nn.Module, settings: InferenceSettings) -> None:
+        self.model, self.net, self.settings = model, net, settings
+        self.onnx: OnnxRuntimeModel | None = None
+        self.reason: str | None = None
+        self._tried = False
+
+    @property
+    def backend(self) -> str:
+        """``onnxruntime`` or ``torch`` (exports the model if that has not been tried yet)."""
+        self._export()
+        return "torch" if self.onnx is None else "onnxruntime"
+
+    def _export(self) -> None:
+        if self._tried:
+            return
+        self._tried = True
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            self.reason = f"{' and '.join(missing)} not installed (pip install segformer[onnx])"
+            return
+        try:
+            with torch.inference_mode(False), torch.no_grad():  # tracing cannot run on inference tensors
+                runtime = OnnxRuntimeModel.from_model(self.model, "cpu", settings=self.settings)
+                compare_logits(runtime, self.net)
+        except Exception as err:  # any exporter or onnxruntime failure: PyTorch computes the same
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            self.reason = f"the model does not run on ONNX Runtime ({lines[0]})"
+            warnings.warn(f"backend auto: {self.reason}; running it with PyTorch", stacklevel=2)
+            return
+        self.onnx = runtime
+
+    def eval(self) -> AutoRuntime:
+        return self
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self._export()
+        if self.onnx is not None and min(x.shape[-2:]) >= self.onnx.min_size:
+            return self.onnx(x)
+        return self.net(x)
+
+
 def check_onnx(
     data: bytes, model: nn.Module, sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES, atol: float = 1e-4
 ) -> dict[str, float]:
     """Run the ONNX checker on `data` and compare onnxruntime's logits with `model`'s on random inputs of
-    each ``(batch, height, width)`` in `sizes`; returns the max abs difference per size."""
+    each ``(batch, height, width)`` in `sizes` (`compare_logits`); returns the max abs difference per
+    size."""
     onnx = _require("onnx")
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except onnx.checker.ValidationError as err:
         raise SegformerError(f"the exported ONNX graph is invalid: {str(err).splitlines()[0]}") from None
-    runtime = OnnxRuntimeModel(data)
+    return compare_logits(OnnxRuntimeModel(data), model, sizes, atol)
+
+
+def compare_logits(
+    runtime: OnnxRuntimeModel,
+    model: nn.Module,
+    sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES,
+    atol: float = 1e-4,
+) -> dict[str, float]:
+    """The max abs difference of `runtime`'s logits from `model`'s on random inputs of each
+    ``(batch, height, width)`` in `sizes` (raised to the graph's smallest side); a `SegformerError`
+    when the shapes differ or a difference exceeds `atol`."""
     model = unwrap(model).eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     diffs: dict[str, float] = {}
     for b, h, w in sizes:
+        h, w = max(h, runtime.min_size), max(w, runtime.min_size)
         x = torch.randn(b, 3, h, w, generator=generator)
         with torch.inference_mode():
             expected = model(x.to(device)).float().cpu()
@@ -227,18 +297,23 @@ def export_onnx(
     exporter: str = "torchscript",
     opset: int = 18,
     check: bool = True,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Write `model` (a module, or anything `segformer.load` reads) as an ONNX file with dynamic
     batch/height/width and its `settings` (default: the model's own) in the metadata; with `check`,
-    verify it first (`check_onnx`). Returns what was written and checked. Only an ONNX file exported
-    by segformer is replaced."""
-    check_output_file(path, is_segformer_onnx, "ONNX file")  # before the work
-    torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
-    settings = settings or model_settings(torch_model)
-    metadata = {"config": torch_model.config.to_dict(), "meta": settings.to_dict()}
-    data = onnx_bytes(torch_model, metadata, exporter, opset)
-    diffs = check_onnx(data, torch_model) if check else {}
-    write_bytes(check_output_file(path, is_segformer_onnx, "ONNX file"), data)
+    verify it first (`check_onnx`). Returns what was written and checked. The file follows the output
+    policy (`segformer.fileio.OutputFolder.for_file`): only an ONNX file that segformer export wrote
+    there is replaced, never the model read (`model`, `inputs`)."""
+    inputs = [*inputs, *([model] if isinstance(model, (str, Path)) else [])]
+    with OutputFolder.for_file(
+        path, "export", inputs, overwrite=True, what="ONNX file"
+    ) as out:  # before the work
+        torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
+        settings = settings or model_settings(torch_model)
+        metadata = {"config": torch_model.config.to_dict(), "meta": settings.to_dict()}
+        data = onnx_bytes(torch_model, metadata, exporter, opset)
+        diffs = check_onnx(data, torch_model) if check else {}
+        out.write_bytes(path, data)
     return {
         "path": str(path),
         "exporter": exporter,
@@ -250,8 +325,10 @@ def export_onnx(
 
 __all__ = [
     "EXPORTERS",
+    "AutoRuntime",
     "OnnxRuntimeModel",
     "check_onnx",
+    "compare_logits",
     "export_onnx",
     "min_input_size",
     "onnx_bytes",

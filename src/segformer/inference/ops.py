@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import EVAL_MODES, TTA_MODES
+from ..config import TTA_MODES
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..errors import SegformerError
-from .settings import DEFAULT_SCALES
+from .settings import DEFAULT_SCALES, InferenceSettings
 
 # Upper bound on B x K x rows x W of one band of upsampled probabilities (float32: 64 MB); a few such
 # temporaries are alive at once.
@@ -272,48 +272,30 @@ def preprocess(
 def predict_views(
     model: nn.Module,
     images: Sequence[np.ndarray],
-    size: int | Sequence[int],
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    mode: str = "resize",
-    tta: str = "none",
-    scales: Sequence[float] = DEFAULT_SCALES,
+    settings: InferenceSettings,
     device: str | torch.device = "cpu",
 ) -> list[tuple[Tensor, bool]]:
-    """`view_logits` of same-size (H, W, 3) uint8 RGB `images`.
+    """`view_logits` of same-size (H, W, 3) uint8 RGB `images` with `settings` (normalisation, mode,
+    TTA and scales).
 
-    ``mode="resize"`` runs the model at the working `size` (the logits are resized back later);
-    ``mode="slide"`` keeps the full resolution and runs `size` x `size` windows (`slide_logits`).
+    ``eval_mode="resize"`` runs the model at the working size (the logits are resized back later);
+    ``eval_mode="slide"`` keeps the full resolution and runs working-size windows (`slide_logits`).
     """
-    if mode not in EVAL_MODES:
-        raise SegformerError(f"unknown inference mode {mode!r}; choose from {', '.join(EVAL_MODES)}")
-    h, w = hw(size)
-    if mode == "slide" and h != w:
-        raise SegformerError(f"sliding windows are square; got working size {h}x{w}")
-    x = torch.stack([preprocess(im, None if mode == "slide" else (h, w), mean, std) for im in images])
-    window = h if mode == "slide" else None
-    return view_logits(model, x.to(device), tta=tta, scales=scales, window=window)
+    s = settings
+    x = torch.stack([preprocess(im, s.input_size, s.mean, s.std) for im in images])
+    return view_logits(model, x.to(device), tta=s.tta, scales=s.scales, window=s.window)
 
 
 def predict_batch(
     model: nn.Module,
     images: Sequence[np.ndarray],
-    size: int | Sequence[int],
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    mode: str = "resize",
-    tta: str = "none",
+    settings: InferenceSettings,
     flip_perm: Tensor | None = None,
-    scales: Sequence[float] = DEFAULT_SCALES,
     device: str | torch.device = "cpu",
 ) -> Tensor:
     """Softmax probabilities ``(B, K, H, W)`` of same-size (H, W, 3) uint8 RGB `images`, at their size
-    (see `predict_views`)."""
-    views = predict_views(
-        model, images, size, mean=mean, std=std, mode=mode, tta=tta, scales=scales, device=device
-    )
+    (see `predict_views`); mirrored views have their left/right channels swapped with `flip_perm`."""
+    views = predict_views(model, images, settings, device)
     return view_probs(views, images[0].shape[:2], flip_perm)
 
 
@@ -329,6 +311,12 @@ class Preprocess:
     ) -> None:
         self.size = None if size is None else hw(size)
         self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def of(cls, settings: InferenceSettings) -> Preprocess:
+        """The transform of `settings`: their normalisation, at the working size (full size in
+        ``slide`` mode)."""
+        return cls(settings.input_size, settings.mean, settings.std)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray | None = None, rng: Any = None

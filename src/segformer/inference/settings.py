@@ -29,6 +29,13 @@ DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)
 DEFAULT_IMAGE_SIZE = 512
 DEFAULT_MIN_AREA = 0.0005
 
+ALIASES = {"mode": "eval_mode", "img_size": "image_size"}
+"""Old keyword spellings of settings fields, accepted wherever overrides are (kept until segformer 1.0)."""
+BACKENDS = ("auto", "torch", "onnxruntime")
+"""What runs the model: ``auto`` (ONNX Runtime on a CPU where it is installed, else PyTorch), or either."""
+RUNTIME_OPTIONS = ("device", "batch_size", "backend", "faces")
+"""Keyword overrides that say how a model runs, not what it computes (not `InferenceSettings` fields)."""
+
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -179,6 +186,17 @@ class InferenceSettings:
         if self.eval_mode == "slide" and h != w:
             raise SegformerError(f"image_size: sliding windows are square; got {h}x{w}")
 
+    @property
+    def window(self) -> int | None:
+        """The side of the sliding windows (``slide`` mode), None in ``resize`` mode."""
+        return self.image_size[0] if self.eval_mode == "slide" else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The size images are resized to before the model: the working size, None (kept) in
+        ``slide`` mode."""
+        return None if self.eval_mode == "slide" else self.image_size
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = "settings") -> InferenceSettings:
         """Settings from their plain form; missing fields take the defaults. Unknown fields and values
@@ -227,10 +245,35 @@ class InferenceSettings:
         }
 
     def replace(self, source: str | None = None, **changes: Any) -> InferenceSettings:
-        """A copy with `changes` applied (None values are left out: "not given"); errors name
-        `source` when given."""
-        given = {k: v for k, v in changes.items() if v is not None}
+        """A copy with `changes` applied (None values are left out: "not given"; old spellings such
+        as ``mode`` are read as their field, `ALIASES`); errors name `source` when given."""
+        given, _ = split_overrides(changes, runtime=())
         return InferenceSettings.from_dict({**self.__dict__, **given}, source)
+
+
+def split_overrides(
+    overrides: Mapping[str, Any], runtime: Sequence[str] = RUNTIME_OPTIONS, what: str = "settings"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword overrides split into `InferenceSettings` changes and `runtime` options, leaving out
+    None ("not given") and reading old spellings as their field (``mode`` -> ``eval_mode``). An
+    unknown name, or a field given under two spellings, is a `SegformerError` naming `what`."""
+    fields = {f.name for f in dataclasses.fields(InferenceSettings)}
+    changes: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        field = ALIASES.get(name, name)
+        if field in fields:
+            if field in changes and changes[field] != value:
+                raise SegformerError(f"{what}: {field} given twice ({name}={value!r}, {changes[field]!r})")
+            changes[field] = value
+        elif name in runtime:
+            options[name] = value
+        else:
+            known = sorted([*fields, *ALIASES, *runtime])
+            raise SegformerError(f"{what}: unknown option {name!r}; known: {', '.join(known)}")
+    return changes, options
 
 
 def resolve_label_set(spec: LabelSet | str | Mapping[str, Any] | None, config: ModelConfig) -> LabelSet:
@@ -282,11 +325,15 @@ def model_settings(
 
 
 __all__ = [
+    "ALIASES",
+    "BACKENDS",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_SCALES",
+    "RUNTIME_OPTIONS",
     "InferenceSettings",
     "label_set_dict",
     "model_settings",
     "parse_label_set",
     "resolve_label_set",
+    "split_overrides",
 ]

@@ -8,13 +8,16 @@ half of our figure: the table prints both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..runtime import check_memory
 from .decoder import literal_decoders
 
 _SECTIONS = ("encoder", "decoder")
@@ -63,6 +66,15 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def forward_bytes(config: Any, size: int | Sequence[int], batch: int = 1) -> int:
+    """A lower bound of the memory one inference forward pass at `size` allocates: its float32 input
+    and its logits, which every architecture returns at the input size (the features in between come
+    on top). What `segformer.runtime.check_memory` compares with the memory available."""
+    h, w = (size, size) if isinstance(size, int) else size
+    channels = getattr(config, "in_channels", 3) + getattr(config, "num_classes", 0)
+    return 4 * batch * h * w * channels
+
+
 def count_flops(
     model: nn.Module, size: int | tuple[int, int] = 512, batch: int = 1, literal: bool = True
 ) -> dict[str, int]:
@@ -74,8 +86,9 @@ def count_flops(
     (`segformer.models.fuse`) counts what it runs.
     """
     h, w = (size, size) if isinstance(size, int) else size
-    in_channels = getattr(getattr(model, "config", None), "in_channels", 3)
-    x = torch.zeros(batch, in_channels, h, w)
+    config = getattr(model, "config", None)
+    check_memory(forward_bytes(config, (h, w), batch), f"a forward pass at {h}x{w}")
+    x = torch.zeros(batch, getattr(config, "in_channels", 3), h, w)
     # The CPU flash-attention kernel has no formula registered in torch; it costs what SDPA costs.
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
     was_training = model.training
