@@ -39,7 +39,7 @@ from .ops import (
 from .settings import BACKENDS, RUNTIME_OPTIONS, InferenceSettings, model_settings, split_overrides
 
 if TYPE_CHECKING:
-    from ..faces import FaceParse
+    from ..faces import FaceModel, FaceParse
 
 Input = str | Path | Image.Image | np.ndarray
 
@@ -269,12 +269,23 @@ class Predictor:
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list:
         return self.predict(inputs, return_probs=return_probs)
 
+    @property
+    def face_model(self) -> FaceModel:
+        """What the faces code sees of this predictor: a function from aligned crops to probabilities
+        (this model, normalisation and batch size) and the settings (`segformer.faces.FaceModel`)."""
+        from ..faces import FaceModel
+
+        return FaceModel.of(
+            self.net, self.inference_settings, flip_perm=self.flip_perm, device=self.device,
+            batch_size=self.batch_size,
+        )  # fmt: skip
+
     def parse_faces(self, image: Input, **options: Any) -> FaceParse:
         """Every face of one image found, parsed at the training framing and pasted back (ids,
         faces, optionally probabilities and an instance map): `segformer.faces.parse_faces`."""
         from ..faces import parse_faces
 
-        return parse_faces(self, self.read(image), **options)
+        return parse_faces(self.face_model, self.read(image), **options)
 
     def predict(
         self, inputs: Input | Sequence[Input], *, return_probs: bool = False
