@@ -302,7 +302,7 @@ def export_pretrained(
 # Export formats by name: the function that writes one, and the options that are its own (the others
 # are `InferenceSettings` fields). Adding a format is one entry here.
 FORMATS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
-    "onnx": (export_onnx, ("exporter", "opset", "check")),
+    "onnx": (export_onnx, ("exporter", "opset", "check", "quantize", "calibration", "min_agreement")),
     "ce7454": (export_ce7454, ("budget", "verify")),
     "pretrained": (export_pretrained, ("fp16", "card", "source")),
 }

@@ -7,9 +7,11 @@ import argparse
 
 from ..apps.export import CE7454_BUDGET, FORMATS, export_model
 from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES
+from ..errors import SegformerError
 from ..inference.onnx import EXPORTERS
+from ..inference.quantize import CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES, MIN_AGREEMENT, QUANTIZE_FORMATS
 from . import add_threads_option
-from .types import int_between, positive_int, unit_interval
+from .types import int_between, positive_float, positive_int, unit_interval
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
 
@@ -58,6 +60,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=ONNX_OPSET, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_FORMATS,
+        help="onnx: write a static int8 graph (ONNX Runtime's QDQ quantization), its class ids checked "
+        "against the float graph's on the calibration images (the agreement is printed)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help=f"--quantize: images to calibrate on (the first {MAX_CALIBRATION_IMAGES} by name; crops like "
+        f"the model's training images; default {CALIBRATION_IMAGES} synthetic faces)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=positive_float,
+        default=MIN_AGREEMENT,
+        metavar="F",
+        help=f"--quantize: refuse an int8 graph whose class ids agree with the float graph's on less than "
+        f"this share of the calibration pixels (default {MIN_AGREEMENT})",
+    )
+    p.add_argument(
         "--no-budget-check",
         action="store_true",
         help=f"export a CE7454 package with {CE7454_BUDGET:,} parameters or more (not a valid submission)",
@@ -87,8 +109,16 @@ def run(args: argparse.Namespace) -> int:
         "postprocess": args.postprocess,
         "min_area": args.min_area,
     }
+    if (args.calibration or args.min_agreement != MIN_AGREEMENT) and not args.quantize:
+        raise SegformerError("--calibration and --min-agreement go with --quantize int8")
+    if args.quantize and args.format != "onnx":
+        raise SegformerError(f"--quantize is for --format onnx, not {args.format}")
     if args.format == "onnx":
         options = {"exporter": args.exporter, "opset": args.opset, "check": not args.no_check}
+        if args.quantize:
+            options.update(
+                quantize=args.quantize, calibration=args.calibration, min_agreement=args.min_agreement
+            )
     elif args.format == "pretrained":
         options = {"fp16": args.fp16}
     else:
@@ -102,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['exporter']} exporter, "
             f"opset {result['opset']}); max |logit difference| vs ONNX Runtime: {checks}"
         )
+        if "agreement" in result:
+            print(
+                f"int8: {result['float_bytes'] / 2**20:.1f} MiB in float; class ids agree with the float "
+                f"model's on {result['agreement']:.2%} of the pixels of {result['calibration']} "
+                f"(--min-agreement {result['min_agreement']:.2%})"
+            )
     elif args.format == "pretrained":
         changed = result["fp16_changed"]
         fp16 = "" if changed is None else f"; float16 changes {changed:.3%} of a check image's pixels"

@@ -298,12 +298,21 @@ def export_onnx(
     opset: int = 18,
     check: bool = True,
     inputs: Sequence[str | Path] = (),
+    quantize: str | None = None,
+    calibration: str | Path | None = None,
+    min_agreement: float | None = None,
 ) -> dict[str, Any]:
     """Write `model` (a module, or anything `segformer.load` reads) as an ONNX file with dynamic
     batch/height/width and its `settings` (default: the model's own) in the metadata; with `check`,
     verify it first (`check_onnx`). Returns what was written and checked. The file follows the output
     policy (`segformer.fileio.OutputFolder.for_file`): only an ONNX file that segformer export wrote
-    there is replaced, never the model read (`model`, `inputs`)."""
+    there is replaced, never the model read (`model`, `inputs`).
+
+    ``quantize="int8"`` writes the statically quantized graph instead (`segformer.inference.quantize`),
+    calibrated on the images of folder `calibration` (default: synthetic faces) and refused when its
+    classes agree with the float graph's on less than `min_agreement` (0.98) of their pixels."""
+    if quantize not in (None, "int8"):
+        raise SegformerError(f"unknown quantization {quantize!r}; choose from int8")
     inputs = [*inputs, *([model] if isinstance(model, (str, Path)) else [])]
     with OutputFolder.for_file(
         path, "export", inputs, overwrite=True, what="ONNX file"
@@ -313,6 +322,12 @@ def export_onnx(
         metadata = {"config": torch_model.config.to_dict(), "meta": settings.to_dict()}
         data = onnx_bytes(torch_model, metadata, exporter, opset)
         diffs = check_onnx(data, torch_model) if check else {}
+        quantized: dict[str, Any] = {}
+        if quantize:
+            from .quantize import MIN_AGREEMENT, quantize_onnx
+
+            floor = MIN_AGREEMENT if min_agreement is None else min_agreement
+            data, quantized = quantize_onnx(data, settings, calibration, floor)
         out.write_bytes(path, data)
     return {
         "path": str(path),
@@ -320,6 +335,7 @@ def export_onnx(
         "opset": opset,
         "bytes": len(data),
         "max_abs_diff": diffs,
+        **quantized,
     }
 
 
