@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import EVAL_MODES, TTA_MODES
 from ..errors import SegformerError
-from . import add_postprocess_options, add_threads_option
-from .types import nonneg_int, positive_float, positive_floats, positive_int
+from . import add_threads_option
+from .options import RUNTIME, SETTINGS, add_inference_options, inference_overrides
+from .types import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,29 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="allow browser pages from ORIGIN to call the API (repeatable; default: CORS off)",
     )
     p.add_argument("--quiet", action="store_true", help="no log line per request")
-    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the model's)")
-    p.add_argument("--scales", type=positive_floats, help="TTA scales, e.g. 0.75,1,1.25")
-    p.add_argument("--img-size", type=positive_int, help="working resolution (default: the training size)")
-    p.add_argument(
-        "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
-    )
-    p.add_argument("--label-set", help="palette / class names (default: the model's)")
-    add_postprocess_options(p)
-    p.add_argument("--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU)")
-    p.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)"
-    )
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="PyTorch (default) or ONNX Runtime",
-    )
-    p.add_argument(
-        "--whole-image",
-        action="store_true",
-        help="face label sets: parse each image as one aligned face crop (no face localisation)",
-    )
+    add_inference_options(p, SETTINGS, RUNTIME)
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -123,18 +101,5 @@ def run(args: argparse.Namespace) -> int:
         access_log=not args.quiet,
     )
     config.check()  # before the model loads: a refusal costs nothing
-    predictor = Predictor(
-        args.model,
-        device=args.device,
-        image_size=args.img_size,
-        mode=args.mode,
-        tta=args.tta,
-        scales=args.scales,
-        label_set=args.label_set,
-        postprocess=args.postprocess,
-        min_area=args.min_area,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        faces=False if args.whole_image else None,
-    )
+    predictor = Predictor(args.model, **inference_overrides(args))  # as `segformer predict` builds it
     return serve(predictor, config, name=str(args.model), card=model_card(args.model))

@@ -160,6 +160,10 @@ class _RequestLog:
                 log.info("%s %s %s %d %d B %.1f ms", client[0], scope["method"], path, status, size, ms)
 
 
+# Module level: the route signatures' annotations are resolved in this module's namespace.
+_BEARER = HTTPBearer(auto_error=False, description="the server's --token")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
@@ -251,9 +255,9 @@ def create_app(
     )
     app.state.service = service
 
-    bearer = HTTPBearer(auto_error=False, description="the server's --token")
-
-    def check_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> None:
+    def check_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    ) -> None:
         if config.token is None:
             return
         given = credentials.credentials.encode() if credentials is not None else b""
@@ -396,8 +400,6 @@ def create_app(
                 400, "this server parses images whole (its model has no face classes, or --whole-image)"
             )
         batcher = service.batcher
-        if service.draining:
-            raise ApiError(503, "shutting down", {"Retry-After": "5"})
         ticket = batcher.admit()
         if ticket is None:
             raise ApiError(

@@ -1,17 +1,18 @@
 """The model's side of the server: parse a batch of decoded images on the model thread, and turn a parse
 into what ``POST /v1/parse`` answers.
 
-Everything here calls the library the command line uses: the label map of an image is
-`segformer.data.io.encode_mask` of the class ids `segformer predict` computes for it (a face parser's
-`Predictor.parse_faces`, any other model's `Predictor.predict_arrays`), so the PNG bytes are the ones
-`segformer predict` writes; the overlay is `predict --overlay`'s (faces' boxes drawn on it).
+Everything here is what `segformer predict` runs: images are parsed by its
+`segformer.inference.stream.BatchParser` (a face parser's `Predictor.parse_faces`, any other model's
+`Predictor.predict_arrays`), the label map is `segformer.data.io.encode_mask` of the class ids, so the
+PNG bytes are the ones `segformer predict` writes; the overlay is `predict --overlay`'s (the faces'
+boxes drawn on it), the part masks `predict --parts`'s (`segformer.inference.parts.part_masks`).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,48 +46,49 @@ class Parsed:
 
 
 class ModelRunner:
-    """`run(items, answer)` for `segformer.serve.batcher.Batcher`: whole-image jobs share one
-    `predict_arrays` call (same-size images share forward passes, `batch_size` at a time); face jobs are
-    parsed one by one, as `segformer predict` does."""
+    """`run(items, answer)` for `segformer.serve.batcher.Batcher`: the jobs of a batch are parsed by
+    `segformer predict`'s `BatchParser`, those with face finding by the predictor's and the others by a
+    whole-image view of it (what ``predict --whole-image`` runs), `batch_size` at a time."""
 
     def __init__(self, predictor: Any) -> None:
+        from ..inference.stream import BatchParser
+
         self.predictor = predictor
+        whole = copy.copy(predictor)  # the same model and settings, parsing each image as one crop
+        whole.faces = False
+        self.parsers = {True: BatchParser(predictor), False: BatchParser(whole)}
 
     def __call__(self, items: Sequence[ParseJob], answer: Answer) -> None:
-        from ..faces import NoFaceWarning
+        from ..inference.stream import Frame
 
-        whole = [i for i, job in enumerate(items) if not job.faces]
-        if whole:
-            try:
-                results = self.predictor.predict_arrays([items[i].image for i in whole], faces=False)
-            except Exception as err:
-                for i in whole:
-                    answer(i, None, err)
-            else:
-                for i, ids in zip(whole, results, strict=True):
-                    answer(i, Parsed(ids, [], True), None)
-        for i, job in enumerate(items):
-            if not job.faces:
-                continue
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", NoFaceWarning)
-                    result = self.predictor.parse_faces(job.image)
-            except Exception as err:
-                answer(i, None, err)
-                continue
-            warning = next((str(w.message) for w in caught if issubclass(w.category, NoFaceWarning)), None)
-            answer(i, Parsed(result.ids, list(result.faces), result.whole_image, warning), None)
+        batch_size = self.predictor.batch_size
+        for faces in (False, True):
+            indices = [i for i, job in enumerate(items) if job.faces == faces]
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                try:
+                    results = self.parsers[faces]([Frame("upload", "upload", items[i].image) for i in chunk])
+                except Exception as err:
+                    for i in chunk:
+                        answer(i, None, err)
+                    continue
+                for i, r in zip(chunk, results, strict=True):
+                    found = r.faces
+                    answer(
+                        i,
+                        Parsed(
+                            r.ids, list(found.faces) if found else [], not found or found.whole_image, r.note
+                        ),
+                        None,
+                    )
 
     def warmup(self) -> None:
         """One small parse of each kind the server runs, so that the first request does not pay for
-        loading kernels and the face detector."""
+        loading kernels (or exporting to ONNX Runtime) and the face detector."""
         size = self.predictor.image_size
         blank = np.full((*size, 3), 128, np.uint8)
         jobs = [ParseJob(blank, False)] + [ParseJob(blank, True)] * bool(self.predictor.faces)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self(jobs, lambda i, result, error: None)
+        self(jobs, lambda i, result, error: None)
 
 
 def label_png(parsed: Parsed, label_set: LabelSet) -> bytes:
@@ -142,12 +144,14 @@ def summary(parsed: Parsed, label_set: LabelSet) -> dict[str, Any]:
 
 
 def parts(image: np.ndarray, parsed: Parsed, label_set: LabelSet) -> dict[str, Any]:
-    """``output=parts``: the summary, the label map and overlay PNGs and one mask PNG (0 / 255) per
-    class present, all base64."""
+    """``output=parts``: the summary, the label map and overlay PNGs and the mask (0 / 255) of each class
+    present, keyed by class id, all base64 PNGs."""
+    from ..inference.parts import part_masks
+
     out = summary(parsed, label_set)
     out["label_map"] = _b64(label_png(parsed, label_set))
     out["overlay"] = _b64(overlay_png(image, parsed, label_set))
-    out["masks"] = {
-        str(c["id"]): _b64(_grey_png((parsed.ids == c["id"]).astype(np.uint8) * 255)) for c in out["classes"]
-    }
+    present = [c for c in out["classes"] if c["id"] < label_set.num_classes]
+    masks = part_masks(parsed.ids, label_set, [c["name"] for c in present])
+    out["masks"] = {str(c["id"]): _b64(_grey_png(masks[c["name"]])) for c in present}
     return out

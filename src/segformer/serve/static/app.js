@@ -128,7 +128,7 @@ function drawLegend() {
     label.append(swatch, ` ${c.name}`);
     const area = document.createElement("span");
     area.className = "area";
-    area.textContent = `${(100 * c.fraction).toFixed(1)}%`;
+    area.textContent = c.fraction < 0.001 ? "<0.1%" : `${(100 * c.fraction).toFixed(1)}%`;
     li.append(box, label, area);
     legend.append(li);
     const option = document.createElement("option");
