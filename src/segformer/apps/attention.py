@@ -33,6 +33,8 @@ from ..fileio import check_output_dir, write_json
 from ..inference.ops import preprocess
 from ..inference.settings import InferenceSettings
 from ..models.mit import EfficientSelfAttention
+from ..models.summary import forward_bytes
+from ..runtime import check_memory
 from .report import pyplot, save_figure
 
 
@@ -183,8 +185,9 @@ def write_attention_maps(
                 f"{image_path}: query point ({x:g}, {y:g}) lies outside the {width}x{height} image"
             )
     settings = InferenceSettings.from_meta(getattr(model, "meta", None)).replace(image_size=size)
-    tensor = preprocess(image, settings.image_size, settings.mean, settings.std)
     h, w = settings.image_size
+    check_memory(forward_bytes(model.config, (h, w)), f"image_size {h}x{w}: a forward pass")  # before it
+    tensor = preprocess(image, settings.image_size, settings.mean, settings.std)
     size = h if h == w else [h, w]
     fractions = [(x / width, y / height) for x, y in points]
     blocks = collect_attention(model, tensor, fractions)

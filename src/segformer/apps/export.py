@@ -13,7 +13,6 @@ Both formats store the model's `InferenceSettings`, so the exported model predic
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -35,7 +34,7 @@ from ..errors import SegformerError
 from ..fileio import atomic_dir, atomic_file, check_output_dir
 from ..inference.onnx import export_onnx
 from ..inference.predictor import Predictor
-from ..inference.settings import InferenceSettings, model_settings
+from ..inference.settings import InferenceSettings, model_settings, split_overrides
 from ..models.registry import adjust_logits
 from ..pretrained import PRETRAINED, write_pretrained
 from .bundle import standalone_source
@@ -123,7 +122,9 @@ def export_ce7454(
         (tmp / "requirements.txt").write_text("\n".join(_pin(d) for d in ("torch", "numpy", "pillow")) + "\n")
         (tmp / "run.py").write_text(run_py_source(torch_model))
         if verify:
-            verify_run_py(tmp, Predictor(torch_model, settings=settings, faces=False))  # run.py parses crops
+            # run.py parses crops with PyTorch: checked against the same
+            predictor = Predictor(torch_model, settings=settings, faces=False, backend="torch")
+            verify_run_py(tmp, predictor)
     return {"dir": str(solution), "params": params, "budget": budget}
 
 
@@ -270,9 +271,10 @@ def export_pretrained(
         changed = None
         if fp16:
             image = _check_image(settings.image_size)
-            # The check image is one aligned face: parsed whole, as the model was trained.
-            full = Predictor(model, settings=settings, device="cpu", faces=False).predict(image)
-            half = Predictor(load(tmp), settings=settings, faces=False).predict(image)
+            # The check image is one aligned face: parsed whole, as the model was trained, by PyTorch.
+            options = {"settings": settings, "faces": False, "backend": "torch"}
+            full = Predictor(model, device="cpu", **options).predict(image)
+            half = Predictor(load(tmp), **options).predict(image)
             changed = float((full != half).mean())
             if changed > FP16_MAX_CHANGED:
                 raise SegformerError(
@@ -316,17 +318,15 @@ def export_model(
 ) -> dict[str, Any]:
     """Export `model` (a module, or anything `segformer.load` reads) in a format of `FORMATS`.
     `options` are `InferenceSettings` fields that override the model's own (``tta``,
-    ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep), options of the exporter, or
-    ``logit_adjust`` (`adjust_run_model`)."""
+    ``image_size``, ``eval_mode``, ``label_set``, ...; None: keep; ``mode`` / ``img_size`` are old
+    spellings), options of the exporter, or ``logit_adjust`` (`adjust_run_model`). The checks that
+    compare an export's masks with the model's (run.py, float16) run the model with PyTorch."""
     if format not in FORMATS:
         raise SegformerError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     exporter, own = FORMATS[format]
     logit_adjust = options.pop("logit_adjust", None)
     exporter_options = {k: options.pop(k) for k in own if k in options}
-    fields = {f.name for f in dataclasses.fields(InferenceSettings)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise SegformerError(f"export {format}: unknown option(s) {', '.join(unknown)}")
+    changes, _ = split_overrides(options, runtime=(), what=f"export {format}")
     torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
     source = str(model) if isinstance(model, (str, Path)) else None
     if logit_adjust:
@@ -335,7 +335,7 @@ def export_model(
             exporter_options["flags"] = [f"--logit-adjust {logit_adjust:g}"]
     if "source" in own:  # exporters that describe where the model came from
         exporter_options.setdefault("source", source)
-    settings = model_settings(torch_model, None, source, **options)
+    settings = model_settings(torch_model, None, source, **changes)
     return exporter(torch_model, out, settings=settings, **exporter_options)
 
 

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from . import add_threads_option
-from .types import positive_int
+from .options import add_image_size_option
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="X,Y",
         help="query pixel in IMAGE coordinates (repeatable; default: centre and two eye-height points)",
     )
-    p.add_argument("--size", type=positive_int, help="working size (default: the model's training size)")
+    add_image_size_option(p, "working size (default: the model's training size)", ("--size", "--img-size"))
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
 
     paths = write_attention_maps(
-        load(args.model), args.image, args.out, args.points, args.size, overwrite=args.overwrite
+        load(args.model), args.image, args.out, args.points, args.image_size, overwrite=args.overwrite
     )
     for path in paths:
         print(path)

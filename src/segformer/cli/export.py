@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ..apps.export import CE7454_BUDGET, FORMATS, export_model
-from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES
 from ..errors import SegformerError
 from ..inference.onnx import EXPORTERS
 from ..inference.quantize import CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES, MIN_AGREEMENT, QUANTIZE_FORMATS
 from . import add_threads_option
-from .types import int_between, positive_float, positive_int, unit_interval
+from .options import add_inference_options, inference_overrides
+from .types import int_between, positive_float, unit_interval
 
 ONNX_OPSET = int_between(7, 23)  # the opsets torch.onnx can write
 
@@ -42,20 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="model.onnx, the folder to hold solution/, or NAME.safetensors (pretrained)",
     )
-    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation baked into the export's settings")
-    p.add_argument(
-        "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
-    )
-    p.add_argument(
-        "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
-    )
-    p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
-    p.add_argument(
-        "--postprocess",
-        choices=POSTPROCESS_MODES,
-        help="post-processing baked into the export's settings (predict and eval apply it)",
-    )
-    p.add_argument("--min-area", type=unit_interval, help="smallest region small-regions keeps (a fraction)")
+    add_inference_options(p, what="the model's own")  # baked into the export's settings
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="ONNX exporter (torch's)")
     p.add_argument("--opset", type=ONNX_OPSET, default=18, help="ONNX opset (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
@@ -101,14 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = {
-        "tta": args.tta,
-        "image_size": args.img_size,
-        "eval_mode": args.mode,
-        "label_set": args.label_set,
-        "postprocess": args.postprocess,
-        "min_area": args.min_area,
-    }
+    settings = inference_overrides(args)
     if (args.calibration or args.min_agreement != MIN_AGREEMENT) and not args.quantize:
         raise SegformerError("--calibration and --min-agreement go with --quantize int8")
     if args.quantize and args.format != "onnx":

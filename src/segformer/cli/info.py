@@ -21,6 +21,7 @@ from ..models import build_model, create_model, list_models
 from ..models.summary import format_table, summarize
 from ..pretrained import is_tag
 from . import add_set_option
+from .options import add_image_size_option
 from .types import positive_int
 
 
@@ -30,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="parameters by component and FLOPs of a model",
         description="Print the parameters of MODEL by component (patch embeddings, blocks per stage, "
         "stage norms, decoder projections, fuse, classifier), the total, and the FLOPs of one "
-        "forward pass at SIZE x SIZE. MODEL is a registered name or a model to load (model directory, "
-        "HF directory, .pth, .onnx, Hugging Face Hub id org/name[@revision]): those also show the "
+        "forward pass at S x S (--image-size). MODEL is a registered name or a model to load (model "
+        "directory, HF directory, .pth, .onnx, Hugging Face Hub id org/name[@revision]): those also show the "
         "inference settings they carry, their classes with ids and colours, the licence of their model "
         f"card, and an .onnx file its inputs and outputs. Models: {', '.join(list_models())}.",
     )
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-classes", type=positive_int, default=None, help="number of classes (default: the model's, 19)"
     )
-    p.add_argument("--size", type=positive_int, default=512, help="square input size for FLOPs (default 512)")
+    add_image_size_option(p, "square input size for FLOPs (default 512)", old=("--size",), default=512)
     add_set_option(p, "KEY=VALUE", "override a config field, e.g. --set depths=[1,1,1,1] (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
@@ -78,13 +79,13 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, InferenceSettings | Non
 
 def run(args: argparse.Namespace) -> int:
     model, settings, extra = _model(args)
-    rows = summarize(model, args.size)
+    rows = summarize(model, args.image_size)
     total = rows[-1]
     if args.json:
         out = {
             "model": args.model,
             "num_classes": model.config.num_classes,
-            "size": args.size,
+            "size": args.image_size,
             "params": total.params,
             "gflops": total.flops / 1e9,
             "gmacs": total.flops / 2e9,
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{args.model}  ({model.config.num_classes} classes, FLOPs at {args.size}x{args.size}, batch 1)")
+    side = args.image_size
+    print(f"{args.model}  ({model.config.num_classes} classes, FLOPs at {side}x{side}, batch 1)")
     print(format_table(rows))
     for kind in ("inputs", "outputs"):
         for t in extra.get("onnx", {}).get(kind, []):

@@ -33,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--token",
         default=os.environ.get("SEGFORMER_TOKEN") or None,
-        help="require 'Authorization: Bearer TOKEN' on every API call (default: $SEGFORMER_TOKEN; "
-        "required to listen beyond loopback)",
+        help="require 'Authorization: Bearer TOKEN' on every /v1 call (default: $SEGFORMER_TOKEN, which "
+        "keeps it out of the process list; needed to listen beyond loopback). /healthz, /readyz, the page "
+        "and the API docs stay open",
     )
     p.add_argument(
         "--no-token", action="store_true", help="listen beyond loopback without a token (anyone may use it)"

@@ -17,7 +17,14 @@ from ..data.datasets import SegmentationDataset
 from ..data.labels import get_label_set
 from ..devices import resolve_device
 from ..errors import SegformerError
-from ..inference.ops import Preprocess, class_ids, flip_permutation, predict_probs, remove_small_regions
+from ..inference.ops import (
+    Preprocess,
+    check_inference_memory,
+    class_ids,
+    flip_permutation,
+    predict_probs,
+    remove_small_regions,
+)
 from ..inference.settings import InferenceSettings, split_overrides
 from ..metrics import SegmentationMetrics
 from .data import background_of, mark_mirrored
@@ -135,6 +142,7 @@ def evaluate_model(
     meta = getattr(model, "meta", None) or {}
     changes, _ = split_overrides(overrides, runtime=(), what="evaluate_model")
     settings = (settings or InferenceSettings.from_meta(meta)).replace(**changes)
+    check_inference_memory(model.config, settings, batch_size, resolve_device(device))
     data_meta = meta.get("data", {})
     ds = eval_dataset(
         root,

@@ -35,11 +35,27 @@ from torch import Tensor, nn
 from ..config import TTA_MODES
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ..errors import SegformerError
+from ..models.summary import forward_bytes
+from ..runtime import check_memory
 from .settings import DEFAULT_SCALES, InferenceSettings
 
 # Upper bound on B x K x rows x W of one band of upsampled probabilities (float32: 64 MB); a few such
 # temporaries are alive at once.
 BAND_ELEMENTS = 1 << 24
+
+
+def check_inference_memory(
+    config: Any, settings: InferenceSettings, batch: int = 1, device: str | torch.device = "cpu"
+) -> None:
+    """A one-line `SegformerError` naming the working size when a forward pass of `batch` images at the
+    largest input `settings` give the model (the working size at the largest TTA scale; the window in
+    ``slide`` mode) cannot fit in the memory `device` has (`segformer.runtime.check_memory`)."""
+    h, w = settings.image_size
+    scale = max(1.0, *settings.scales) if "scales" in settings.tta and settings.eval_mode == "resize" else 1.0
+    view = (round(h * scale), round(w * scale))
+    scaled = f" (x{scale:g} for TTA scales)" if scale != 1 else ""
+    what = f"image_size {h}x{w}{scaled}: a forward pass"
+    check_memory(forward_bytes(config, view, batch), what, device)
 
 
 def flip_permutation(flip_pairs: Sequence[Sequence[int]], num_classes: int) -> Tensor:

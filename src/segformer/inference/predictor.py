@@ -25,10 +25,10 @@ from ..data.labels import LabelSet
 from ..devices import resolve_device
 from ..errors import SegformerError
 from ..models.fuse import maybe_fuse
-from ..models.summary import forward_bytes
-from ..runtime import check_memory, tune_cpu_allocator
+from ..runtime import tune_cpu_allocator
 from .onnx import AutoRuntime, OnnxRuntimeModel
 from .ops import (
+    check_inference_memory,
     class_ids,
     flip_permutation,
     predict_views,
@@ -157,7 +157,7 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise SegformerError(f"batch size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
-        self._check_memory()
+        check_inference_memory(self.config, self.inference_settings, batch_size, self.device)
         self.flip_perm = flip_permutation(self.label_set.flip_pairs, self.config.num_classes)
         self.model, self.net = self._runner(model, backend)
         from ..faces import default_faces
@@ -165,16 +165,6 @@ class Predictor:
         # Face parsers learn from aligned crops: in a photo, find the faces and parse each at that framing.
         faces = runtime.get("faces")
         self.faces = default_faces(self.label_set) if faces is None else bool(faces)
-
-    def _check_memory(self) -> None:
-        """Refuse a working size whose forward pass (at the largest TTA scale) cannot fit in memory."""
-        s = self.inference_settings
-        scale = max(1.0, *s.scales) if "scales" in s.tta else 1.0
-        h, w = (round(v * scale) for v in s.image_size)
-        need = forward_bytes(self.config, (h, w), self.batch_size)
-        check_memory(
-            need, f"image_size {s.image_size[0]}x{s.image_size[1]}: a forward pass at {h}x{w}", self.device
-        )
 
     def _runner(self, model: nn.Module | OnnxRuntimeModel, backend: str) -> tuple[Any, Any]:
         """(the model, what runs it): an ``.onnx`` file's session, the model exported to ONNX Runtime,

@@ -19,16 +19,14 @@ from .server import serve
 
 
 def model_card(model: str | Path) -> str | None:
-    """The model card of a pretrained tag or of a model file with a ``.md`` beside it (what
-    `segformer export --format pretrained` writes), else None."""
+    """The model card of a pretrained tag, or of a local model (`segformer.checkpoint.card.find_card`:
+    ``NAME.md`` beside a file, ``README.md`` in a folder), else None."""
+    from ..checkpoint.card import find_card
     from ..pretrained import PRETRAINED, is_tag, pretrained_dir
 
-    if is_tag(model):
-        path = pretrained_dir() / PRETRAINED[str(model)].card
-    else:
-        path = Path(model).with_suffix(".md") if Path(model).is_file() else Path(model) / "README.md"
+    path = pretrained_dir() / PRETRAINED[str(model)].card if is_tag(model) else find_card(model)
     try:
-        return path.read_text(encoding="utf-8") if path.is_file() else None
+        return path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
     except (OSError, UnicodeDecodeError):
         return None
 

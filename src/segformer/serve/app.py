@@ -214,7 +214,7 @@ class Service:
             },
             "settings": p.settings(),
             "faces": bool(p.faces),
-            "backend": p.backend,
+            "backend": p.backend if self.batcher.ready.is_set() else None,  # known after warm-up
             "device": str(p.device),
             "batch_size": p.batch_size,
             "server": self.config.public(),

@@ -97,7 +97,7 @@ def serve(predictor: Any, config: ServeConfig, name: str = "model", card: str | 
         server_header=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(config.timeout) + 5,
-        limit_concurrency=max(64, 4 * config.queue_size),  # connections; past the queue they wait cheaply
+        # No limit_concurrency: its refusals are plain text; requests past the queue get our JSON 503.
         lifespan="on",
     )
     server = _Server(uv, app.state.service, started)
