@@ -116,7 +116,7 @@ def test_parallel_workers_write_the_same_files(tmp_path):
     two = write_synthetic_dataset(tmp_path / "two", num=12, size=32, seed=3, progress=False, workers=2)
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
-    assert len(files) == 2 * 12 + 1
+    assert len(files) == 2 * 12 + 2  # the images and masks, dataset.json, .segformer-manifest.json
     for f in files:
         assert (one / f).read_bytes() == (two / f).read_bytes(), f
 

@@ -70,7 +70,10 @@ def test_foreign_file_refused_even_with_overwrite(tmp_path, overwrite):
     out.mkdir()
     (out / "a.png").write_bytes(b"user")
     with OutputFolder(out, "predict", overwrite=overwrite) as o:
-        with pytest.raises(SegformerError, match=r"a\.png: already exists and was not written by") as err:
+        with pytest.raises(
+            SegformerError,
+            match=r"a\.png: already exists and is not a segformer output \(segformer predict did not",
+        ) as err:
             o.claim(out / "a.png")
         assert "remove the file yourself" in one_line(err)
         o.write_bytes(out / "b.png", b"ours")  # a new name beside it is fine
@@ -83,7 +86,9 @@ def test_file_of_another_command_is_not_ours(tmp_path):
         o.write_bytes(out / "mask.png", b"ground truth")
     with (
         OutputFolder(out, "predict", overwrite=True) as o,
-        pytest.raises(SegformerError, match="written by segformer data synth, not segformer predict"),
+        pytest.raises(
+            SegformerError, match="segformer data synth wrote it, segformer predict did not write it"
+        ),
     ):
         o.claim(out / "mask.png")
     assert (out / "mask.png").read_bytes() == b"ground truth"
@@ -96,7 +101,7 @@ def test_file_changed_by_the_user_is_theirs(tmp_path):
     (out / "a.png").write_bytes(b"edited by the user")
     with (
         OutputFolder(out, "predict", overwrite=True) as o,
-        pytest.raises(SegformerError, match="was changed after segformer predict wrote it"),
+        pytest.raises(SegformerError, match="it was changed after segformer predict wrote it"),
     ):
         o.claim(out / "a.png")
     # same size, other bytes: still theirs
@@ -188,7 +193,7 @@ def test_for_file_rules_and_manifest_beside_it(tmp_path):
     # a user's file at the target, or a user's .md beside it, is refused on entry / claim
     user = tmp_path / "user.onnx"
     user.write_bytes(b"mine")
-    with pytest.raises(SegformerError, match="was not written by segformer export"):
+    with pytest.raises(SegformerError, match="segformer export did not write it"):
         enter(OutputFolder.for_file(user, "export", overwrite=True))
     (tmp_path / "card.md").write_text("my notes")
     card = OutputFolder.for_file(tmp_path / "card.onnx", "export", overwrite=True)

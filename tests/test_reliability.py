@@ -31,6 +31,7 @@ from segformer.data.io import save_image
 from segformer.data.preview import preview_dataset
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine.train import train
+from segformer.fileio import MANIFEST_NAME as MANIFEST
 from segformer.fileio import atomic_file, check_output_dir, is_ours
 from segformer.inference.files import predict_files
 from test_data_datasets import write_pairs
@@ -201,7 +202,8 @@ def test_overwrite_writes_next_to_the_users_files_and_keeps_them(model_dir, tmp_
     data = foreign_folder(tmp_path / "data")
     argv = ["data", "synth", str(data), "--num", "4", "--size", "32", "--val-fraction", "0.25"]
     assert main([*argv, "--overwrite"]) == 0
-    assert sorted(p.name for p in data.iterdir()) == ["dataset.json", "notes.txt", "train", "val"]
+    # (.segformer-manifest.json: the record that says which files are ours; notes.txt is not)
+    assert sorted(p.name for p in data.iterdir()) == [MANIFEST, "dataset.json", "notes.txt", "train", "val"]
     assert main(["data", "synth", str(data), "--num", "2", "--size", "32", "--overwrite"]) == 0
     assert len(list((data / "train" / "images").iterdir())) == 2 and (data / "notes.txt").read_text() == NOTE
 
@@ -245,6 +247,7 @@ def test_our_own_outputs_are_replaced_without_asking(model_dir, tmp_path):
         export_model(model_dir, foreign_file(tmp_path / "x.onnx"), check=False)
     assert (tmp_path / "x.onnx").read_text() == NOTE
     assert sorted(p.name for p in (tmp_path / "sub" / "solution").iterdir()) == [
+        MANIFEST,
         "ckpt.pth",
         "requirements.txt",
         "run.py",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -29,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -256,7 +258,7 @@ class OutputKind:
 
     def owns(self, entry: Path, anchored: bool = True) -> bool:
         """Whether `entry` (inside a folder of this kind) is something we wrote."""
-        if _TEMP_NAME.match(entry.name):
+        if _TEMP_NAME.match(entry.name) or _scratch(entry.name):  # (and the output policy's manifest)
             return True
         is_dir = self.expects(entry.name)
         if is_dir is None or entry.is_symlink() or entry.is_dir() != is_dir:
@@ -556,10 +558,8 @@ def _swap(new: Path, dst: Path) -> None:
 
 # -- one writer per folder --------------------------------------------------------------------------
 
-try:
-    import fcntl
-except ImportError:  # Windows: the lock falls back to the pid check alone
-    fcntl = None  # type: ignore[assignment]
+# (an assignment, not try/import: the run.py bundler copies top-level definitions only)
+fcntl: Any = None if sys.platform == "win32" else importlib.import_module("fcntl")  # Windows: pid check alone
 
 LOCK_NAME = ".segformer-lock"
 
@@ -749,10 +749,18 @@ class OutputFolder:
         inputs: Iterable[str | Path] = (),
         overwrite: bool = False,
         *,
+        what: str = "output",
+        option: str = "--out",
+        shared: bool = False,
         _target: Path | None = None,
     ) -> None:
         self.path = Path(out_dir)
+        # shared: one of several processes of one command (torchrun ranks) that write the folder
+        # together; another of them holds the writer lock for all (`segformer.distributed.shared_output`)
+        self.shared = shared
         self.command = command
+        self.what = what
+        self.option = option
         self.inputs = [Path(p) for p in inputs if p is not None]
         self.overwrite = overwrite
         self.target = _target
@@ -760,17 +768,26 @@ class OutputFolder:
         self._files: dict[str, dict[str, Any]] = {}
         self._fd: int | None = None
         self._lock: Path | None = None
-        self._created = False
+        self._created: Path | None = None  # the top-most folder this command created
         self._journal_lines = 0
         self.written: list[Path] = []
 
     @classmethod
     def for_file(
-        cls, path: str | Path, command: str, inputs: Iterable[str | Path] = (), overwrite: bool = False
+        cls,
+        path: str | Path,
+        command: str,
+        inputs: Iterable[str | Path] = (),
+        overwrite: bool = False,
+        *,
+        what: str = "output",
+        option: str = "--out",
     ) -> OutputFolder:
-        """A single-file output `path` under the same rules (claimed on entry: refused before the work)."""
+        """A single-file output `path` under the same rules (claimed on entry: refused before the work).
+        `what` names the file in messages ("is not a segformer ONNX file"), `option` the command's
+        option that chooses it."""
         path = Path(path)
-        return cls(path.parent, command, inputs, overwrite, _target=path)
+        return cls(path.parent, command, inputs, overwrite, what=what, option=option, _target=path)
 
     # -- entering and leaving
 
@@ -804,10 +821,12 @@ class OutputFolder:
             self._refuse_input(self.path, folder=True)
         else:
             self._refuse_input(self.target)  # before the folder or any lock appears
-        self._created = not self.path.exists()
+        missing = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]
+        self._created = missing[-1] if missing else None
         make_dirs(self.path)
         self._lock = self.path / (LOCK_NAME if self.target is None else f".{self.target.name}{LOCK_NAME}")
-        self._fd = acquire_lock(self._lock, where)
+        if not self.shared:
+            self._fd = acquire_lock(self._lock, where)
         with _folder_mutex(self.path):
             self._load()
             self._compact()
@@ -826,7 +845,7 @@ class OutputFolder:
             if self._fd is not None:
                 release_lock(self._lock, self._fd)  # type: ignore[arg-type]
                 self._fd = None
-            if self._created:
+            if self._created is not None:
                 self._remove_if_unused()
 
     def _remove_if_unused(self) -> None:
@@ -836,7 +855,12 @@ class OutputFolder:
             if names <= {MANIFEST_NAME, JOURNAL_NAME} and not self._files:
                 for name in names:
                     (self.path / name).unlink()
-                self.path.rmdir()
+                folder = self.path
+                while True:  # and the parents it created for it
+                    folder.rmdir()
+                    if folder == self._created or self._created not in folder.parents:
+                        break
+                    folder = folder.parent
         except OSError:
             pass
 
@@ -863,7 +887,8 @@ class OutputFolder:
                 and isinstance(doc.get("files"), dict)
             ):
                 raise SegformerError(
-                    f"{self.manifest}: is not a segformer manifest; move it away or choose another --out"
+                    f"{self.manifest}: is not a segformer manifest; "
+                    f"move it away or choose another {self.option}"
                 )
             files = {k: v for k, v in doc["files"].items() if isinstance(v, dict)}
         if self.journal.is_file() and not self.journal.is_symlink():
@@ -908,6 +933,7 @@ class OutputFolder:
                 self._files[name] = entry
             self._journal_lines += 1
             if self._journal_lines >= 4096:  # keep the journal short in long runs
+                self._load()  # (with the lines other processes of a shared folder appended)
                 self._compact()
 
     def _name(self, path: str | Path) -> str:
@@ -934,14 +960,14 @@ class OutputFolder:
             if real == inp or (inp.is_dir() and _within(real, inp)):
                 what = "is the command's input" if real == inp else f"lies inside the input folder {given}"
                 raise SegformerError(
-                    f"{path}: {what}; segformer never writes over its input: choose another --out"
+                    f"{path}: {what}; segformer never writes over its input: choose another {self.option}"
                 )
             if not folder and os.path.lexists(path) and inp.exists():
                 try:
                     if os.path.samefile(path, inp):
                         raise SegformerError(
                             f"{path}: is the command's input {given} (a link to it); "
-                            "segformer never writes over its input: choose another --out"
+                            f"segformer never writes over its input: choose another {self.option}"
                         )
                 except OSError:
                     pass
@@ -976,16 +1002,18 @@ class OutputFolder:
             entry = self._files.get(name)
             if not self.owns(path):
                 if entry is None:
-                    why = "was not written by segformer " + self.command
+                    why = f"segformer {self.command} did not write it"
                     if not self._files:
-                        why += f" (this folder has no {MANIFEST_NAME})"
+                        why += f": this folder has no {MANIFEST_NAME}"
                 elif entry.get("command") != self.command:
-                    why = f"was written by segformer {entry.get('command')}, not segformer {self.command}"
+                    other = entry.get("command")
+                    why = f"segformer {other} wrote it, segformer {self.command} did not write it"
                 else:
-                    why = f"was changed after segformer {self.command} wrote it"
+                    why = f"it was changed after segformer {self.command} wrote it"
                 raise SegformerError(
-                    f"{path}: already exists and {why}; segformer never replaces it (even with --overwrite): "
-                    "choose another --out or remove the file yourself"
+                    f"{path}: already exists and is not a segformer {self.what} ({why}); it is never "
+                    f"replaced, even with --overwrite: choose another {self.option} or remove the file "
+                    "yourself"
                 )
             if not self.overwrite:
                 raise SegformerError(
@@ -1023,6 +1051,26 @@ class OutputFolder:
         """The files the manifest records as written by this command (whether they still exist or not)."""
         return [self.path / k for k, v in self._files.items() if v.get("command") == self.command]
 
+    def install(self, staging: Path, dest: str | Path, what: str = "output") -> list[Path]:
+        """Move every file under `staging` to the same place under `dest` (inside this folder): all are
+        claimed first (one refusal and nothing moves; an existing sub-folder holding files that are not
+        ours is never added to), then each is moved and recorded. Returns the files written."""
+        dest = Path(dest)
+        new = sorted(p for p in staging.rglob("*") if not p.is_dir())
+        targets = [dest / p.relative_to(staging) for p in new]
+        tops = {t.relative_to(self.path).parts[0] for t in targets if t.parent != self.path}
+        _check_entries(self, tops, what)
+        for target in targets:
+            self.claim(target)
+        for src, target in zip(new, targets, strict=True):
+            try:
+                make_dirs(target.parent)
+                os.replace(src, target)
+            except OSError as err:
+                raise write_error(target, err) from None
+            self.record(target)
+        return targets
+
     # -- writing in one call
 
     @contextmanager
@@ -1051,3 +1099,199 @@ class OutputFolder:
 
     def write_json(self, path: str | Path, data: Any) -> Path:
         return self.write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+STAGING_PREFIX = ".segformer-staging."
+
+
+def _scratch(name: str) -> bool:
+    """Names of our own bookkeeping in an output folder: manifest, journal, locks, temporaries."""
+    return (
+        name in _RESERVED
+        or name.endswith(LOCK_NAME)
+        or name.startswith(STAGING_PREFIX)
+        or _TEMP_NAME.match(name) is not None
+    )
+
+
+def _read_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """The files the manifest of `folder` records (with its journal), without taking its lock."""
+    out = OutputFolder(folder, "")
+    try:
+        out._load()
+    except (OSError, SegformerError):
+        return {}
+    return out._files
+
+
+# Folders the gate of `refuse_foreign` counts as segformer's by their content (written by commands that
+# keep no manifest yet: a run folder, a model directory).
+_GATE_KINDS = ("run", "model", "dataset", "ce7454", "report")
+
+
+def _foreign_entries(out: OutputFolder, folder: Path, recurse: bool = True) -> list[Path]:
+    """The entries of `folder` (inside `out`) that are not segformer's: a file the manifest does not
+    record as this command's (cheap: by name; a changed file is caught by `claim`), a link, a folder
+    holding such. A sub-folder with a manifest of its own (a dataset inside a demo) is judged by it,
+    whichever command wrote it; a run folder or a model directory by its content."""
+    return _foreign(folder, out.path, out._files, out.command, recurse)
+
+
+def _foreign(
+    folder: Path, base: Path, records: dict[str, dict[str, Any]], command: str | None, recurse: bool
+) -> list[Path]:
+    if folder != base and (folder / MANIFEST_NAME).is_file():
+        base, records, command = folder, _read_records(folder), None  # a nested output: any command
+    foreign = []
+    for entry in _entries(folder):
+        if _scratch(entry.name):
+            continue
+        if entry.is_symlink():
+            foreign.append(entry)
+        elif entry.is_dir():
+            if any(is_ours(entry, kind) for kind in _GATE_KINDS):
+                continue
+            if recurse and _foreign(entry, base, records, command, recurse):
+                foreign.append(entry)
+        else:
+            recorded = records.get(entry.relative_to(base).as_posix())
+            if recorded is None or (command is not None and recorded.get("command") != command):
+                foreign.append(entry)
+    return foreign
+
+
+def _check_entries(out: OutputFolder, names: Iterable[str], what: str) -> None:
+    """Refuse to put anything into an existing sub-folder of OUT that holds files that are not ours (the
+    user's own dataset under ``train/``), or to write where a file of the user's has the name."""
+    clashes = []
+    for name in sorted(set(names)):
+        entry = out.path / name
+        if not os.path.lexists(entry):
+            continue
+        if entry.is_symlink():
+            clashes.append(entry)
+        elif entry.is_dir():
+            if _foreign_entries(out, entry):
+                clashes.append(entry)
+        elif not out.owns(entry):
+            clashes.append(entry)
+    if clashes:
+        raise SegformerError(
+            f"{out.path}: writing {what} would replace or add to {_names(clashes)}, which segformer "
+            f"{out.command} did not write: move them away or choose another folder"
+        )
+
+
+def refuse_foreign(
+    out: OutputFolder, overwrite: bool, what: str = "output", managed: Iterable[str] = ()
+) -> None:
+    """Refuse an output folder that holds files this command did not write, unless `overwrite` (then the
+    command writes next to them and they are kept). `managed`: top-level entries that other commands
+    write under their own policy (a demo's ``data/`` and ``run/``)."""
+    if overwrite:
+        return
+    skip = set(managed)
+    foreign = [e for e in _foreign_entries(out, out.path, recurse=True) if e.name not in skip]
+    if foreign:
+        verb = "is" if len(foreign) == 1 else "are"
+        raise SegformerError(
+            f"{out.path}: already exists and is not empty ({_names(foreign)} {verb} not segformer's); "
+            f"choose another folder or pass --overwrite to write {what} next to them (they are kept)"
+        )
+
+
+def _open_output(
+    out: OutputFolder,
+    overwrite: bool,
+    replace: bool,
+    beside: bool,
+    names: Iterable[str],
+    what: str,
+    managed: Iterable[str] = (),
+) -> list[Path]:
+    """The checks on entry of `staged_output` / `check_output`; returns the files of an earlier output."""
+    if not beside:
+        refuse_foreign(out, overwrite, what, managed)
+    _check_entries(out, names, what)
+    earlier = [p for p in out.recorded() if os.path.lexists(p)]
+    if earlier and not (overwrite or replace):
+        raise SegformerError(
+            f"{out.path}: already exists and is not empty: it holds {what} written by an earlier "
+            f"segformer {out.command} (pass --overwrite to replace it)"
+        )
+    return earlier
+
+
+@contextmanager
+def staged_output(
+    path: str | Path,
+    command: str,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    *,
+    replace: bool = False,
+    beside: bool = False,
+    names: Iterable[str] = (),
+    what: str = "output",
+) -> Iterator[Path]:
+    """A whole output folder under the policy of `OutputFolder`, assembled in a staging folder and
+    moved into place at the end (a failed command changes nothing at `path`).
+
+    On entry: a folder holding files that are not this command's is refused unless `overwrite` (or
+    `beside`: the command writes next to other files as a matter of course), and then they are kept;
+    an existing sub-folder among `names` (the top-level names the output will have) that holds files
+    that are not ours is refused always; an earlier output of `command` is replaced only with
+    `overwrite`, or when `replace` says the command always may (a report written again).
+
+    Yields the staging folder (inside `path`, hidden). On success every file in it is claimed first
+    (one refusal and nothing is moved), then moved to the same place under `path` and recorded; the
+    files an earlier run of `command` recorded there and this one did not write are removed, so the
+    folder holds this output only, beside whatever else the user keeps in it."""
+    path = Path(path)
+    with OutputFolder(path, command, inputs, overwrite or replace, what=what) as out:
+        earlier = _open_output(out, overwrite, replace, beside, names, what)
+        for old in path.glob(f"{STAGING_PREFIX}*.tmp"):  # left by a killed run of ours
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=out.path))
+        except OSError as err:
+            raise write_error(path, err) from None
+        try:
+            yield staging
+            written = set(out.install(staging, out.path, what))
+            for old in earlier:
+                if old not in written and out.owns(old):
+                    out.forget(old)
+                    _remove_empty_parents(old.parent, out.path)
+        except SegformerError as err:
+            # a failed write inside the staging folder names its destination, not the staging folder
+            raise SegformerError(str(err).replace(str(staging), str(path))) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output(
+    path: str | Path,
+    command: str,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    *,
+    replace: bool = False,
+    beside: bool = False,
+    names: Iterable[str] = (),
+    what: str = "output",
+) -> Path:
+    """The checks `staged_output` makes on entry, for a command to make before long work (nothing is
+    written; a missing folder stays missing)."""
+    with OutputFolder(path, command, inputs, overwrite or replace, what=what) as out:
+        _open_output(out, overwrite, replace, beside, names, what)
+    return Path(path)
+
+
+def _remove_empty_parents(folder: Path, top: Path) -> None:
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

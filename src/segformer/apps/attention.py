@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..data.io import load_image
 from ..errors import SegformerError
-from ..fileio import check_output_dir, write_json
+from ..fileio import check_output, staged_output, write_json
 from ..inference.ops import preprocess
 from ..inference.settings import InferenceSettings
 from ..models.mit import EfficientSelfAttention
@@ -184,6 +184,9 @@ def write_attention_maps(
             raise SegformerError(
                 f"{image_path}: query point ({x:g}, {y:g}) lies outside the {width}x{height} image"
             )
+    check_output(
+        out, "attention", [image_path], overwrite, replace=True, what="attention maps"
+    )  # before the work
     settings = InferenceSettings.from_meta(getattr(model, "meta", None)).replace(image_size=size)
     h, w = settings.image_size
     check_memory(forward_bytes(model.config, (h, w)), f"image_size {h}x{w}: a forward pass")  # before it
@@ -192,78 +195,83 @@ def write_attention_maps(
     fractions = [(x / width, y / height) for x, y in points]
     blocks = collect_attention(model, tensor, fractions)
     last = {b.stage: b for b in blocks}  # the last block of each stage
-    out = check_output_dir(out, "attention", overwrite)
-    plt = pyplot()
-    from matplotlib.colors import Normalize
+    final = Path(out)
+    # The image read is never written; maps written earlier by segformer attention are replaced; other
+    # files in OUT stay only with `overwrite` (and are never replaced).
+    with staged_output(
+        final, "attention", [image_path], overwrite, replace=True, what="attention maps"
+    ) as out:
+        plt = pyplot()
+        from matplotlib.colors import Normalize
 
-    # One scale for every map drawn: 0 to the largest weight (as a multiple of uniform) of any of them.
-    drawn = [m for e in last.values() for m in e.maps] + (
-        list(last[0].full) if last[0].full is not None else []
-    )
-    norm = Normalize(0.0, max(float(relative_attention(m).max()) for m in drawn))
-    written = []
-    for stage, entry in sorted(last.items()):
-        fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), squeeze=False)
-        for q, (ax, point) in enumerate(zip(axes[0], points, strict=True)):
-            ax.imshow(_heatmap(image, entry.maps[q], norm))
-            _mark(ax, point)
-            ax.set_axis_off()
-            ax.set_title(f"query ({point[0]:.0f}, {point[1]:.0f}): {_peak(entry.maps[q])}", fontsize=9)
-        kh, kw = entry.maps.shape[-2:]
-        fig.suptitle(
-            f"stage {stage + 1}, block {entry.block + 1}: {entry.grid[0]}x{entry.grid[1]} queries, "
-            f"{kh}x{kw} keys (sr {entry.sr_ratio})",
-            fontsize=10,
+        # One scale for every map drawn: 0 to the largest weight (as a multiple of uniform) of any of them.
+        drawn = [m for e in last.values() for m in e.maps] + (
+            list(last[0].full) if last[0].full is not None else []
         )
-        _colorbar(fig, axes, norm)
-        path = out / f"stage{stage + 1}.png"
-        save_figure(fig, path)
-        written.append(path)
-    first = last[0]
-    if first.full is not None:
-        fig, axes = plt.subplots(len(points), 2, figsize=(6.6, 3.3 * len(points)), squeeze=False)
-        for q, point in enumerate(points):
-            h, w = first.grid
-            kh, kw = first.maps.shape[-2:]
-            for col, (maps, title) in enumerate(
-                [
-                    (first.maps, f"with SR (sr {first.sr_ratio}): {kh}x{kw} keys"),
-                    (first.full, f"without SR: {h}x{w} keys"),
-                ]
-            ):
-                ax = axes[q, col]
-                ax.imshow(_heatmap(image, maps[q], norm))
+        norm = Normalize(0.0, max(float(relative_attention(m).max()) for m in drawn))
+        written = []
+        for stage, entry in sorted(last.items()):
+            fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), squeeze=False)
+            for q, (ax, point) in enumerate(zip(axes[0], points, strict=True)):
+                ax.imshow(_heatmap(image, entry.maps[q], norm))
                 _mark(ax, point)
                 ax.set_axis_off()
-                ax.set_title(f"{title}\n{_peak(maps[q])}", fontsize=9)
-        fig.suptitle(f"stage 1, block {first.block + 1}: sequence reduction on / off", fontsize=10)
-        _colorbar(fig, axes, norm)
-        path = out / "stage1_sr_vs_full.png"
-        save_figure(fig, path)
-        written.append(path)
+                ax.set_title(f"query ({point[0]:.0f}, {point[1]:.0f}): {_peak(entry.maps[q])}", fontsize=9)
+            kh, kw = entry.maps.shape[-2:]
+            fig.suptitle(
+                f"stage {stage + 1}, block {entry.block + 1}: {entry.grid[0]}x{entry.grid[1]} queries, "
+                f"{kh}x{kw} keys (sr {entry.sr_ratio})",
+                fontsize=10,
+            )
+            _colorbar(fig, axes, norm)
+            path = out / f"stage{stage + 1}.png"
+            save_figure(fig, path)
+            written.append(path)
+        first = last[0]
+        if first.full is not None:
+            fig, axes = plt.subplots(len(points), 2, figsize=(6.6, 3.3 * len(points)), squeeze=False)
+            for q, point in enumerate(points):
+                h, w = first.grid
+                kh, kw = first.maps.shape[-2:]
+                for col, (maps, title) in enumerate(
+                    [
+                        (first.maps, f"with SR (sr {first.sr_ratio}): {kh}x{kw} keys"),
+                        (first.full, f"without SR: {h}x{w} keys"),
+                    ]
+                ):
+                    ax = axes[q, col]
+                    ax.imshow(_heatmap(image, maps[q], norm))
+                    _mark(ax, point)
+                    ax.set_axis_off()
+                    ax.set_title(f"{title}\n{_peak(maps[q])}", fontsize=9)
+            fig.suptitle(f"stage 1, block {first.block + 1}: sequence reduction on / off", fontsize=10)
+            _colorbar(fig, axes, norm)
+            path = out / "stage1_sr_vs_full.png"
+            save_figure(fig, path)
+            written.append(path)
 
-    def entropy(p: Tensor) -> float:
-        p = p.flatten().double()
-        return float(-(p * p.clamp(min=1e-30).log()).sum())
+        def entropy(p: Tensor) -> float:
+            p = p.flatten().double()
+            return float(-(p * p.clamp(min=1e-30).log()).sum())
 
-    doc = {
-        "image": str(image_path),
-        "working_size": size,
-        "colour_scale": [norm.vmin, norm.vmax],  # multiples of uniform attention, shared by every panel
-        "points": [list(p) for p in points],
-        "stages": [
-            {
-                "stage": e.stage + 1,
-                "block": e.block + 1,
-                "sr_ratio": e.sr_ratio,
-                "queries_grid": list(e.grid),
-                "keys_grid": list(e.maps.shape[-2:]),
-                "query_tokens": [list(q) for q in e.queries],
-                "entropy": [entropy(m) for m in e.maps],
-                "entropy_without_sr": [entropy(m) for m in e.full] if e.full is not None else None,
-            }
-            for _, e in sorted(last.items())
-        ],
-    }
-    write_json(out / "attention.json", doc)
-    return written
+        doc = {
+            "image": str(image_path),
+            "working_size": size,
+            "colour_scale": [norm.vmin, norm.vmax],  # multiples of uniform attention, shared by every panel
+            "points": [list(p) for p in points],
+            "stages": [
+                {
+                    "stage": e.stage + 1,
+                    "block": e.block + 1,
+                    "sr_ratio": e.sr_ratio,
+                    "queries_grid": list(e.grid),
+                    "keys_grid": list(e.maps.shape[-2:]),
+                    "query_tokens": [list(q) for q in e.queries],
+                    "entropy": [entropy(m) for m in e.maps],
+                    "entropy_without_sr": [entropy(m) for m in e.full] if e.full is not None else None,
+                }
+                for _, e in sorted(last.items())
+            ],
+        }
+        write_json(out / "attention.json", doc)
+    return [final / p.name for p in written]

@@ -117,7 +117,9 @@ def _import_block(imports: set[_Import]) -> list[str]:
     return [line for section in sections if section for line in [*sorted(section, key=key), ""]]
 
 
-def standalone_source(roots: Sequence[tuple[str, str]], header: str = "", footer: str = "") -> str:
+def standalone_source(
+    roots: Sequence[tuple[str, str]], header: str = "", footer: str = "", preamble: str = ""
+) -> str:
     """One Python file holding the definitions `roots` (``(module, name)`` pairs of this package) and
     everything they use from the package, copied from the source with their comments; imports of
     other libraries are kept, imports from the package are replaced by the copied definitions.
@@ -126,7 +128,7 @@ def standalone_source(roots: Sequence[tuple[str, str]], header: str = "", footer
     definition-time references (base classes, default arguments) resolve. Classes of the package that
     only appear in annotations (e.g. ``config: ModelConfig``) become aliases of `typing.Any`. Two
     different definitions of one name, or function-level imports from the package, are errors rather
-    than silent breakage.
+    than silent breakage. `preamble` is code that runs before the imports (they take seconds).
     """
     modules: dict[str, _Module] = {}
     needed: dict[str, set[str]] = {}  # module -> names of its definitions to copy
@@ -208,6 +210,7 @@ def standalone_source(roots: Sequence[tuple[str, str]], header: str = "", footer
         "",
         "from __future__ import annotations",
         "",
+        *([preamble.strip(), "", ""] if preamble.strip() else []),
         *_import_block(set(imports.values())),
     ]
     parts.extend([*aliases, ""] if aliases else [])

@@ -37,7 +37,7 @@ from ..engine.losses import SegmentationLoss
 from ..engine.rundir import RunDir
 from ..engine.train import format_epochs, train
 from ..errors import SegformerError
-from ..fileio import check_output_dir, write_text
+from ..fileio import OutputFolder, refuse_foreign, write_text
 from ..inference.predictor import Predictor
 from ..metrics import format_per_class
 from ..models import create_model
@@ -126,9 +126,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def write_predictions(model: torch.nn.Module, data: Path, out: Path, size: int, count: int = 8) -> Path:
+def write_predictions(
+    model: torch.nn.Module,
+    data: Path,
+    out: Path,
+    size: int,
+    count: int = 8,
+    folder: OutputFolder | None = None,
+) -> Path:
     """Overlays of `count` validation images at their own resolution (out/predictions/<stem>.png) and a
-    titled sheet with a class-colour legend, image | ground truth | prediction (out/predictions.png)."""
+    titled sheet with a class-colour legend, image | ground truth | prediction (out/predictions.png);
+    each claimed from and recorded in the demo's output `folder` (`segformer.fileio.OutputFolder`)."""
     from .report import plot_predictions
 
     ls = get_label_set("celebamask")
@@ -136,10 +144,22 @@ def write_predictions(model: torch.nn.Module, data: Path, out: Path, size: int, 
     predictor = Predictor(model, image_size=size, label_set=ls, faces=False)  # aligned crops
     for i in range(min(count, len(ds))):
         image = load_image(ds.image_path(i))
-        save_image(out / "predictions" / f"{ds.stems[i]}.png", overlay(image, predictor(image), ls))
-    sheet = out / "predictions.png"
+        path = _claim(folder, out / "predictions" / f"{ds.stems[i]}.png")
+        save_image(path, overlay(image, predictor(image), ls))
+        _record(folder, path)
+    sheet = _claim(folder, out / "predictions.png")
     plot_predictions({"prediction": model}, ds, sheet, count, size)
+    _record(folder, sheet)
     return sheet
+
+
+def _claim(folder: OutputFolder | None, path: Path) -> Path:
+    return folder.claim(path) if folder is not None else path
+
+
+def _record(folder: OutputFolder | None, path: Path) -> None:
+    if folder is not None:
+        folder.record(path)
 
 
 def continue_command(out: Path, settings: dict[str, Any], epochs: int) -> str:
@@ -181,6 +201,7 @@ def write_report(
     flip_scores: dict[str, Any],
     settings: dict[str, Any],
     warning: str | None = None,
+    folder: OutputFolder | None = None,
 ) -> Path:
     cfg = load_recipe("microsegformer-seed").override(DEMO_OVERRIDES).train
     steps_per_epoch = settings["train_images"] // cfg.batch_size
@@ -234,8 +255,9 @@ def write_report(
         "```",
         "",
     ]
-    path = out / "report.md"
+    path = _claim(folder, out / "report.md")
     write_text(path, "\n".join(lines))
+    _record(folder, path)
     return path
 
 
@@ -291,8 +313,27 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into `out` (`num` training faces, `val` held-out ones, `epochs` epochs; None: the
     folder's setting, else `DEFAULTS`); returns the validation scores, paths and the warning, if any.
-    A non-empty `out` that is not a demo folder is refused unless `overwrite` (its files are kept)."""
-    out = check_output_dir(out, "demo", overwrite)
+    A non-empty `out` that is not a demo folder is refused unless `overwrite` (its files are kept, and
+    never replaced: `segformer.fileio.OutputFolder`); one demo at a time writes a folder."""
+    out = Path(out)
+    # The demo's own files are replaced when it runs again; data/ and run/ follow their own commands'
+    # rules (the synthetic dataset's and the run folder's).
+    with OutputFolder(out, "demo", overwrite=True, what="demo file") as folder:
+        refuse_foreign(folder, overwrite, "a demo", managed=("data", "run"))
+        return _run_demo(out, folder, epochs, num, val, size, seed, device, progress)
+
+
+def _run_demo(
+    out: Path,
+    folder: OutputFolder,
+    epochs: int | None,
+    num: int | None,
+    val: int | None,
+    size: int | None,
+    seed: int | None,
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
     settings = _resolve(out, {"num": num, "val": val, "size": size, "seed": seed, "epochs": epochs})
     settings["device"] = device
     data = out / "data"
@@ -330,7 +371,7 @@ def run_demo(
     model = load(run.best, device=device)
     scores = evaluate_model(model, data, "val", device=device, progress=progress)
     flip_scores = evaluate_model(model, data, "val", tta="flip", device=device, progress=progress)
-    sheet = write_predictions(model, data, out, settings["size"])
+    sheet = write_predictions(model, data, out, settings["size"], folder=folder)
     records = run.read_metrics()  # the last epoch may be a fraction (a run cut short)
     epochs_done = float(records[-1]["epoch"]) if records else float(summary["epochs_completed"])
     warning = promise_warning(scores["ce7454_f"], out, settings, epochs_done)
@@ -344,7 +385,7 @@ def run_demo(
         "epochs_done": epochs_done,
         "threads": summary.get("threads", torch.get_num_threads()),
     }
-    report = write_report(out, summary, scores, flip_scores, info, warning)
+    report = write_report(out, summary, scores, flip_scores, info, warning, folder=folder)
     return {
         "scores": scores,
         "flip_scores": flip_scores,

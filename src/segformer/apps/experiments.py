@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,7 @@ from ..config import RunConfig, load_recipe
 from ..engine.rundir import RunDir
 from ..engine.train import check_resume, train
 from ..errors import SegformerError
-from ..fileio import OutputKind, check_output_dir, write_json
+from ..fileio import STAGING_PREFIX, OutputFolder, refuse_foreign, write_json
 from ..models import create_model
 from ..models.summary import count_flops
 
@@ -150,12 +151,6 @@ def _suites() -> dict[str, Suite | Callable[[], Suite]]:
 
 
 SUITE_NAMES = ("depth", "width", "loss", "augment", "schedule", "efficiency")
-
-
-# OUT holds a folder per suite and the shared synthetic data; each is checked again when written.
-EXPERIMENT_OUTPUT = OutputKind(
-    "experiment", "a segformer experiment folder", {name: True for name in (*SUITE_NAMES, "data")}
-)
 
 
 def get_suite(name: str) -> Suite:
@@ -341,9 +336,14 @@ def run_suite(
     settings: ExperimentSettings = ExperimentSettings(),
     progress: bool = True,
     remeasure: bool = False,
+    folder: OutputFolder | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) every variant of suite `name` into ``OUT/<name>/<run>/`` and write the suite's
-    results.csv / .md / .tex and figures; returns ``{"suite", "dir", "rows", "files"}``."""
+    results.csv / .md / .tex and figures; returns ``{"suite", "dir", "rows", "files"}``. The suite's
+    files go through the output policy of `folder` (OUT's; opened here when not given)."""
+    if folder is None:
+        with OutputFolder(out, "experiment", [data], overwrite=True, what="experiment file") as folder:
+            return run_suite(name, data, out, settings, progress, remeasure, folder)
     from .report import write_suite_outputs
 
     suite = get_suite(name)
@@ -356,7 +356,7 @@ def run_suite(
     }
     # Written first, marked incomplete, so that `segformer report` can show the runs an interrupted
     # suite has finished.
-    write_json(suite_dir / "suite.json", {**meta, "complete": False})
+    folder.write_json(suite_dir / "suite.json", {**meta, "complete": False})
     rows, runs, trained = [], {}, []
     for i, variant in enumerate(suite.variants):
         cfg = run_config(settings, data, variant)
@@ -371,8 +371,11 @@ def run_suite(
         measured = measure_run(run_dir, settings, remeasure)
         rows.append(result_row(suite, variant, cfg, summary, scores, measured))
         runs[variant.name] = {"dir": run_dir, "scores": scores}
-    files = write_suite_outputs(suite_dir, rows, runs, meta, settings.sample_images)
-    write_json(suite_dir / "suite.json", {**meta, "complete": True, "files": sorted(files)})
+    # Written in a staging folder, then moved into place under the policy (one refusal: none moved).
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, suffix=".tmp", dir=folder.path) as staging:
+        files = write_suite_outputs(Path(staging), rows, runs, meta, settings.sample_images)
+        folder.install(Path(staging), suite_dir, "experiment results")
+    folder.write_json(suite_dir / "suite.json", {**meta, "complete": True, "files": sorted(files)})
     return {"suite": suite.name, "dir": str(suite_dir), "rows": rows, "files": files}
 
 
@@ -392,7 +395,24 @@ def run_experiments(
     non-empty `out` holding anything else is refused unless `overwrite` (its files are then kept)."""
     for name in names:
         get_suite(name)  # fail on a typo before hours of training
-    check_output_dir(out, EXPERIMENT_OUTPUT, overwrite)
+    # One experiment at a time writes OUT; its own files are written again as it resumes; the data read
+    # is never written; other files in OUT stay only with `overwrite` (and are never replaced).
+    inputs = [data] if data is not None else []
+    with OutputFolder(out, "experiment", inputs, overwrite=True, what="experiment file") as folder:
+        refuse_foreign(folder, overwrite, "experiments")
+        return _run_experiments(names, data, out, settings, synthetic, progress, remeasure, folder)
+
+
+def _run_experiments(
+    names: list[str],
+    data: str | Path | None,
+    out: str | Path,
+    settings: ExperimentSettings,
+    synthetic: int | None,
+    progress: bool,
+    remeasure: bool,
+    folder: OutputFolder,
+) -> list[dict[str, Any]]:
     if data is None:
         if not synthetic:
             raise SegformerError("no data: pass --data ROOT or --synthetic N")
@@ -412,7 +432,7 @@ def run_experiments(
             f"experiment: {', '.join(names)}: {runs} runs x {settings.epochs} epochs at "
             f"{settings.img_size} px on {data}, {thread_choice().describe()} -> {out}"
         )
-    return [run_suite(name, data, out, settings, progress, remeasure) for name in names]
+    return [run_suite(name, data, out, settings, progress, remeasure, folder) for name in names]
 
 
 def make_settings(quick: bool = False, **changes: Any) -> ExperimentSettings:

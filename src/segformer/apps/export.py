@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -31,7 +32,7 @@ from ..checkpoint.card import card_metadata, card_text
 from ..config import ModelConfig, arch_class, list_archs
 from ..data.synthetic import generate_face
 from ..errors import SegformerError
-from ..fileio import atomic_dir, atomic_file, check_output_dir
+from ..fileio import OutputFolder, atomic_file, staged_output
 from ..inference.onnx import export_onnx
 from ..inference.predictor import Predictor
 from ..inference.settings import InferenceSettings, model_settings, split_overrides
@@ -40,6 +41,7 @@ from ..pretrained import PRETRAINED, write_pretrained
 from .bundle import standalone_source
 
 CE7454_BUDGET = 1_821_085  # parameters, exclusive: sum(p.numel() for p in model.parameters()) < this
+SOLUTION_FILES = ("ckpt.pth", "requirements.txt", "run.py")
 
 
 def _pin(distribution: str) -> str:
@@ -78,7 +80,26 @@ _ARCHS.update({{{table}}})
 
 if __name__ == "__main__":
     sys.exit(main())"""
-    return standalone_source(roots, header, footer)
+    return standalone_source(roots, header, footer, RUN_PY_PREAMBLE)
+
+
+# Before run.py imports torch (seconds): Ctrl-C then is "interrupted" and exit code 130, as later.
+RUN_PY_PREAMBLE = """
+import os as _os
+import signal as _signal
+
+
+def _interrupted_while_starting(signum, frame):
+    try:
+        _os.write(2, b"interrupted\\n")
+    except OSError:
+        pass
+    _os._exit(130)
+
+
+if __name__ == "__main__":
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+"""
 
 
 def export_ce7454(
@@ -88,35 +109,43 @@ def export_ce7454(
     settings: InferenceSettings | None = None,
     budget: int | None = CE7454_BUDGET,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the CE7454 submission ``OUT/solution/{ckpt.pth, requirements.txt, run.py}`` of `model` (a
     module, or anything `segformer.load` reads) with its `settings` (default: the model's own).
 
     A model with `budget` parameters or more is refused (``budget=None`` skips the check). With
     `verify`, the generated ``run.py`` is loaded from the written folder and must reproduce the
-    `Predictor`'s masks on two random images before the folder replaces ``OUT/solution``.
+    `Predictor`'s masks on two random images before the folder replaces ``OUT/solution``. The output
+    follows `segformer.fileio.staged_output`: a solution written earlier by segformer export is replaced,
+    other files in ``OUT/solution`` only stay beside it with `overwrite`, and are never replaced.
     """
-    solution = check_output_dir(Path(out) / "solution", "ce7454")  # before the work
-    torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
-    settings = settings or model_settings(torch_model)
-    config: ModelConfig = torch_model.config
-    if settings.postprocess != "none":  # run.py needs only torch, numpy and Pillow
-        raise SegformerError(
-            f"the CE7454 run.py does not post-process; export with --postprocess none "
-            f"(the model's settings say {settings.postprocess})"
-        )
-    params = sum(p.numel() for p in torch_model.parameters())
-    if budget is not None and params >= budget:
-        raise SegformerError(
-            f"the model has {params:,} parameters; the CE7454 budget is fewer than {budget:,} "
-            "(pass --no-budget-check to export it anyway)"
-        )
-    ckpt = {
-        "state_dict": plain_state_dict(torch_model),
-        "config": config.to_dict(),
-        "meta": settings.to_dict(),
-    }
-    with atomic_dir(solution, "ce7454") as tmp:
+    solution = Path(out) / "solution"
+    inputs = [model] if isinstance(model, (str, Path)) else []
+    # Checked before the work: a folder of the user's files needs `overwrite` (they are kept); a
+    # submission written earlier by segformer export is replaced.
+    with staged_output(
+        solution, "export", inputs, overwrite, replace=True, names=SOLUTION_FILES, what="a CE7454 solution"
+    ) as tmp:
+        torch_model = unwrap(load(model) if isinstance(model, (str, Path)) else model)
+        settings = settings or model_settings(torch_model)
+        config: ModelConfig = torch_model.config
+        if settings.postprocess != "none":  # run.py needs only torch, numpy and Pillow
+            raise SegformerError(
+                f"the CE7454 run.py does not post-process; export with --postprocess none "
+                f"(the model's settings say {settings.postprocess})"
+            )
+        params = sum(p.numel() for p in torch_model.parameters())
+        if budget is not None and params >= budget:
+            raise SegformerError(
+                f"the model has {params:,} parameters; the CE7454 budget is fewer than {budget:,} "
+                "(pass --no-budget-check to export it anyway)"
+            )
+        ckpt = {
+            "state_dict": plain_state_dict(torch_model),
+            "config": config.to_dict(),
+            "meta": settings.to_dict(),
+        }
         with atomic_file(tmp / "ckpt.pth") as f:  # a failed write names its reason (see fileio)
             torch.save(ckpt, f)
         (tmp / "requirements.txt").write_text("\n".join(_pin(d) for d in ("torch", "numpy", "pillow")) + "\n")
@@ -259,53 +288,63 @@ def export_pretrained(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise SegformerError(f"{out}: a pretrained file must end in .safetensors")
-    if out.is_dir():
-        raise SegformerError(f"{out}: is a folder; expected the path of a .safetensors file")
-    meta = {**(getattr(model, "meta", None) or {}), **settings.to_dict()}
-    meta = {k: v for k, v in meta.items() if k not in ("source", "source_format")}
-    # Written next to the target, checked, then renamed over it: a refused fp16 file leaves nothing.
-    tmp = out.with_name(f".{out.stem}.check.safetensors")  # a name `load` reads
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_pretrained(model, tmp, json.loads(json.dumps(meta)), fp16=fp16)
-        changed = None
-        if fp16:
-            image = _check_image(settings.image_size)
-            # The check image is one aligned face: parsed whole, as the model was trained, by PyTorch.
-            options = {"settings": settings, "faces": False, "backend": "torch"}
-            full = Predictor(model, device="cpu", **options).predict(image)
-            half = Predictor(load(tmp), **options).predict(image)
-            changed = float((full != half).mean())
-            if changed > FP16_MAX_CHANGED:
-                raise SegformerError(
-                    f"{out}: float16 weights change {changed:.3%} of a check image's pixels (more than "
-                    f"{FP16_MAX_CHANGED:.1%}); export without --fp16"
-                )
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "fp16_changed": changed}
-    if card:
-        recipe = Path(source).parent / "config.yaml" if source else None
-        flags = [*flags, *([f"--tta {settings.tta}"] if settings.tta != "none" else [])]
-        if settings.postprocess != "none":
-            flags.append(f"--postprocess {settings.postprocess} --min-area {settings.min_area:g}")
-        flags += ["--fp16"] if fp16 else []
-        command = " ".join([f"segformer export {source or 'MODEL'} --format pretrained --out {out}", *flags])
-        card_path = out.with_suffix(".md")
-        text = model_card(
-            model, out, settings, fp16=fp16, changed=changed, recipe=recipe, export_command=command
-        )
-        card_path.write_text(text)
-        result["card"] = str(card_path)
+    card_path = out.with_suffix(".md")
+    inputs = [source] if source else []
+    # The file and its card follow the output policy: what segformer export wrote is replaced, a file of
+    # the user's (the target, or a .md beside it) never; both are claimed before the work.
+    with OutputFolder.for_file(out, "export", inputs, overwrite=True, what="pretrained file") as folder:
+        if card:
+            folder.claim(card_path)
+        meta = {**(getattr(model, "meta", None) or {}), **settings.to_dict()}
+        meta = {k: v for k, v in meta.items() if k not in ("source", "source_format")}
+        # Written to a temporary name next to the target, checked, then renamed over it: a refused fp16
+        # file leaves nothing.
+        with folder.atomic_path(out) as tmp:
+            check = tmp.with_name(tmp.name + ".safetensors")  # a name `load` reads
+            try:
+                write_pretrained(model, check, json.loads(json.dumps(meta)), fp16=fp16)
+                changed = None
+                if fp16:
+                    image = _check_image(settings.image_size)
+                    # The check image is one aligned face: parsed whole, as the model was trained, by PyTorch.
+                    options = {"settings": settings, "faces": False, "backend": "torch"}
+                    full = Predictor(model, device="cpu", **options).predict(image)
+                    half = Predictor(load(check), **options).predict(image)
+                    changed = float((full != half).mean())
+                    if changed > FP16_MAX_CHANGED:
+                        raise SegformerError(
+                            f"{out}: float16 weights change {changed:.3%} of a check image's pixels (more "
+                            f"than {FP16_MAX_CHANGED:.1%}); export without --fp16"
+                        )
+                os.replace(check, tmp)
+            finally:
+                check.unlink(missing_ok=True)
+        result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "fp16_changed": changed}
+        if card:
+            recipe = Path(source).parent / "config.yaml" if source else None
+            flags = [*flags, *([f"--tta {settings.tta}"] if settings.tta != "none" else [])]
+            if settings.postprocess != "none":
+                flags.append(f"--postprocess {settings.postprocess} --min-area {settings.min_area:g}")
+            flags += ["--fp16"] if fp16 else []
+            command = " ".join(
+                [f"segformer export {source or 'MODEL'} --format pretrained --out {out}", *flags]
+            )
+            text = model_card(
+                model, out, settings, fp16=fp16, changed=changed, recipe=recipe, export_command=command
+            )
+            folder.write_text(card_path, text)
+            result["card"] = str(card_path)
     return result
 
 
 # Export formats by name: the function that writes one, and the options that are its own (the others
 # are `InferenceSettings` fields). Adding a format is one entry here.
 FORMATS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
-    "onnx": (export_onnx, ("exporter", "opset", "check", "quantize", "calibration", "min_agreement")),
-    "ce7454": (export_ce7454, ("budget", "verify")),
+    "onnx": (
+        export_onnx,
+        ("exporter", "opset", "check", "inputs", "quantize", "calibration", "min_agreement"),
+    ),
+    "ce7454": (export_ce7454, ("budget", "verify", "overwrite")),
     "pretrained": (export_pretrained, ("fp16", "card", "source")),
 }
 
@@ -335,6 +374,8 @@ def export_model(
             exporter_options["flags"] = [f"--logit-adjust {logit_adjust:g}"]
     if "source" in own:  # exporters that describe where the model came from
         exporter_options.setdefault("source", source)
+    if "inputs" in own:  # the model read is never written over
+        exporter_options.setdefault("inputs", [source] if source else [])
     settings = model_settings(torch_model, None, source, **changes)
     return exporter(torch_model, out, settings=settings, **exporter_options)
 

@@ -25,7 +25,7 @@ import yaml
 
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
-from ..fileio import atomic_file, atomic_path, check_output_dir, make_dirs, write_text
+from ..fileio import atomic_file, atomic_path, staged_output, write_text
 
 # (header, results.csv key, formatter, higher is better) of the comparison tables.
 COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
@@ -583,11 +583,16 @@ def build_report(
             raise SegformerError(
                 f"{item}: neither a run folder (summary.json) nor an experiment suite folder (suite.json)"
             )
-    out = make_dirs(check_output_dir(out, "report", overwrite))
-    page = _Page(out)
-    for kind, path in sections:
-        if kind == "suite":
-            _suite_section(page, path)
-        else:
-            _run_section(page, path, samples)
-    return page.write(title)[0]
+    # A report is written again freely; the runs and suites it reads are never written, nor is it put
+    # inside them; a file in OUT that segformer report did not write is never replaced.
+    with staged_output(
+        out, "report", list(map(Path, inputs)), overwrite, replace=True, what="a report"
+    ) as tmp:
+        page = _Page(tmp)
+        for kind, path in sections:
+            if kind == "suite":
+                _suite_section(page, path)
+            else:
+                _run_section(page, path, samples)
+        page.write(title)
+    return Path(out) / "index.html"

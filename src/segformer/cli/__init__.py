@@ -4,10 +4,13 @@ call into the library; this file only dispatches and turns `SegformerError` into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import sys
 import warnings
+from typing import TextIO
 
 from ..errors import SegformerError
 
@@ -110,15 +113,150 @@ def _quiet_after_interrupt() -> None:
             return
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..runtime import tune_cpu_allocator
+class _TolerantStream(io.TextIOBase):
+    """stdout / stderr that a closed terminal or a broken pipe (``segformer ... | head -1``) cannot stop:
+    a failed write is swallowed, and the descriptor is pointed at the null device so that the
+    interpreter's own flush at exit stays quiet. The work goes on; the exit code still tells."""
 
-    tune_cpu_allocator()  # before the first large tensor (see segformer.runtime)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"
-    if not debug:
-        warnings.formatwarning = _one_line_warning
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self.broken = stream is None
+
+    def _break(self) -> None:
+        self.broken = True
+        try:
+            fd = self._stream.fileno()  # type: ignore[union-attr]
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                self._break()
+
+    def isatty(self) -> bool:
+        try:
+            return not self.broken and self._stream.isatty()  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        if self._stream is None:
+            raise io.UnsupportedOperation("no stream")
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "errors", None) or "strict"
+
+
+def _say(text: str) -> None:
+    """Write `text` to stderr whatever state it is in."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C before the command has started (imports of torch take seconds): nothing is written yet,
+    so leave at once, with the same line and code as an interrupted command."""
+    _say("segformer: interrupted\n")
+    os._exit(130)
+
+
+def _prepare_process() -> None:
+    """For a command-line process, before anything heavy is imported: Ctrl-C leaves cleanly, and a
+    closed or broken stdout / stderr never stops the work."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if not isinstance(sys.stdout, _TolerantStream):
+        sys.stdout = _TolerantStream(sys.stdout)
+    if not isinstance(sys.stderr, _TolerantStream):
+        sys.stderr = _TolerantStream(sys.stderr)
+
+
+def _start_command() -> None:
+    """From here on Ctrl-C raises `KeyboardInterrupt` (the writers hold it until their file is in place)."""
+    import signal
+
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `segformer` console script (and ``python -m segformer``): every failure is one line on
+    stderr and an exit code (1 error, 2 usage, 130 interrupted)."""
+    command_line = argv is None
+    if command_line:
+        _prepare_process()
+    command = None
+    try:
+        from ..runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()  # before the first large tensor (see segformer.runtime)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        debug = args.traceback or os.environ.get("SEGFORMER_DEBUG") == "1"
+        if not debug:
+            warnings.formatwarning = _one_line_warning
+        if command_line:
+            _start_command()
+        return _run(args, debug)
+    except KeyboardInterrupt:
+        if command_line:
+            _quiet_after_interrupt()
+        _close_progress_bars()
+        _say(f"segformer{f' {command}' if command else ''}: interrupted\n")
+        if command_line:
+            # From the command line: leave at once. Every file is already written atomically, and the
+            # interpreter's teardown (collecting a training process's objects) took seconds after Ctrl-C.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+            os._exit(130)
+        return 130
+    except Exception as err:
+        # A failure nobody anticipated (a bug): still one line on the command line, with the way to more.
+        if not command_line or os.environ.get("SEGFORMER_DEBUG") == "1" or "--traceback" in sys.argv[1:]:
+            raise
+        _close_progress_bars()
+        _say(
+            f"segformer{f' {command}' if command else ''}: error: unexpected {type(err).__name__}: "
+            f"{_first_line(err)} (a bug: please report it; --traceback shows where)\n"
+        )
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         if hasattr(args, "threads"):
             from ..runtime import set_threads
@@ -129,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         _close_progress_bars()
-        print(f"segformer {args.command}: error: {err}", file=sys.stderr)
+        _say(f"segformer {args.command}: error: {_first_line(err)}\n")
         return 1
     except OSError as err:
         # The write helpers name the path themselves; this catches what reaches the user otherwise
@@ -138,17 +276,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"{err.filename}: " if err.filename else ""
         _close_progress_bars()
-        print(f"segformer {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        _say(f"segformer {args.command}: error: {where}{err.strerror or err}\n")
         return 1
-    except KeyboardInterrupt:
-        if argv is None:
-            _quiet_after_interrupt()
-        _close_progress_bars()
-        print(f"segformer {args.command}: interrupted", file=sys.stderr)
-        if argv is None:
-            # From the command line: leave at once. Every file is already written atomically, and the
-            # interpreter's teardown (collecting a training process's objects) took seconds after Ctrl-C.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130

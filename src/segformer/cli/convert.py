@@ -6,6 +6,7 @@ import argparse
 
 from ..checkpoint import FORMATS, convert
 from ..config import parse_overrides
+from ..fileio import staged_output
 from . import add_set_option
 from .types import positive_int
 
@@ -24,13 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="output directory: a model directory there is replaced atomically, other non-empty folders "
-        "are refused",
+        help="output directory (never SRC or a folder inside it): a model an earlier convert wrote there "
+        "is replaced; a folder holding other files is refused unless --overwrite, and they are kept",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="write into a non-empty folder that is not a model directory (its files are kept)",
+        help="write into a folder that holds other files (they are kept: a file segformer convert did not "
+        "write is never replaced)",
     )
     p.add_argument("--to", choices=FORMATS, default="native", help="output format (default native)")
     p.add_argument(
@@ -49,14 +51,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = convert(
-        args.src,
-        args.out,
-        to=args.to,
-        num_classes=args.num_classes,
-        overwrite=args.overwrite,
-        **parse_overrides(args.overrides),
-    )
+    # The output policy (segformer.fileio): the model is written into a staging folder, then its files are
+    # moved into DIR, each only where nothing but an earlier `segformer convert` output is in the way.
+    with staged_output(args.out, "convert", [args.src], args.overwrite, replace=True, what="a model") as tmp:
+        model = convert(
+            args.src,
+            tmp,
+            to=args.to,
+            num_classes=args.num_classes,
+            overwrite=True,
+            **parse_overrides(args.overrides),
+        )
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({args.to}): {params:,} parameters, {model.config.num_classes} classes")
     return 0

@@ -11,12 +11,12 @@ from ..data.prepare import prepare_celebamask
 from ..data.preview import preview_dataset
 from ..data.synthetic import write_synthetic_dataset
 from ..data.transforms import PRESETS
-from ..fileio import check_output_dir
+from ..fileio import check_output
 from .types import nonneg_int, positive_int, unit_interval
 
 OVERWRITE_HELP = (
-    "replace OUT if it is a dataset written by segformer, or write next to the other files in OUT (they "
-    "are kept)"
+    "replace the dataset an earlier run of this command wrote in OUT (its .segformer-manifest.json says "
+    "which files); files of anyone else in OUT are never replaced"
 )
 
 
@@ -35,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Write NUM procedurally generated faces with their 19-class label maps to OUT "
         "(OUT/train and OUT/val in the folder layout, plus OUT/dataset.json).",
     )
-    s.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
+    s.add_argument(
+        "out",
+        metavar="OUT",
+        help="output folder (new, or one whose files this command wrote; other files in it are kept)",
+    )
     s.add_argument("--num", type=int, default=1000, help="number of images (default 1000)")
     s.add_argument("--size", type=positive_int, default=256, help="image size in pixels (default 256)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
@@ -86,7 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--split", default="train", help="split to sample (default train)")
     v.add_argument("--size", type=positive_int, default=None, help="output size (default: each image's own)")
     v.add_argument("--label-set", default="celebamask", help=f"one of {', '.join(list_label_sets())}")
-    v.add_argument("--out", required=True, metavar="OUT", help="output folder (must not exist or be empty)")
+    v.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output folder (new, or one whose files this command wrote; other files in it are kept)",
+    )
     v.add_argument(
         "--overwrite",
         action="store_true",
@@ -102,7 +111,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(CelebA-HQ-to-CelebA-mapping.txt + list_eval_partition.txt in RAW).",
     )
     r.add_argument("raw", metavar="RAW", help="folder holding CelebA-HQ-img and CelebAMask-HQ-mask-anno")
-    r.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
+    r.add_argument(
+        "out",
+        metavar="OUT",
+        help="output folder (new, or one whose files this command wrote; other files in it are kept)",
+    )
     r.add_argument(
         "--size", type=positive_int, default=512, help="output size (default 512, the masks' size)"
     )
@@ -127,7 +140,9 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     if args.fix:
-        check_output_dir(args.fix, "dataset", args.overwrite)  # before the scan
+        check_output(
+            args.fix, "data check", [args.root], args.overwrite, what="a fixed dataset"
+        )  # before the scan
     report = check_dataset(args.root, args.split, args.label_set)
     done = None
     if args.fix:

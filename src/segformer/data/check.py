@@ -34,10 +34,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir, check_output_dir, write_json
+from ..fileio import staged_output, write_json
 from .datasets import scan_folder
 from .io import copy_file, load_image, load_mask, save_mask
 from .labels import LabelSet, get_label_set
+from .synthetic import DATASET_NAMES
 
 KINDS = (
     "unreadable",
@@ -284,14 +285,15 @@ def fix_dataset(
     label_set = get_label_set(label_set)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise SegformerError(f"{out}: the fixed copy must go outside the dataset {root}")
-    check_output_dir(out, "dataset", overwrite)
-    report = report or check_dataset(root, split, label_set, progress)
-    by_stem: dict[tuple[str, str], set[str]] = {}
-    for p in report.problems:
-        by_stem.setdefault((p.split, p.stem), set()).add(p.kind)
-    done = Counter()
     lut_flip, valid = label_set.flip_lut(), label_set.valid_lut()
-    with atomic_dir(out, "dataset", overwrite) as tmp:
+    with staged_output(
+        out, "data check", [root], overwrite, names=DATASET_NAMES, what="a fixed dataset"
+    ) as tmp:
+        report = report or check_dataset(root, split, label_set, progress)
+        by_stem: dict[tuple[str, str], set[str]] = {}
+        for p in report.problems:
+            by_stem.setdefault((p.split, p.stem), set()).add(p.kind)
+        done = Counter()
         for name in report.splits:
             scan = scan_folder(root, name)
             for stem in tqdm(scan.stems, desc=f"fix {name}", disable=not progress):

@@ -27,9 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir, check_output_dir, write_json
+from ..fileio import staged_output, write_json
 from .io import load_image, load_mask, save_image, save_mask
 from .labels import CELEBAMASK
+from .synthetic import DATASET_NAMES
 
 IMAGE_DIR = "CelebA-HQ-img"
 ANNO_DIR = "CelebAMask-HQ-mask-anno"
@@ -140,7 +141,6 @@ def prepare_celebamask(
     for d in (image_dir, anno_dir):
         if not d.is_dir():
             raise SegformerError(f"{d}: folder not found (is {raw_root} the raw CelebAMask-HQ folder?)")
-    check_output_dir(out_root, "dataset", overwrite)
     indices = sorted(int(p.stem) for p in image_dir.glob("*.jpg") if p.stem.isdigit())
     if not indices:
         raise SegformerError(f"{image_dir}: no <index>.jpg images")
@@ -164,7 +164,9 @@ def prepare_celebamask(
         s: sum(v == s for v in split_of.values()) for s in ("train", "val", "test")
     }
     counts["split_rule"] = rule
-    with atomic_dir(out_root, "dataset", overwrite) as tmp:
+    with staged_output(
+        out_root, "data prepare", [raw_root], overwrite, names=DATASET_NAMES, what="a dataset"
+    ) as tmp:
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             jobs = pool.map(lambda i: convert(i, tmp), indices)
             for _ in tqdm(jobs, total=len(indices), desc="prepare CelebAMask-HQ", disable=not progress):

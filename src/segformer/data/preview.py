@@ -14,10 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir, check_output_dir, write_json
+from ..fileio import staged_output, write_json
 from .datasets import FolderDataset
 from .io import colorize, save_image, save_mask
 from .labels import LabelSet, get_label_set
+from .synthetic import DATASET_NAMES
 from .transforms import PRESETS, SegTransform, resize_image, resize_mask
 
 SHEET_COLUMNS = 4  # samples per row of the contact sheet (each sample = image + colour mask)
@@ -61,15 +62,17 @@ def preview_dataset(
         raise SegformerError(f"unknown augmentation preset {augment!r}; known: {', '.join(PRESETS)}")
     if num < 1:
         raise SegformerError(f"--num must be at least 1, got {num}")
-    check_output_dir(out, "dataset", overwrite)
     label_set = get_label_set(label_set)
-    ds = FolderDataset(root, split, label_set=label_set)
-    if ds.mask_path(0) is None:
-        raise SegformerError(f"{Path(root) / split}: no masks folder; previews need labelled data")
-    order = np.random.default_rng(seed).permutation(len(ds))
-    indices = [int(order[k % len(ds)]) for k in range(num)]
     sheet_images, sheet_masks = [], []
-    with atomic_dir(out, "dataset", overwrite) as tmp:
+    # the dataset previewed is an input: never written, nor the preview put inside it
+    with staged_output(
+        out, "data preview", [root], overwrite, names=(*DATASET_NAMES, "contact_sheet.png"), what="a preview"
+    ) as tmp:
+        ds = FolderDataset(root, split, label_set=label_set)
+        if ds.mask_path(0) is None:
+            raise SegformerError(f"{Path(root) / split}: no masks folder; previews need labelled data")
+        order = np.random.default_rng(seed).permutation(len(ds))
+        indices = [int(order[k % len(ds)]) for k in range(num)]
         for k, i in enumerate(tqdm(indices, desc=f"preview {augment}", disable=not progress)):
             image, mask = ds.load(i)
             out_size = (size, size) if size else image.shape[:2]

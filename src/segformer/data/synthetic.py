@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SegformerError
-from ..fileio import atomic_dir, check_output_dir, write_json
+from ..fileio import staged_output, write_json
 from .io import save_image, save_mask
 from .labels import CELEBAMASK
 
@@ -41,6 +41,7 @@ BG, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = range(10)
 MOUTH, U_LIP, L_LIP, HAIR, HAT, EAR_R, NECK_L, NECK, CLOTH = range(10, 19)
 
 GENERATOR_VERSION = 1
+DATASET_NAMES = ("train", "val", "test", "dataset.json")  # what a dataset folder holds at its top
 
 
 # -- colours ----------------------------------------------------------------------------------------
@@ -619,14 +620,14 @@ def write_synthetic_dataset(
     """Write `num` synthetic faces in the folder layout: ``OUT/{train,val}/{images,masks}`` (JPEG images,
     mode-P PNG masks) plus ``OUT/dataset.json`` describing how it was made. Face i is drawn from
     ``default_rng((seed, i))``; the first round(num * val_fraction) faces form the val split, so the
-    files do not depend on `workers` (processes drawing faces in parallel). The folder is assembled
-    next to OUT and moved into place at the end, so OUT is never half-written."""
+    files do not depend on `workers` (processes drawing faces in parallel). The dataset is assembled
+    in a staging folder and moved into place at the end (`segformer.fileio.staged_output`: the user's
+    files in OUT are never replaced; an earlier synthetic dataset there only with `overwrite`)."""
     out = Path(out)
     if num < 1 or not 0.0 <= val_fraction < 1.0:
         raise SegformerError(f"{out}: need num >= 1 and 0 <= val_fraction < 1 (got {num}, {val_fraction})")
-    check_output_dir(out, "dataset", overwrite)
     n_val = round(num * val_fraction)
-    with atomic_dir(out, "dataset", overwrite) as tmp:
+    with staged_output(out, "data synth", (), overwrite, names=DATASET_NAMES, what="a dataset") as tmp:
         jobs = [(tmp, seed, size, n_val, i) for i in range(num)]
         bar = tqdm(total=num, desc="synthetic faces", unit="img", disable=not progress)
         if workers > 1:
