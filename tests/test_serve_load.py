@@ -83,7 +83,9 @@ def _drain(server, sig: int, big: bytes, n: int = 6) -> None:
 
 
 def test_a_bounded_load_then_ctrl_c(model_dir, tmp_path):
+    # Whole-image parses: the server's machinery is under test here, not face finding (test_serve.py).
     options = ["--threads", "1", "--queue-size", str(QUEUE), "--max-batch", "4", "--max-wait-ms", "2"]
+    options += ["--whole-image", "--backend", "torch"]
     server = start_server(str(model_dir), *options, log=tmp_path / "server.log")
     try:
         images = [_png(64 + 8 * i, seed=i) for i in range(4)]
@@ -142,7 +144,8 @@ def test_a_bounded_load_then_ctrl_c(model_dir, tmp_path):
 
 
 def test_sigterm_drains_and_exits_0(model_dir, tmp_path):
-    server = start_server(str(model_dir), "--threads", "1", log=tmp_path / "server.log")
+    options = ["--threads", "1", "--whole-image", "--backend", "torch"]
+    server = start_server(str(model_dir), *options, log=tmp_path / "server.log")
     try:
         _drain(server, signal.SIGTERM, _png(320, seed=9), n=3)
     finally:
