@@ -124,3 +124,21 @@ def test_shipped_model_int8_agrees_on_real_faces():
     data = onnx_bytes(model, {"config": model.config.to_dict(), "meta": settings.to_dict()})
     _, report = quantize_onnx(data, settings, SHARED_DATA / "train" / "images")
     assert report["agreement"] >= 0.98
+
+
+def test_bench_sets_int8_against_the_float_graph(monkeypatch):
+    from segformer.bench import bench_inference
+
+    monkeypatch.setattr("segformer.inference.quantize.CALIBRATION_IMAGES", 2)  # calibrated at 512 px
+    tiny = {k: v for k, v in tiny_config().to_dict().items() if k in ("embed_dims", "depths", "num_heads",
+            "sr_ratios", "mlp_ratios", "decoder_dim")}  # fmt: skip
+    report = bench_inference(
+        "segformer-b0", 64, num_classes=5, backend="onnxruntime", compare="int8", rounds=2, warmup=1,
+        memory=False, overrides=tiny,
+    )  # fmt: skip
+    assert [r.side for r in report.rows] == ["ours (onnxruntime)", "onnxruntime int8"]
+    text = report.format()
+    assert "ours / onnxruntime int8:" in text
+    assert re.search(r"ONNX file: int8 \d+\.\d\d MiB, float \d+\.\d\d MiB .* of 2 synthetic faces", text), (
+        text
+    )

@@ -101,4 +101,6 @@ def bench_inference(
     report = Report(title("inference", name, model, h, w, batch, threads), rows, peak, checks)
     if compile_s is not None:
         report.notes.append(f"torch.compile: first call {compile_s:.1f} s")
+    if ref is not None:
+        report.notes += ref.notes
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from ..models import create_model
 REFERENCES = {
     "hf": "segformer.bench.references:hf_reference",
     "seed": "segformer.bench.seed:seed_reference",
+    "int8": "segformer.bench.references:int8_reference",
     "none": "",
 }
 
@@ -31,6 +32,8 @@ class Reference:
     module: nn.Module
     forward: Callable[[Tensor], Tensor]
     loss: Callable[[Tensor, Tensor], Tensor]
+    notes: list[str] = field(default_factory=list)
+    """Lines the report adds about this side."""
 
 
 def hf_reference(model: nn.Module) -> Reference:
@@ -57,6 +60,31 @@ def hf_reference(model: nn.Module) -> Reference:
         return hf(pixel_values=x, labels=y).loss  # CE on logits upsampled to the labels, ignore 255
 
     return Reference("hf transformers", hf, forward, loss)
+
+
+def int8_reference(model: nn.Module) -> Reference:
+    """`model` as ``segformer export --format onnx --quantize int8`` writes it (calibrated on synthetic
+    faces, `segformer.inference.quantize`), run by ONNX Runtime: set it against ``--backend
+    onnxruntime``, the float graph, for the speed and size int8 gives (inference only)."""
+    from ..inference.onnx import OnnxRuntimeModel, onnx_bytes
+    from ..inference.quantize import quantize_onnx
+    from ..inference.settings import model_settings
+
+    settings = model_settings(model)
+    data = onnx_bytes(model, {"config": model.config.to_dict(), "meta": settings.to_dict()})
+    # Fresh weights agree with float however they agree: timed, not judged (the export judges).
+    int8, report = quantize_onnx(data, settings, min_agreement=0.0)
+    runtime = OnnxRuntimeModel(int8)
+
+    def loss(x: Tensor, y: Tensor) -> Tensor:
+        raise SegformerError("--compare int8 times inference only (--mode infer)")
+
+    note = (
+        f"ONNX file: int8 {len(int8) / 2**20:.2f} MiB, float {len(data) / 2**20:.2f} MiB "
+        f"({len(data) / len(int8):.1f}x smaller); int8 class ids agree with float on "
+        f"{report['agreement']:.2%} of the pixels of {report['calibration']}"
+    )
+    return Reference("onnxruntime int8", model, runtime, loss, [note])
 
 
 def load_reference(compare: str) -> Callable[[nn.Module], Reference] | None:

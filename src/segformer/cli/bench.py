@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "weights, both in this process, interleaved: latency, images/s, peak memory (a fresh process "
         "per side) and FLOP utilisation, then the ratios and a logit/argmax check. References: hf "
         "(transformers' SegformerForSemanticSegmentation, needs the [hf] extra), seed (MicroSegFormer "
-        f"as the CE7454 seed writes it), none, or module:function. Models: {', '.join(list_models())}.",
+        "as the CE7454 seed writes it), int8 (the model as `export --quantize int8` writes it, run by ONNX "
+        "Runtime: compare with --backend onnxruntime for int8's speed and file size against float), none, "
+        f"or module:function. Models: {', '.join(list_models())}.",
     )
     p.add_argument("model", metavar="MODEL", help="registered model name, e.g. segformer-b0")
     p.add_argument(
