@@ -94,9 +94,10 @@ def test_the_page_parses_an_upload_like_predict(tmp_path):
                 "r_brow",
             )
 
-            page.fill("#opacity", "80")
+            page.fill("#opacity", "55")
+            assert page.evaluate("() => document.getElementById('overlay').style.opacity") == "0.55"
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve-page.png"))
+            page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
 
             with page.expect_download() as download:
                 page.click("#dl-label")
