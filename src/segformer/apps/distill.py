@@ -1,16 +1,18 @@
 """`segformer distill`: teach a model's single forward pass what its test-time ensemble predicts.
 
-A face parser run with flip + multi-scale TTA (8 forward passes) scores better than one pass of the
-same weights. Self-distillation closes most of that gap at no cost at inference: the student starts
-from the teacher's weights and is fine-tuned on the training images with the teacher's ensemble
-probabilities as soft targets (cross entropy against them), plus the Dice loss against the labels
-(the recipe's second term), under the recipe's augmentation. Only the training split is used: the
-seeded hold-out the teacher was validated on stays unseen, so `segformer eval` on it stays honest.
+A face parser run with flip + multi-scale TTA (8 forward passes) scores better than one pass of the same
+weights. Self-distillation closes most of that gap at no cost at inference: the student starts from the
+teacher's weights and is fine-tuned on the training images with the teacher's ensemble probabilities as
+soft targets (cross entropy against them), plus the Dice loss against the labels (the recipe's second
+term), under mirror and similarity warps of images, targets and labels together. Only the training split
+is used: the seeded hold-out the teacher was validated on stays unseen, so `segformer eval` on it stays
+honest.
 
 The run folder holds ``last/`` (a model directory whose settings say ``tta: none``: one pass is the
-point), ``state.pt`` (resumable with ``--resume``), ``metrics.jsonl`` (one line per epoch) and
-``distill.json`` (what was asked). Epochs follow a fixed cosine schedule, so the model of the last epoch
-is the result: no selection on the hold-out.
+point), ``targets/`` (the teacher's probabilities, computed once), ``state.pt`` (resumable with
+``--resume``), ``metrics.jsonl`` (one line per epoch) and ``distill.json`` (what was asked). Epochs
+follow a fixed cosine schedule, so the model of the last epoch is the result: no selection on the hold-
+out.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from ..config import load_recipe
 from ..engine.data import build_train_data, to_device_batch
 from ..engine.losses import dice_loss
 from ..errors import SegformerError
-from ..fileio import atomic_path, write_json
+from ..fileio import LOCK_NAME, atomic_path, write_json, writer_lock
 from ..inference.ops import flip_permutation, predict_probs
 
 STATE = "state.pt"
+CHUNK = 16
+"""Images per teacher batch (and per file of kept targets)."""
 
 
 @dataclasses.dataclass
@@ -108,39 +112,48 @@ def augment_pair(
 
 
 @torch.inference_mode()
-def teacher_targets(teacher: nn.Module, dataset: Any, cfg: DistillConfig, perm: Tensor, scales: Any):
+def teacher_targets(
+    teacher: nn.Module, dataset: Any, cfg: DistillConfig, perm: Tensor, scales: Any, folder: Path
+) -> tuple[Tensor, Tensor, Tensor]:
     """The teacher's `cfg.teacher_tta` probabilities (N, K, S, S) float16 of every training image at the
-    working size, with the images (N, 3, S, S) normalised float16 and the masks (N, S, S) uint8."""
+    working size, with the images (N, 3, S, S) normalised float16 and the masks (N, S, S) uint8. Each
+    chunk of CHUNK images is kept in `folder` as it is done, so a killed run loses at most one chunk."""
     images, masks = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
     x = torch.stack([torch.as_tensor(im) for im in images])
     m = torch.stack([torch.as_tensor(mk) for mk in masks]).to(torch.uint8)
     x, _ = to_device_batch((x, m), "cpu")
+    folder.mkdir(exist_ok=True)
     probs = []
-    for start in tqdm(range(0, len(x), 16), desc="teacher targets", leave=False):
-        chunk = x[start : start + 16]
-        p = predict_probs(
-            teacher, chunk, chunk.shape[-2:], tta=cfg.teacher_tta, flip_perm=perm, scales=scales
-        )
-        probs.append(p.half())
+    for start in tqdm(range(0, len(x), CHUNK), desc="teacher targets", leave=False):
+        path = folder / f"{start:06d}.pt"
+        if path.is_file():
+            probs.append(torch.load(path, weights_only=True))
+            continue
+        chunk = x[start : start + CHUNK]
+        size = chunk.shape[-2:]
+        p = predict_probs(teacher, chunk, size, tta=cfg.teacher_tta, flip_perm=perm, scales=scales).half()
+        with atomic_path(path) as tmp:
+            torch.save(p, tmp)
+        probs.append(p)
     return torch.cat(probs), x.half(), m
 
 
-def distill(cfg: DistillConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
-    """Fine-tune a copy of `cfg.teacher` against its own `teacher_tta` predictions; returns a summary."""
+def _open_run(cfg: DistillConfig, resume: bool) -> DistillConfig:
+    """The run's configuration: written into a new (empty) folder, or read back to resume."""
     out = Path(cfg.out)
     if resume:
-        if not (out / STATE).is_file():
-            raise SegformerError(f"{out}: no {STATE} to resume from")
+        if not (out / "distill.json").is_file():
+            raise SegformerError(f"{out}: not a distill run to resume (no distill.json)")
         saved = json.loads((out / "distill.json").read_text())
-        cfg = DistillConfig(**{**saved, "epochs": max(cfg.epochs, saved["epochs"])})
-    else:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise SegformerError(f"{out}: exists and is not empty; choose a new --out (or --resume a run)")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "distill.json", dataclasses.asdict(cfg))
-    torch.manual_seed(cfg.seed)
-    teacher = load(cfg.teacher).eval()
-    student = load(cfg.teacher).train()
+        return DistillConfig(**{**saved, "epochs": max(cfg.epochs, saved["epochs"])})
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
+        raise SegformerError(f"{out}: exists and is not empty; choose a new --out (or --resume a run)")
+    write_json(out / "distill.json", dataclasses.asdict(cfg))
+    return cfg
+
+
+def _training_set(cfg: DistillConfig, teacher: nn.Module) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """Teacher targets, images and masks of the training split, and the label set."""
     meta = teacher.meta
     size = int(meta["image_size"] if isinstance(meta["image_size"], int) else meta["image_size"][0])
     run = load_recipe(cfg.recipe)
@@ -154,66 +167,81 @@ def distill(cfg: DistillConfig, resume: bool = False, max_minutes: float | None 
         val_fraction=meta["data"]["val_fraction"],
         split_seed=meta["data"]["split_seed"],
     )
-    data = build_train_data(dc, cfg.seed, out, progress=True)
+    data = build_train_data(dc, cfg.seed, Path(cfg.out), progress=True)
     ls = data.label_set
     perm = flip_permutation(ls.flip_pairs, ls.num_classes)
     scales = meta.get("scales") or (0.75, 1.0, 1.25, 1.5)
-    cache = out / "targets.pt"
-    if cache.is_file():
-        saved_targets = torch.load(cache, weights_only=True)
-        targets, images, masks = saved_targets["probs"], saved_targets["images"], saved_targets["masks"]
-    else:
-        targets, images, masks = teacher_targets(teacher, data.train, cfg, perm, scales)
-        with atomic_path(cache) as tmp:
-            torch.save({"probs": targets, "images": images, "masks": masks}, tmp)
-    n = len(images)
-    steps = n // cfg.batch_size
+    targets, images, masks = teacher_targets(
+        teacher, data.train, cfg, perm, scales, Path(cfg.out) / "targets"
+    )
+    return targets, images, masks, ls
+
+
+def _step(student: nn.Module, optimizer: Any, batch: tuple[Tensor, ...], ls: Any, cfg: DistillConfig):
+    """One optimizer step on a warped batch; returns the soft cross entropy and the Dice loss."""
+    x, target, y, valid = batch
+    logits = student(x)
+    logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    soft = -(target * F.log_softmax(logits, dim=1)).sum(1)[valid].mean()
+    dice = dice_loss(logits, y, ignore_index=ls.ignore_index, classes="present")
+    optimizer.zero_grad(set_to_none=True)
+    (soft + cfg.dice_weight * dice).backward()
+    nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    optimizer.step()
+    return soft.item(), dice.item()
+
+
+def _save(out: Path, student: nn.Module, optimizer: Any, meta: dict, epoch: int, gen: torch.Generator):
+    save(student, out / "last", meta=meta, overwrite=True)
+    state = {
+        "model": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "generator": gen.get_state(),
+    }
+    with atomic_path(out / STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def distill(cfg: DistillConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
+    """Fine-tune a copy of `cfg.teacher` against its own `teacher_tta` predictions; returns a summary."""
+    with writer_lock(cfg.out):
+        return _distill(_open_run(cfg, resume), max_minutes)
+
+
+def _distill(cfg: DistillConfig, max_minutes: float | None) -> dict[str, Any]:
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    teacher = load(cfg.teacher).eval()
+    student = load(cfg.teacher).train()
+    targets, images, masks, ls = _training_set(cfg, teacher)
+    perm = flip_permutation(ls.flip_pairs, ls.num_classes)
+    steps = len(images) // cfg.batch_size
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     first = 0
-    if resume and (out / STATE).is_file():
+    if (out / STATE).is_file():
         state = torch.load(out / STATE, weights_only=True)
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first = state["epoch"]
         gen.set_state(state["generator"])
     total, warmup = cfg.epochs * steps, max(1, round(cfg.warmup_epochs * steps))
-    start = time.monotonic()
-    epoch = first
+    start, epoch = time.monotonic(), first
     for epoch in range(first, cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        sums = {"soft_ce": 0.0, "dice": 0.0}
-        bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for i in bar:
+        order = torch.randperm(len(images), generator=gen)
+        sums = [0.0, 0.0]
+        for i in tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", leave=False):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps + i, total, warmup, cfg.lr)
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, target, y, valid = augment_pair(
+            batch = augment_pair(
                 images[idx].float(), targets[idx].float(), masks[idx].long(), perm, gen, ls.ignore_index
             )
-            logits = student(x)
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            soft = -(target * F.log_softmax(logits, dim=1)).sum(1)[valid].mean()
-            dice = dice_loss(logits, y, ignore_index=ls.ignore_index, classes="present")
-            loss = soft + cfg.dice_weight * dice
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            optimizer.step()
-            sums["soft_ce"] += soft.item()
-            sums["dice"] += dice.item()
-            bar.set_postfix(soft=f"{soft.item():.4f}", dice=f"{dice.item():.4f}")
-        record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}}
+            sums = [a + b for a, b in zip(sums, _step(student, optimizer, batch, ls, cfg), strict=True)]
+        record = {"epoch": epoch + 1, "soft_ce": sums[0] / steps, "dice": sums[1] / steps}
         record["minutes"] = (time.monotonic() - start) / 60
-        save(student, out / "last", meta=_student_meta(teacher, cfg, epoch + 1), overwrite=True)
-        state = {
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "generator": gen.get_state(),
-        }
-        with atomic_path(out / STATE) as tmp:
-            torch.save(state, tmp)
+        _save(out, student, optimizer, _student_meta(teacher, cfg, epoch + 1), epoch + 1, gen)
         with (out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(

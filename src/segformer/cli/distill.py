@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(--teacher-tta, default flip+scales: 8 passes) as soft targets, plus Dice against the labels, "
         "under mirror and similarity warps. The result, RUN/last, parses with one pass (its settings say "
         "tta none) about as well as the teacher with eight. The teacher's probabilities are computed once "
-        "and kept in RUN/targets.pt; a killed run continues with --resume.",
+        "and kept in RUN/targets/; a killed run continues with --resume.",
         epilog="example:\n  segformer distill microsegformer-celebamask --data ce7454/ --out runs/distilled "
         "--epochs 12\n  segformer eval runs/distilled/last --data ce7454/ --tta none",
         formatter_class=argparse.RawDescriptionHelpFormatter,
