@@ -145,6 +145,8 @@ def skip_reason(line: str, cwd: Path) -> str | None:
         return "DATA is a placeholder (DDP is tested in tests/test_train.py)"
     if line.startswith(("segformer bench", "python benchmarks/")):
         return "a timing benchmark: minutes of CPU"
+    if line.startswith(("segformer serve", "curl ")):
+        return "a server runs until Ctrl-C (tests/test_serve_load.py starts one and calls it)"
     return None
 
 
