@@ -1,11 +1,14 @@
-"""Every command in the README runs as shown.
+"""Every command in the README and the documents it points to runs as shown.
 
-Fast: every `segformer ...` command line (also inside `torchrun -m segformer` and `&&` chains) parses
-with the CLI's own parser, every script it names exists, and the Python snippets that need no trained
-model run. Slow (`-m slow`): the README is followed from top to bottom in an empty folder, commands and
-Python snippets in order, with the tiny sizes of `TINY` substituted for minutes-long settings; commands
-that need data this machine may lack (CE7454, CelebAMask-HQ), timing benchmarks and set-up commands are
-skipped, each for the reason in `skip_reason`.
+Fast: every `segformer ...` command line of `DOCUMENTS` (also inside `torchrun -m segformer` and `&&`
+chains) parses with the CLI's own parser, every script it names exists, every relative link leads to a
+file and heading that exist, the README stays a five-minute read, and the Python snippets that need no
+trained model run. Slow (`-m slow`): the documents are followed in order, top to bottom, in one empty
+folder, commands and Python snippets in order, with the tiny sizes of `TINY` substituted for
+minutes-long settings; commands that need data this machine may lack (CE7454, CelebAMask-HQ), the
+network, a placeholder for the reader's own files, timing benchmarks and set-up commands are skipped,
+each for the reason in `skip_reason`. Files the reader is asked to bring (`READER_FILES`: their photos)
+are drawn as synthetic faces before the first command that names them.
 """
 
 from __future__ import annotations
@@ -18,16 +21,37 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from segformer.cli import build_parser
+from segformer.data.synthetic import generate_face
 
 from conftest import SRC
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-ROOT = README.parent
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "docs" / "results.md"
+# The documents whose commands are tested, in the order the slow test follows them: the README, the
+# pages it links to for details (their commands use what the README's made: the demo's run, b0-hf),
+# then the measurements and the commands that made them.
+DOCUMENTS = [
+    README,
+    *(ROOT / "docs" / f"{name}.md" for name in ("data", "models", "inference", "training", "experiments")),
+    RESULTS,
+]
+README_MAX_LINES = 200
+# The README's first lines: the set-up commands `.ci/run` and CI rely on, word for word.
+SET_UP = [
+    'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e . && segformer demo',
+    'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e ".[test]" '
+    "&& python -m pytest -q",
+]
+# Files the reader brings (their own photos): the tests draw a synthetic face in their place.
+READER_FILES = ("photo.jpg", "street.jpg")
 
-# README text -> what the slow test runs instead: the same command at a size that takes seconds.
+# Document text -> what the slow test runs instead: the same command at a size that takes seconds.
 TINY = {
     "segformer demo": "segformer demo --epochs 1 --num 16 --val 2 --size 32",
     "--num 1000 --size 256": "--num 12 --size 64",
@@ -39,9 +63,9 @@ TINY = {
 }
 
 
-def blocks() -> list[tuple[str, str]]:
-    """(language, code) of the README's fenced blocks, in order (indented blocks dedented)."""
-    text = README.read_text()
+def blocks(document: Path = README) -> list[tuple[str, str]]:
+    """(language, code) of a document's fenced blocks, in order (indented blocks dedented)."""
+    text = document.read_text()
     found = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", text, flags=re.M | re.S)
     return [(lang, textwrap.dedent(indent_strip(indent, body))) for indent, lang, body in found]
 
@@ -82,29 +106,70 @@ def segformer_argvs(code: str) -> list[list[str]]:
     return found
 
 
-SHELL = [code for lang, code in blocks() if lang in ("bash", "console")]
-PYTHON = [code for lang, code in blocks() if lang == "python"]
+def name(document: Path) -> str:
+    return str(document.relative_to(ROOT))
 
 
-def test_the_readme_has_the_blocks_this_test_reads():
+SHELL = [(doc, code) for doc in DOCUMENTS for lang, code in blocks(doc) if lang in ("bash", "console")]
+PYTHON = [(doc, code) for doc in DOCUMENTS for lang, code in blocks(doc) if lang == "python"]
+COMMANDS = [(doc, argv) for doc, code in SHELL for argv in segformer_argvs(code)]
+
+
+def test_the_documents_have_the_blocks_this_test_reads():
     assert len(SHELL) >= 8 and len(PYTHON) >= 4
-    assert sum(len(segformer_argvs(code)) for code in SHELL) >= 25
+    assert len(COMMANDS) >= 25
+    for document in DOCUMENTS:  # a page that lost its commands (or moved) is noticed here
+        assert any(doc == document for doc, _ in COMMANDS), name(document)
+    readme = [argv for doc, argv in COMMANDS if doc == README]
+    assert len(readme) >= 10 and any(argv[:1] == ["predict"] for argv in readme)
 
 
-@pytest.mark.parametrize("argv", [a for code in SHELL for a in segformer_argvs(code)], ids=" ".join)
-def test_every_segformer_command_parses(argv, capsys):
+def test_readme_is_short():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines: move details to docs/"
+
+
+def test_readme_starts_with_the_set_up_commands():
+    lang, code = blocks(README)[0]
+    assert lang == "bash" and shell_lines(code) == SET_UP
+
+
+@pytest.mark.parametrize(
+    "document,argv", COMMANDS, ids=[f"{name(doc)}: {' '.join(argv)}" for doc, argv in COMMANDS]
+)
+def test_every_segformer_command_parses(document, argv, capsys):
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:
-        pytest.fail(f"segformer {' '.join(argv)}: {capsys.readouterr().err.strip()}")
+        pytest.fail(f"{name(document)}: segformer {' '.join(argv)}: {capsys.readouterr().err.strip()}")
     assert callable(args.func)
 
 
-def test_every_script_and_file_the_readme_runs_exists():
-    for code in SHELL:
+def test_every_script_and_file_the_documents_run_exists():
+    for document, code in SHELL:
         for line in shell_lines(code):
             for script in re.findall(r"(?:python|bash) ((?:benchmarks|\.ci)/\S+)", line):
-                assert (ROOT / script).is_file(), script
+                assert (ROOT / script).is_file(), f"{name(document)}: {script}"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_leads_somewhere():
+    """Links between the README and docs/ name files that exist, and headings that exist in them."""
+    for document in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"^( *)```.*?^\1```", "", document.read_text(), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, fragment = target.partition("#")
+            linked = (document.parent / path).resolve() if path else document
+            assert linked.is_file(), f"{name(document)}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.M)
+                assert fragment in {anchor(h) for h in headings}, f"{name(document)}: {target}"
 
 
 # The snippets that need no data or trained run, each found by a line it contains.
@@ -115,9 +180,9 @@ SELF_CONTAINED = {
 }
 
 
-@pytest.mark.parametrize("name", list(SELF_CONTAINED))
-def test_python_snippets_without_data_run(name, tmp_path):
-    (code,) = [code for code in PYTHON if SELF_CONTAINED[name] in code]
+@pytest.mark.parametrize("snippet", list(SELF_CONTAINED))
+def test_python_snippets_without_data_run(snippet, tmp_path):
+    (code,) = [code for _, code in PYTHON if SELF_CONTAINED[snippet] in code]
     done = run_python(code, tmp_path)
     assert done.returncode == 0, done.stderr
 
@@ -126,7 +191,17 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 
 
+def bring_reader_files(text: str, cwd: Path) -> None:
+    """The reader's own photos that `text` names, as synthetic faces (a photo-sized canvas with one
+    face would do as well: the command only has to find a file)."""
+    for file in READER_FILES:
+        if re.search(rf"(^|[\s\"']){re.escape(file)}", text) and not (cwd / file).exists():
+            image, _ = generate_face(np.random.default_rng(len(file)), 256)
+            Image.fromarray(image).save(cwd / file, quality=95)
+
+
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    bring_reader_files(code, cwd)
     return subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, env=env(), capture_output=True, text=True, timeout=600
     )
@@ -141,12 +216,16 @@ def skip_reason(line: str, cwd: Path) -> str | None:
     needs_data = any(p in line for p in ("data/ce7454", "data/CelebAMask-HQ", "runs/micro"))
     if needs_data and not (cwd / "data" / "ce7454").is_dir():
         return "needs the CE7454 / CelebAMask-HQ data"
+    if line.startswith("segformer push") or re.search(r"(^|\s)nvidia/", line):
+        return "needs the network (the Hugging Face Hub)"
     if line.startswith("torchrun"):
         return "DATA is a placeholder (DDP is tested in tests/test_train.py)"
     if line.startswith(("segformer bench", "python benchmarks/")):
         return "a timing benchmark: minutes of CPU"
     if line.startswith(("segformer serve", "curl ")):
         return "a server runs until Ctrl-C (tests/test_serve_load.py starts one and calls it)"
+    if re.search(r"\b(DATA|RUN)\b", line):
+        return "DATA / RUN stand for the reader's own data or run"
     return None
 
 
@@ -165,27 +244,38 @@ def runnable(line: str) -> str:
 
 
 @pytest.mark.slow
-def test_following_the_readme_in_an_empty_folder(tmp_path):
-    """Top to bottom, in order: each block's commands, then its Python snippet."""
+def test_following_the_documents_in_an_empty_folder(tmp_path):
+    """README first, then each document of `DOCUMENTS`, top to bottom, in one folder: each block's
+    commands, then its Python snippet."""
     ran, skipped = [], []
-    for lang, code in blocks():
-        if lang == "python":
-            done = run_python(code, tmp_path)
-            assert done.returncode == 0, f"{code}\n{done.stderr}"
-            ran.append("python snippet")
-            continue
-        if lang not in ("bash", "console"):
-            continue
-        for line in shell_lines(code):
-            reason = skip_reason(line, tmp_path)
-            if reason:
-                skipped.append((line, reason))
+    for document in DOCUMENTS:
+        for lang, code in blocks(document):
+            if lang == "python":
+                done = run_python(code, tmp_path)
+                assert done.returncode == 0, f"{name(document)}:\n{code}\n{done.stderr}"
+                ran.append((document, "python snippet"))
                 continue
-            command = runnable(line)
-            done = subprocess.run(
-                ["bash", "-c", command], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900
-            )
-            expected = 1 if "--fix" in line else 0  # `data check` of the CE7454 folder finds mirrored masks
-            assert done.returncode == expected, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-            ran.append(line)
-    assert len(ran) >= 24, (ran, skipped)  # 20 commands and 4 Python snippets here
+            if lang not in ("bash", "console"):
+                continue
+            for line in shell_lines(code):
+                reason = skip_reason(line, tmp_path)
+                if reason:
+                    skipped.append((line, reason))
+                    continue
+                bring_reader_files(line, tmp_path)
+                command = runnable(line)
+                done = subprocess.run(
+                    ["bash", "-c", command],
+                    cwd=tmp_path,
+                    env=env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
+                expected = 1 if "--fix" in line else 0  # `data check` of the CE7454 folder: mirrored masks
+                assert done.returncode == expected, (
+                    f"{name(document)}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+                )
+                ran.append((document, line))
+    assert len(ran) >= 24, (ran, skipped)  # 20 commands and 4 Python snippets at least
+    assert sum(doc == README for doc, _ in ran) >= 8, (ran, skipped)  # the README's own examples run

@@ -23,7 +23,16 @@ SETTINGS = ("tta", "scales", "image_size", "eval_mode", "label_set", "postproces
 """The settings flags a command may take (``postprocess`` comes with ``--min-area``)."""
 RUNTIME = ("batch_size", "device", "backend", "faces")
 """The runtime flags a command may take (``faces`` is ``--whole-image``)."""
-OLD_SPELLING = "old spelling, kept as an alias until 1.0"
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, old: Sequence[str] = (), **kwargs: Any) -> None:
+    """`flag` and, as options of their own (so that an error names the spelling given), each old
+    spelling in `old`: same destination and type, no default of their own, a help line that says so."""
+    parser.add_argument(flag, **kwargs)
+    for spelling in old:
+        alias = {k: v for k, v in kwargs.items() if k not in ("default", "help")}
+        note = f"old spelling of {flag}, kept as an alias until 1.0"
+        parser.add_argument(spelling, default=argparse.SUPPRESS, help=note, **alias)
 
 
 def add_image_size_option(
@@ -33,16 +42,8 @@ def add_image_size_option(
     default: int | None = None,
 ) -> None:
     """``--image-size S`` (and its old spellings `old`) into ``args.image_size``."""
-    note = f" ({', '.join(old)}: {OLD_SPELLING})" if old else ""
-    parser.add_argument(
-        "--image-size",
-        *old,
-        dest="image_size",
-        type=positive_int,
-        default=default,
-        metavar="S",
-        help=help + note,
-    )
+    kwargs = {"dest": "image_size", "type": positive_int, "metavar": "S"}
+    add_option(parser, "--image-size", old, default=default, help=help, **kwargs)
 
 
 def add_inference_options(
@@ -70,13 +71,13 @@ def add_inference_options(
     if "image_size" in settings:
         add_image_size_option(parser, f"working resolution (default: {what} training size, else 512)")
     if "eval_mode" in settings:
-        parser.add_argument(
+        add_option(
+            parser,
             "--eval-mode",
-            "--mode",
+            ["--mode"],
             dest="eval_mode",
             choices=EVAL_MODES,
-            help="resize to the working size (default) or slide working-size windows over the full "
-            f"resolution (--mode: {OLD_SPELLING})",
+            help="resize to the working size (default) or slide working-size windows over full resolution",
         )
     if "label_set" in settings:
         parser.add_argument(
