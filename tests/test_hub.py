@@ -352,3 +352,11 @@ def test_predict_takes_an_id_as_its_model_argument(hub, tmp_path, monkeypatch):
     (tmp_path / "photos" / "today").mkdir(parents=True)
     for inputs in (["photos/a.jpg", "b.png"], ["photos/*.jpg"], ["photos/today"]):
         assert split_model_and_inputs(inputs)[1] == inputs
+
+
+def test_hf_home_places_the_cache(hub, tmp_path, monkeypatch):
+    publish(hub, tmp_path, "org/tiny", tiny(0))
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert resolve_model("org/tiny").is_relative_to(tmp_path / "home" / "hub" / "models--org--tiny")
+    assert not (tmp_path / "hf-cache").exists()
