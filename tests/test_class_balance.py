@@ -26,9 +26,8 @@ from segformer.data.balance import (
     repeat_factors,
 )
 from segformer.data.synthetic import write_synthetic_dataset
-from segformer.engine.data import build_train_data
+from segformer.engine.data import EpochSampler, RepeatFactorSampler, build_train_data
 from segformer.engine.losses import SegmentationLoss, boundary_pixels
-from segformer.engine.train import EpochSampler, RepeatFactorSampler
 
 from conftest import tiny_config
 
@@ -173,7 +172,7 @@ def test_one_iteration_runs_through_the_epochs_each_cut_to_whole_batches():
 
 
 def test_the_run_loader_streams_whole_steps_across_epochs():
-    from segformer.engine.train import train_loader
+    from segformer.engine.data import train_loader
 
     class Numbers(torch.utils.data.Dataset):  # item i of an epoch is (epoch, i)
         epoch = 0
@@ -412,7 +411,7 @@ def test_logit_adjust_shifts_the_saved_classifier_and_leaves_training_alone(face
 
 
 def test_logit_adjust_without_class_weights_changes_nothing():
-    from segformer.engine.train import logit_adjusted
+    from segformer.engine.learner import logit_adjusted
 
     model = create_model(tiny_config("micro", num_classes=19))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -20,11 +20,10 @@ from segformer.config import (
     OneOf,
     RunConfig,
     TrainConfig,
-    get_config,
-    list_archs,
     load_recipe,
     parse_overrides,
 )
+from segformer.models import get_config, list_archs
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
@@ -237,9 +236,9 @@ def test_model_dir_whose_model_section_is_not_a_mapping(tmp_path):
 def test_choice_lists_are_the_ones_the_code_dispatches_on():
     import torch
 
-    from segformer.inference import ops
     from segformer.data.layouts import LAYOUTS
     from segformer.engine import losses, optim
+    from segformer.inference import ops
     from segformer.metrics import SegmentationMetrics
     from segformer.models.decoder import DECODERS
 
@@ -251,7 +250,7 @@ def test_choice_lists_are_the_ones_the_code_dispatches_on():
     # The standalone CE7454 run.py cannot use the registry (it copies plain definitions): its table
     # must name the registered classes.
     from segformer.apps.export import run_py_source
-    from segformer.config import arch_class
+    from segformer.models import arch_class
 
     source = run_py_source(create_model("microsegformer", num_classes=3))
     assert all(f"{arch!r}: ({arch_class(arch).__name__}, ())" in source for arch in list_archs())

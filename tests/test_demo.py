@@ -10,7 +10,7 @@ import pytest
 
 from segformer import load
 from segformer.apps.demo import DEFAULTS, DEMO_OVERRIDES, PROMISED_CE7454, promise_warning
-from segformer.engine.train import format_epochs
+from segformer.engine.log import format_epochs
 
 from conftest import run_cli
 

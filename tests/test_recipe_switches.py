@@ -232,7 +232,7 @@ def test_ce7454_export_refuses_post_processing(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch, native):
-    from segformer.engine.train import amp_dtype
+    from segformer.engine.learner import amp_dtype
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -19,8 +19,12 @@ import torch
 from segformer import SegformerError, load
 from segformer.data.synthetic import write_synthetic_dataset
 from segformer.engine import train as engine
+from segformer.engine.budget import Clock, budgeted_epochs, fit_eval_every
+from segformer.engine.learner import update_ema
+from segformer.engine.losses import SegmentationLoss
 from segformer.engine.rundir import RunDir
-from segformer.engine.train import Clock, RunState, budgeted_epochs, fit_eval_every, train
+from segformer.engine.state import RunState
+from segformer.engine.train import train
 from test_train import TINY_MODEL, tiny_run, weights
 
 from conftest import SRC, run_cli
@@ -231,14 +235,14 @@ def test_a_diverging_run_stops_and_names_a_checkpoint_that_exists(faces, tmp_pat
     assert not (run / "state.pt").exists() and not (run / "best").exists()
 
     calls = {"n": 0}
-    real = engine.SegmentationLoss.forward
+    real = SegmentationLoss.forward
 
     def nan_from_epoch_2(self, logits, target):
         calls["n"] += 1
         loss = real(self, logits, target)
         return loss * float("nan") if calls["n"] > 4 else loss  # 4 steps per epoch
 
-    monkeypatch.setattr(engine.SegmentationLoss, "forward", nan_from_epoch_2)
+    monkeypatch.setattr(SegmentationLoss, "forward", nan_from_epoch_2)
     run = tmp_path / "nan"
     with pytest.raises(SegformerError, match=rf"Last good checkpoint: {run / 'state.pt'} \(epoch 1\)"):
         train(tiny_run(faces, epochs=3), run, progress=False)
@@ -390,11 +394,12 @@ def test_persistent_workers_augment_as_the_main_process_does(faces, tmp_path):
 LAUNCHER = """
 import json, os, sys, torch
 from segformer.engine import train as engine
+from segformer.engine.losses import SegmentationLoss
 from segformer.cli import main
 
 rank = int(os.environ["RANK"])
 calls = {"n": 0}
-real = engine.SegmentationLoss.forward
+real = SegmentationLoss.forward
 
 def forward(self, logits, target):  # a NaN loss on process 1 only, in its second step
     calls["n"] += 1
@@ -409,7 +414,7 @@ def evaluate(model, *args, **kwargs):  # every process writes the weights it eva
         json.dump(sums, f)
     return real_eval(model, *args, **kwargs)
 
-engine.SegmentationLoss.forward = forward
+SegmentationLoss.forward = forward
 engine.evaluate = evaluate
 sys.exit(main(sys.argv[2:]))
 """
@@ -473,7 +478,7 @@ def test_the_device_ema_update_is_averaged_models_and_skips_with_the_step():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
-        engine.update_ema(ours, model, 0.9, torch.zeros(()))
+        update_ema(ours, model, 0.9, torch.zeros(()))
         ref.update_parameters(model)
         theirs = ref.state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
@@ -481,5 +486,5 @@ def test_the_device_ema_update_is_averaged_models_and_skips_with_the_step():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    engine.update_ema(ours, model, 0.9, torch.ones(()))  # a skipped step
+    update_ema(ours, model, 0.9, torch.ones(()))  # a skipped step
     assert all(torch.equal(before[k], v) for k, v in ours.module.state_dict().items())

@@ -19,8 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config.validate import provide
+
 # The scalar scores of `SegmentationMetrics.compute` (each can select the best checkpoint: `train.monitor`).
 SCALAR_SCORES = ("ce7454_f", "miou", "mean_f1_fg", "mean_f1", "pixel_acc")
+provide("train.monitor", lambda: SCALAR_SCORES)  # what a recipe's train.monitor may name
 
 
 def per_image_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:

@@ -33,9 +33,10 @@ from ..data.io import load_image, overlay, save_image
 from ..data.labels import get_label_set
 from ..data.synthetic import write_synthetic_dataset
 from ..engine.evaluate import evaluate_model
+from ..engine.log import format_epochs
 from ..engine.losses import SegmentationLoss
 from ..engine.rundir import RunDir
-from ..engine.train import format_epochs, train
+from ..engine.train import train
 from ..errors import SegformerError
 from ..fileio import OutputFolder, refuse_foreign, write_text
 from ..inference.predictor import Predictor

@@ -46,7 +46,8 @@ from torch import nn
 from ..checkpoint import load
 from ..config import RunConfig, load_recipe
 from ..engine.rundir import RunDir
-from ..engine.train import check_resume, train
+from ..engine.state import check_resume
+from ..engine.train import train
 from ..errors import SegformerError
 from ..fileio import STAGING_PREFIX, OutputFolder, refuse_foreign, write_json
 from ..models import create_model

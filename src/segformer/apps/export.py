@@ -29,14 +29,14 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import load, plain_state_dict, unwrap
 from ..checkpoint.card import card_metadata, card_text
-from ..config import ModelConfig, arch_class, list_archs
+from ..config import ModelConfig
 from ..data.synthetic import generate_face
 from ..errors import SegformerError
 from ..fileio import OutputFolder, atomic_file, staged_output
 from ..inference.onnx import export_onnx
 from ..inference.predictor import Predictor
 from ..inference.settings import InferenceSettings, model_settings, split_overrides
-from ..models.registry import adjust_logits
+from ..models.registry import adjust_logits, arch_class, list_archs
 from ..pretrained import PRETRAINED, write_pretrained
 from .bundle import standalone_source
 
@@ -72,7 +72,7 @@ so it computes exactly what `segformer predict` computes; edit the package, not 
 """'''
     archs = {arch: arch_class(arch) for arch in list_archs()}
     roots = [("segformer.apps.ce7454", "main"), *((cls.__module__, cls.__name__) for cls in archs.values())]
-    # (class, decoder kinds) as `segformer.config.register_arch` stores them; the decoder kinds only
+    # (class, decoder kinds) as `segformer.models.registry.register_arch` stores them; the decoder kinds only
     # validate a `ModelConfig`, which run.py never builds (it reads the checkpoint's config as is).
     table = ", ".join(f"{arch!r}: ({cls.__name__}, ())" for arch, cls in archs.items())
     footer = f"""# The architectures `build_model` builds (registered with decorators in the package).

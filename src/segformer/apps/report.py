@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..engine.figures import DPI, plot_val_curves, pyplot, save_figure
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
-from ..fileio import atomic_file, atomic_path, staged_output, write_text
+from ..fileio import atomic_path, staged_output, write_text
 
 # (header, results.csv key, formatter, higher is better) of the comparison tables.
 COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
@@ -136,42 +137,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # -- figures ---------------------------------------------------------------------------------------
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-_DPI = 110
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write `fig` as a PNG atomically and close it."""
-    with atomic_file(path) as f:  # a file object: Pillow ignores a short write to a path
-        fig.savefig(f, format="png", dpi=_DPI, bbox_inches="tight")
-    pyplot().close(fig)
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return RunDir(run_dir).read_metrics()
-
-
-def plot_val_curves(records: dict[str, list[dict[str, Any]]], path: Path, key: str = "ce7454_f") -> None:
-    """Validation `key` per epoch, one line per run."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, recs in records.items():
-        evals = [r for r in recs if r.get("val")]
-        ax.plot([r["epoch"] for r in evals], [r["val"][key] for r in evals], marker=".", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {key}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
 
 
 def plot_per_class_f1(per_class: dict[str, dict[str, float | None]], path: Path) -> None:
@@ -280,7 +247,7 @@ def plot_predictions(models: dict[str, Any], dataset, path: Path, count: int, si
         rows.append([image, *(colorize(m, dataset.label_set) for m in masks)])
     height, width = max(r[0].shape[0] for r in rows), max(r[0].shape[1] for r in rows)
     scale = max(1.0, 192 / min(height, width))  # tiny images are enlarged so titles fit above them
-    panel = (width * scale / _DPI, height * scale / _DPI)
+    panel = (width * scale / DPI, height * scale / DPI)
     fig, axes = plt.subplots(
         n, cols, figsize=(panel[0] * cols * 1.04, panel[1] * n * 1.06 + 0.3), squeeze=False
     )
@@ -509,15 +476,15 @@ def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
 
     run = RunDir(run_dir)
     summary = run.read_summary()
-    cfg = yaml.safe_load(run.config.read_text())
+    cfg = run.read_config()
     label = run_label(run_dir)
     slug = page.section(f"Run: {label}")
     model = load(run.last)
     params = sum(p.numel() for p in model.parameters())
     page.para(
-        f"{summary['model']} ({params:,} parameters), {cfg['data']['img_size']}px, "
+        f"{summary['model']} ({params:,} parameters), {cfg.data.image_size}px, "
         f"{summary['epochs_completed']} epochs in {summary['minutes']:.1f} min ({summary['stop_reason']}), "
-        f"seed {cfg['train']['seed']}, data {cfg['data']['root']}."
+        f"seed {cfg.train.seed}, data {cfg.data.root}."
     )
     last = summary.get("last_scores") or {}
     best = json.loads(run.best_scores.read_text()) if run.best_scores.is_file() else {}
@@ -553,7 +520,7 @@ def _run_section(page: _Page, run_dir: Path, samples: int) -> None:
             page.para(f"sample predictions skipped: {err}", "caption")
         else:
             path = page.out / "assets" / slug / "predictions.png"
-            plot_predictions({"prediction": model}, dataset, path, samples, cfg["data"]["img_size"])
+            plot_predictions({"prediction": model}, dataset, path, samples, cfg.data.image_size)
             page.figure(
                 f"assets/{slug}/predictions.png",
                 f"{label}: validation image | ground truth | prediction",

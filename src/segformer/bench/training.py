@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from ..config import load_recipe
 from ..devices import resolve_device
-from ..engine.data import build_train_data
+from ..engine.data import build_train_data, train_loader
+from ..engine.learner import build_learner
 from ..engine.losses import SegmentationLoss
-from ..engine.train import build_learner, model_config, train_loader
+from ..engine.train import model_config
 from ..errors import SegformerError
 from ..models import build_model
 from ..models.summary import count_flops

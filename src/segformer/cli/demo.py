@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.demo import run_demo
-    from ..engine.train import format_epochs
+    from ..engine.log import format_epochs
 
     result = run_demo(
         args.out,

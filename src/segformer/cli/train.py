@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 
 from ..config import list_recipes, load_recipe, parse_overrides
-from ..data.layouts import default_recipe
+from ..data.layouts import LAYOUTS, default_recipe
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
 from . import add_set_option, add_threads_option
@@ -14,20 +15,27 @@ from .types import positive_float, positive_int, workers_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    by_layout = {name: layout.recipe for name, layout in LAYOUTS.items()}
     p = sub.add_parser(
         "train",
-        help="train a model (seed recipe by default; DDP with torchrun)",
+        help=f"train a model ({default_recipe(None)} recipe by default; DDP with torchrun)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a segmentation model and write a run folder (best/ and last/ model directories,\n"
             "resumable state.pt, metrics.jsonl, curves.png, summary.json).\n\n"
-            f"Recipes shipped: {', '.join(list_recipes())}. Without --config the recipe follows the\n"
-            "data: microsegformer-celebamask for folder (CE7454) data, segformer-ade20k / -cityscapes\n"
-            "for those layouts.\n\n"
+            + textwrap.fill(
+                f"Recipes shipped: {', '.join(list_recipes())}. Without --config the recipe follows the "
+                f"data: {by_layout.pop('folder')} for folder (CE7454) data and without --data, "
+                + ", ".join(f"{recipe} for {name}" for name, recipe in by_layout.items())
+                + ".",
+                90,
+                break_on_hyphens=False,
+            )
+            + "\n\n"
             "Multi-GPU / multi-process: torchrun --nproc_per_node N -m segformer train ...\n\n"
             "examples:\n"
             "  segformer train --data ce7454/ --out runs/micro\n"
-            "  segformer train --data ce7454/ --img-size 256 --max-minutes 30 --set train.amp=bf16\n"
+            "  segformer train --data ce7454/ --image-size 256 --max-minutes 30 --set train.amp=bf16\n"
             "  segformer train --data ce7454/ --model segformer-b0 --set model.drop_path_rate=0.0\n"
             "  segformer train --out runs/micro --resume               # continue a killed run\n"
             "  segformer train --out runs/micro --resume --epochs 300   # extend a finished run"
@@ -44,7 +52,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, help="images per optimizer step (default: the recipe's)"
     )
-    p.add_argument("--img-size", type=positive_int, help="training resolution (square)")
+    p.add_argument(
+        "--image-size",
+        "--img-size",
+        dest="image_size",
+        type=positive_int,
+        metavar="S",
+        help="training resolution, square (default: the recipe's; --img-size: old spelling, kept as an alias "
+        "until 1.0)",
+    )
     p.add_argument(
         "--max-minutes", type=positive_float, help="wall-clock budget; the lr schedule is fitted to it"
     )
@@ -93,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "model.name": args.model,
         "data.root": args.data,
         "data.synthetic": args.synthetic,
-        "data.img_size": args.img_size,
+        "data.image_size": args.image_size,
         "data.workers": args.workers,
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config.validate import provide
 from ..errors import SegformerError
 
 IGNORE_INDEX = 255
@@ -213,6 +214,9 @@ def get_label_set(name: str | LabelSet) -> LabelSet:
         known = ", ".join([*_LABEL_SETS, *_ALIASES])
         raise SegformerError(f"unknown label set {name!r}; known: {known}")
     return _LABEL_SETS[key]
+
+
+provide("data.label_set", get_label_set)  # checks a recipe's data.label_set
 
 
 # -- face-parsing label orders ----------------------------------------------------------------------

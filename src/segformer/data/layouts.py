@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.validate import provide
 from ..errors import SegformerError
 from .datasets import (
     ADE20KDataset,
@@ -73,6 +74,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     )
 }
+provide("data.kind", lambda: ["auto", *LAYOUTS])  # what a recipe's data.kind may name
 
 
 def detect_kind(root: str | Path) -> str:

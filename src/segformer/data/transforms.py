@@ -28,12 +28,14 @@ import cv2
 import numpy as np
 import torch
 
+from ..config.validate import provide
 from ..errors import SegformerError
 from .labels import IGNORE_INDEX, LabelSet, get_label_set
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS = ("none", "geometric", "photometric", "both")
+provide("data.augment", lambda: PRESETS)  # what a recipe's data.augment may name
 
 # OpenCV would otherwise start its own thread pool inside every DataLoader worker. It must be set
 # before OpenCV first runs in parallel, not in the workers: a worker forked after the parent's pool

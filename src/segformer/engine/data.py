@@ -1,10 +1,12 @@
-"""Datasets for a training run (layout detection, transforms, synthetic data, an in-memory cache) and
-the way their batches reach the device (`collate_batch`, `to_device_batch`)."""
+"""The data of a training run: its datasets (layout detection, transforms, synthetic data, an in-memory
+cache), the loaders and samplers that feed them (`train_loader`, `eval_loader`; repeat-factor sampling)
+and the way their batches reach the device (`collate_batch`, `to_device_batch`)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import AUGMENT_DEVICES, DataConfig
-from ..data.balance import class_pixels
+from ..data.balance import class_pixels, class_repeat_factors, epoch_indices, epoch_length
 from ..data.batch_augment import BatchAugment
 from ..data.check import is_mirrored
 from ..data.datasets import SegmentationDataset
@@ -138,11 +142,11 @@ def build_train_data(
         root = out / "data"
         if not (root / "train" / "images").is_dir():
             write_synthetic_dataset(
-                root, num=dc.synthetic, size=dc.img_size, seed=seed, val_fraction=dc.val_fraction
+                root, num=dc.synthetic, size=dc.image_size, seed=seed, val_fraction=dc.val_fraction
             )
     on_device = augment_on_device(dc.augment_device, device)
     # Validation sees what the Predictor feeds the model (`inference.preprocess`).
-    val_tf = Preprocess(dc.img_size if dc.eval_mode == "resize" else None)
+    val_tf = Preprocess(dc.image_size if dc.eval_mode == "resize" else None)
     train, val = build_datasets(
         root, dc.kind, dc.val_fraction, dc.split_seed, None, val_tf, dc.label_set, dc.bad_labels
     )
@@ -150,7 +154,7 @@ def build_train_data(
     # Built after the datasets so that flips swap the classes of the label set the data turned out to
     # use (a detected ADE20K or Cityscapes layout has its own).
     train.transform = build_transform(
-        dc.augment, dc.img_size, ls, train=True, output="source" if on_device else "uint8"
+        dc.augment, dc.image_size, ls, train=True, output="source" if on_device else "uint8"
     )
     train.seed = seed  # augmentation stream of this run
     if len(val) == 0:
@@ -169,9 +173,12 @@ def build_train_data(
         ls,
         background_of(ls),
         preprocess,
-        batch_augment=BatchAugment(dc.img_size, ls) if on_device else None,
+        batch_augment=BatchAugment(dc.image_size, ls) if on_device else None,
         collate=functools.partial(collate_batch, ignore_index=ls.ignore_index),
     )
+
+
+# -- batches ---------------------------------------------------------------------------------------------
 
 
 def collate_batch(batch: list[tuple], ignore_index: int = IGNORE_INDEX) -> list[Any]:
@@ -229,3 +236,163 @@ def to_device_batch(
     else:
         images = images.contiguous(memory_format=fmt)
     return images, masks.long()
+
+
+# -- loaders ---------------------------------------------------------------------------------------------
+
+
+class RepeatFactorSampler(Sampler[int]):
+    """This process's share of an epoch of repeat-factor sampling (`segformer.data.balance`): image i
+    appears about r(i) times in every epoch, all epochs equally long. Every process draws the same
+    shuffled epoch from (seed, epoch) and takes every `num_replicas`-th index from `rank` on, the
+    tail that does not divide evenly left out, as `DistributedSampler` with ``drop_last`` does."""
+
+    def __init__(self, factors: np.ndarray, num_replicas: int, rank: int, seed: int = 0) -> None:
+        self.factors = np.asarray(factors, dtype=np.float64)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.total = epoch_length(self.factors)  # over all processes
+        self.num_samples = self.total // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        indices = epoch_indices(self.factors, self.seed, self.epoch)
+        end = self.num_samples * self.num_replicas
+        return iter(indices[self.rank : end : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The indices of `base` as ``(epoch, index)`` pairs: epoch `epoch` after skipping its first
+    `skip` (to resume inside an epoch), then every following epoch, without end. Each epoch gives
+    its first `take` indices (the whole optimizer steps it holds; default: all of them), so no
+    batch mixes two epochs.
+
+    One iteration thus feeds a whole run: the DataLoader workers prepare the next epoch's first
+    batches while the current one ends (and while it is evaluated), instead of starting from an empty
+    pipeline at every epoch. The epoch travels with every index, so workers that live across epochs
+    augment each sample with its own epoch's randomness."""
+
+    def __init__(self, base: DistributedSampler | RepeatFactorSampler, take: int | None = None) -> None:
+        self.base, self.epoch, self.skip = base, 0, 0
+        self.take = len(base) if take is None else min(take, len(base))
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Where the next iteration starts."""
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self.skip
+        while self.take > 0:
+            self.base.set_epoch(epoch)
+            yield from ((epoch, i) for i in itertools.islice(iter(self.base), skip, self.take))
+            epoch, skip = epoch + 1, 0
+
+    def __len__(self) -> int:
+        """The indices left in the first epoch (iteration goes on into the following ones)."""
+        return max(0, self.take - self.skip)
+
+
+class EpochDataset(Dataset):
+    """`dataset` indexed by ``(epoch, index)`` (see `EpochSampler`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
+def train_loader(
+    dataset: Dataset,
+    micro: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+    generator: torch.Generator,
+    collate: Callable[[list], Any] = collate_batch,
+    factors: np.ndarray | None = None,
+    accum: int = 1,
+    persistent: bool = True,
+) -> tuple[DataLoader, EpochSampler]:
+    """The loader of a run's training set (this process's shard, `micro` images per batch, stacked by
+    `collate`: `TrainData.collate`) and its sampler, on which `set_epoch` selects where iteration
+    starts. One iteration runs through epoch after epoch (`EpochSampler`), each cut to whole
+    optimizer steps of `accum` micro-batches. With repeat `factors` (one per image) an epoch repeats
+    images (`RepeatFactorSampler`); otherwise it is one shuffled pass. The workers persist across
+    iterations unless `persistent` is False (they then end with their iterator)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    base: DistributedSampler | RepeatFactorSampler
+    if factors is not None:
+        if len(factors) != len(dataset):
+            raise SegformerError(f"{len(factors)} repeat factors for {len(dataset)} images")
+        base = RepeatFactorSampler(factors, world, rank, seed)
+    else:
+        base = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    sampler = EpochSampler(base, len(base) // (micro * accum) * micro * accum)
+    loader = DataLoader(
+        EpochDataset(dataset),
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=generator,  # keeps DataLoader from drawing on the global RNG
+        persistent_workers=persistent and workers > 0,
+    )
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, batch: int, workers: int, generator: torch.Generator) -> DataLoader:
+    """The loader of this process's shard of the validation set."""
+    rank, world = distributed.rank(), distributed.world_size()
+    return DataLoader(
+        torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world))),
+        batch_size=max(1, batch),
+        num_workers=workers,
+        collate_fn=collate_eval,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
+    """Stack images (all at the working size); stack masks when they share a size, else keep a list."""
+    images = torch.stack([b[0] for b in batch])
+    masks = [b[1] for b in batch]
+    if all(m.shape == masks[0].shape for m in masks):
+        return images, torch.stack(masks)
+    return images, masks
+
+
+def describe_repeats(data: TrainData, threshold: float, factors: np.ndarray, rarest: int = 5) -> str:
+    """One line: the epoch length without and with repeat-factor sampling, and the repeat factors of
+    the classes in the fewest training images."""
+    present = (data.class_pixels > 0).mean(0)  # fraction of images holding each class
+    per_class = class_repeat_factors(data.class_pixels, threshold)
+    names = data.label_set.class_names
+    rare = [c for c in np.argsort(present, kind="stable") if present[c] > 0][:rarest]
+    classes = ", ".join(f"{names[c]} {per_class[c]:.2f} (in {present[c]:.1%})" for c in rare)
+    return (
+        f"data.repeat_factor={threshold:g}: {len(factors)} -> {epoch_length(factors)} images per epoch; "
+        f"repeat factors of the rarest classes: {classes}"
+    )
+
+
+def describe_class_weights(data: TrainData, weight: Tensor, rarest: int = 5) -> str:
+    """One line: the cross-entropy weights of the rarest and of the most common class."""
+    names, w = data.label_set.class_names, weight.tolist()
+    order = sorted(range(len(w)), key=lambda c: -w[c])
+    shown = [*order[:rarest], order[-1]]
+    return "train.class_weight: " + ", ".join(f"{names[c]} {w[c]:.2f}" for c in shown)

@@ -27,16 +27,7 @@ from ..inference.ops import (
 )
 from ..inference.settings import InferenceSettings, split_overrides
 from ..metrics import SegmentationMetrics
-from .data import background_of, mark_mirrored
-
-
-def collate_eval(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor | list[Tensor]]:
-    """Stack images (all at the working size); stack masks when they share a size, else keep a list."""
-    images = torch.stack([b[0] for b in batch])
-    masks = [b[1] for b in batch]
-    if all(m.shape == masks[0].shape for m in masks):
-        return images, torch.stack(masks)
-    return images, masks
+from .data import background_of, collate_eval, mark_mirrored
 
 
 @torch.no_grad()

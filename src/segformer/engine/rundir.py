@@ -19,6 +19,7 @@ which the next writer of the folder removes (`RunDir.remove_leftovers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,11 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig
+from .. import distributed
+from ..config import RunConfig, read_recipe
 from ..errors import SegformerError
 from ..fileio import acquire_lock, make_dirs, release_lock, write_text
+
+
+class _File:
+    """A file of the run folder: ``run.NAME`` is ``run.path / filename``."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def __get__(self, run: RunDir, owner: type) -> Path:
+        return run.path / self.filename
 
 
 @dataclass(frozen=True)
@@ -48,45 +58,16 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "state.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best"
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last"
-
-    @property
-    def best_scores(self) -> Path:
-        return self.path / "best_scores.json"
-
-    @property
-    def curves(self) -> Path:
-        return self.path / "curves.png"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / "lock"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
+    config = _File("config.yaml")
+    state = _File("state.pt")
+    metrics = _File("metrics.jsonl")
+    summary = _File("summary.json")
+    best = _File("best")
+    last = _File("last")
+    best_scores = _File("best_scores.json")
+    curves = _File("curves.png")
+    lock_file = _File("lock")
+    tensorboard = _File("tensorboard")
 
     def has_state(self) -> bool:
         return self.state.is_file()
@@ -95,10 +76,8 @@ class RunDir:
         return self.summary.is_file()
 
     def read_config(self) -> RunConfig:
-        try:
-            return RunConfig.from_dict(yaml.safe_load(self.config.read_text()))
-        except OSError as err:
-            raise SegformerError(f"{self.config}: cannot read ({err.strerror or err})") from None
+        """The run's recipe (runs written before a key was renamed included: `segformer.config.RENAMED`)."""
+        return read_recipe(self.config)
 
     def read_summary(self) -> dict[str, Any]:
         try:
@@ -143,6 +122,22 @@ class RunDir:
                     self.path.rmdir()  # a run that failed before writing anything leaves nothing
             except OSError:
                 pass
+
+    @contextmanager
+    def lock_on_every_process(self) -> Iterator[None]:
+        """`lock`, taken by the main process, for all processes of a distributed run: each of them
+        enters the block, or raises the main process's error."""
+        with contextlib.ExitStack() as stack:
+            error = None
+            if distributed.is_main():
+                try:
+                    stack.enter_context(self.lock())
+                except SegformerError as err:
+                    error = str(err)
+            error = distributed.broadcast_object(error)
+            if error:
+                raise SegformerError(error)
+            yield
 
     def remove_leftovers(self) -> list[Path]:
         """Remove the temporaries that killed atomic writes left in the folder (``.NAME.*.tmp``);

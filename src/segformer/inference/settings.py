@@ -15,12 +15,12 @@ chosen from their classes by `resolve_label_set`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import EVAL_MODES, POSTPROCESS_MODES, TTA_MODES, ModelConfig
+from ..config.validate import check_choice, check_integer, check_number, check_sequence
 from ..data.labels import IGNORE_INDEX, LabelSet, bit_palette, get_label_set, list_label_sets
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import SegformerError
@@ -35,40 +35,6 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 """What runs the model: ``auto`` (ONNX Runtime on a CPU where it is installed, else PyTorch), or either."""
 RUNTIME_OPTIONS = ("device", "batch_size", "backend", "faces")
 """Keyword overrides that say how a model runs, not what it computes (not `InferenceSettings` fields)."""
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SegformerError(f"{what}: expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bound = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
-        raise SegformerError(f"{what}: expected {bound}, got {value!r}")
-    return value
-
-
-def _sequence(value: Any, what: str, length: int | None = None) -> Sequence[Any]:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-        raise SegformerError(f"{what}: expected a list, got {value!r}")
-    if length is not None and len(value) != length:
-        raise SegformerError(f"{what}: expected {length} values, got {len(value)}")
-    return value
-
-
-def _choice(value: Any, what: str, noun: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise SegformerError(f"{what}: unknown {noun} {value!r}; choose from {', '.join(choices)}")
-    return value
 
 
 def parse_label_set(value: Any, what: str = "label_set") -> LabelSet | None:
@@ -91,18 +57,24 @@ def parse_label_set(value: Any, what: str = "label_set") -> LabelSet | None:
             raise SegformerError(f"{what}: missing {key!r}")
     if not isinstance(value["name"], str):
         raise SegformerError(f"{what}.name: expected a string, got {value['name']!r}")
-    names = _sequence(value["class_names"], f"{what}.class_names")
+    names = check_sequence(value["class_names"], f"{what}.class_names")
     if not all(isinstance(n, str) for n in names):
         raise SegformerError(f"{what}.class_names: expected a list of strings")
     palette = tuple(
-        tuple(_integer(c, f"{what}.palette[{i}]", 0, 255) for c in _sequence(rgb, f"{what}.palette[{i}]", 3))
-        for i, rgb in enumerate(_sequence(value["palette"], f"{what}.palette"))
+        tuple(
+            check_integer(c, f"{what}.palette[{i}]", 0, 255)
+            for c in check_sequence(rgb, f"{what}.palette[{i}]", 3)
+        )
+        for i, rgb in enumerate(check_sequence(value["palette"], f"{what}.palette"))
     )
     pairs = tuple(
-        tuple(_integer(c, f"{what}.flip_pairs[{i}]") for c in _sequence(pair, f"{what}.flip_pairs[{i}]", 2))
-        for i, pair in enumerate(_sequence(value.get("flip_pairs", ()), f"{what}.flip_pairs"))
+        tuple(
+            check_integer(c, f"{what}.flip_pairs[{i}]")
+            for c in check_sequence(pair, f"{what}.flip_pairs[{i}]", 2)
+        )
+        for i, pair in enumerate(check_sequence(value.get("flip_pairs", ()), f"{what}.flip_pairs"))
     )
-    ignore = _integer(value.get("ignore_index", IGNORE_INDEX), f"{what}.ignore_index", 1, 255)
+    ignore = check_integer(value.get("ignore_index", IGNORE_INDEX), f"{what}.ignore_index", 1, 255)
     try:
         return LabelSet(value["name"], tuple(names), palette, pairs, ignore)  # type: ignore[arg-type]
     except SegformerError as err:
@@ -163,23 +135,25 @@ class InferenceSettings:
         size = self.image_size
         if isinstance(size, (int, float)) and not isinstance(size, bool):
             size = (size, size)
-        h, w = _sequence(size, "image_size", 2)
+        h, w = check_sequence(size, "image_size", 2)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        set_("image_size", (_integer(h, "image_size", 1), _integer(w, "image_size", 1)))
+        set_("image_size", (check_integer(h, "image_size", 1), check_integer(w, "image_size", 1)))
         for name in ("mean", "std"):
-            values = tuple(_number(v, name) for v in _sequence(getattr(self, name), name, 3))
+            values = tuple(check_number(v, name) for v in check_sequence(getattr(self, name), name, 3))
             if name == "std" and min(values) <= 0:
                 raise SegformerError(f"std: expected positive values, got {list(values)}")
             set_(name, values)
-        set_("eval_mode", _choice(self.eval_mode, "eval_mode", "inference mode", EVAL_MODES))
-        set_("tta", _choice(self.tta, "tta", "TTA mode", TTA_MODES))
-        scales = tuple(_number(s, "scales") for s in _sequence(self.scales, "scales"))
+        set_("eval_mode", check_choice(self.eval_mode, "eval_mode", "inference mode", EVAL_MODES))
+        set_("tta", check_choice(self.tta, "tta", "TTA mode", TTA_MODES))
+        scales = tuple(check_number(s, "scales") for s in check_sequence(self.scales, "scales"))
         if not scales or min(scales) <= 0:
             raise SegformerError(f"scales: expected positive numbers, got {list(scales)}")
         set_("scales", scales)
         set_("label_set", parse_label_set(self.label_set))
-        set_("postprocess", _choice(self.postprocess, "postprocess", "post-processing", POSTPROCESS_MODES))
-        min_area = _number(self.min_area, "min_area")
+        set_(
+            "postprocess", check_choice(self.postprocess, "postprocess", "post-processing", POSTPROCESS_MODES)
+        )
+        min_area = check_number(self.min_area, "min_area")
         if not 0 <= min_area < 1:
             raise SegformerError(f"min_area: expected a fraction in [0, 1), got {min_area}")
         set_("min_area", min_area)

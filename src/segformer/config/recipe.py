@@ -1,4 +1,5 @@
-"""Configuration dataclasses, the model registry, and dotted `key=value` overrides. No torch in here.
+"""The recipe of a training run: `ModelConfig`, `DataConfig`, `TrainConfig` and `RunConfig` (one YAML
+recipe), and loading them (`load_recipe`, `RunConfig.from_dict`). No torch in here.
 
 `ModelConfig` describes every model the package builds: the MiT/SegFormer variants, MicroSegFormer
 and the architecture-search variants of the seed are all values of this one dataclass.
@@ -7,9 +8,8 @@ Every config checks itself when it is built: each field's type (YAML and ``--set
 wrong types are refused by name) and its allowed values (`FIELD_RULES`). A recipe with a typo therefore
 fails with one line naming the key and what it accepts, before any data is read or any model is built.
 
-The model registry lives here, below the models, so that a recipe's ``model.name``, ``arch`` and
-``decoder`` are checked against what is registered without importing torch: the model classes register
-themselves (`register_arch`, `register_model`) when `segformer.models` is imported.
+Renamed keys (`RENAMED`) are still read, from recipes, ``--set`` and the ``config.yaml`` of runs
+written before the rename; errors then name the key as it was written.
 """
 
 from __future__ import annotations
@@ -17,39 +17,48 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import os
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from .data.labels import get_label_set
-from .data.layouts import LAYOUTS
-from .data.transforms import PRESETS
-from .errors import SegformerError
-from .metrics import SCALAR_SCORES
+from ..errors import SegformerError
+from .overrides import load_yaml
+from .rules import FIELD_RULES
+from .validate import check_fields, provided
 
 T = TypeVar("T")
 
-# Choices of the train and data settings. The engine dispatches on these names and imports them from
-# here, so that a recipe is checked against the same list the code runs.
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant", "step", "poly")
-LOSSES = ("ce", "dice", "ce+dice", "ce+dice+boundary", "focal")
-DICE_CLASSES = ("all", "present")
-AMP_MODES = ("none", "auto", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-TTA_MODES = ("none", "flip", "scales", "flip+scales")
-EVAL_MODES = ("resize", "slide")
-POSTPROCESS_MODES = ("none", "small-regions")
-AUGMENT_DEVICES = ("auto", "cpu", "device")
-BAD_LABELS = ("error", "ignore")
-CLASS_WEIGHTS = ("none", "sqrt_inv_freq")
+RENAMED: dict[str, dict[str, str]] = {"data": {"img_size": "image_size"}}
+"""Old key -> its field, per section: recipes, run folders and code written before a rename still work."""
+
+
+def _old_names(section: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: the dataclass's constructor also takes the old names of its renamed fields
+    (`RENAMED`), and reads them as attributes, so that code written before a rename goes on working."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            for old, new in RENAMED[section].items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise SegformerError(f"{section}.{new}: given twice ({old} is its old name)")
+                    kwargs[new] = kwargs.pop(old)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        for old, new in RENAMED[section].items():
+            setattr(
+                cls, old, property(lambda self, new=new: getattr(self, new), doc=f"The old name of `{new}`.")
+            )
+        return cls
+
+    return wrap
+
 
 _STAGE_FIELDS = (
     "embed_dims",
@@ -125,7 +134,7 @@ class ModelConfig:
     """Optional class names, index = class id (kept through save/load and conversion)."""
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self, "model", FIELD_RULES["model"])
         self.validate()
 
     @property
@@ -134,7 +143,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise `SegformerError` when fields contradict each other or name nothing registered."""
-        decoders = _ARCHS[self.arch][1]  # `arch` is registered: FIELD_RULES checked it
+        decoders = provided("model.decoders")(self.arch)  # `arch` is registered: FIELD_RULES checked it
         if decoders and self.decoder not in decoders:
             raise SegformerError(
                 f"model.decoder: unknown decoder {self.decoder!r} for arch {self.arch!r}; "
@@ -144,6 +153,11 @@ class ModelConfig:
         if len(set(lengths.values())) != 1 or self.num_stages == 0:
             raise SegformerError(
                 f"model config: per-stage fields must have the same non-zero length, got {lengths}"
+            )
+        if not any(self.depths):
+            raise SegformerError(
+                f"model.depths: {list(self.depths)} leaves every stage without a transformer block "
+                "(an empty encoder); give some stage a depth of at least 1"
             )
         for stage, (dim, heads) in enumerate(zip(self.embed_dims, self.num_heads, strict=True)):
             if dim % heads:
@@ -167,6 +181,7 @@ class ModelConfig:
         return from_plain(cls, data)
 
 
+@_old_names("data")
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how it is fed to the model."""
@@ -179,8 +194,9 @@ class DataConfig:
     label_set: str = "celebamask"
     """Class names, palette and left/right pairs (``celebamask``, ``ade20k``, ``cityscapes``); a layout
     with its own label set (ADE20K, Cityscapes) must be given that one."""
-    img_size: int = 512
-    """Training (and default evaluation) resolution, square."""
+    image_size: int = 512
+    """Training (and default evaluation) resolution, square (``img_size`` in recipes and runs written
+    before the rename: still read)."""
     augment: str = "both"
     """Augmentation preset: ``none``, ``geometric``, ``photometric`` or ``both``."""
     val_fraction: float = 0.1
@@ -199,8 +215,8 @@ class DataConfig:
     synthetic: int = 0
     """When `root` is None: number of synthetic faces to generate (train + val)."""
     eval_mode: str = "resize"
-    """Validation inference: ``resize`` (image resized to img_size, logits resized back to the
-    mask) or ``slide`` (full resolution, img_size windows) for images larger than the training size."""
+    """Validation inference: ``resize`` (image resized to image_size, logits resized back to the
+    mask) or ``slide`` (full resolution, image_size windows) for images larger than the training size."""
     augment_device: str = "auto"
     """Where training images are augmented: ``cpu`` (OpenCV in the DataLoader workers), ``device``
     (the whole batch at once on the training device) or ``auto`` (``device`` on a GPU, else ``cpu``)."""
@@ -218,7 +234,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.workers == "auto":
             object.__setattr__(self, "workers", None)
-        _check_fields(self)
+        check_fields(self, "data", FIELD_RULES["data"])
 
 
 @dataclass(frozen=True)
@@ -304,7 +320,7 @@ class TrainConfig:
     """Steps between progress-bar updates of the running loss."""
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self, "train", FIELD_RULES["train"])
         if len(self.betas) != 2:
             raise SegformerError(f"train.betas: expected two values (beta1, beta2), got {self.betas}")
         if self.batch_size % self.grad_accum:
@@ -338,7 +354,7 @@ class RunConfig:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise SegformerError(f"RunConfig.{name}: expected a {cls.__name__}")
-        get_config(self.model_name)  # a registered name
+        registered_model(self.model_name)  # a registered name
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RunConfig:
@@ -357,10 +373,8 @@ class RunConfig:
         name = model.pop("name", "microsegformer")
         if not isinstance(name, str):
             raise SegformerError(f"model.name: expected a model name, got {name!r}")
-        if name not in _MODELS:
-            raise SegformerError(f"model.name: unknown model {name!r}; available: {', '.join(list_models())}")
         return cls(
-            model=get_config(name, **model),
+            model=registered_model(name).replace(**model),
             data=from_plain(DataConfig, sections["data"]),
             train=from_plain(TrainConfig, sections["train"]),
             model_name=name,
@@ -368,7 +382,7 @@ class RunConfig:
 
     def model_overrides(self) -> dict[str, Any]:
         """The fields of `model` that differ from the registered `model_name`, as plain values."""
-        base, mine = to_plain(get_config(self.model_name)), to_plain(self.model)
+        base, mine = to_plain(registered_model(self.model_name)), to_plain(self.model)
         return {k: v for k, v in mine.items() if v != base[k]}
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,69 +395,44 @@ class RunConfig:
     def override(self, changes: Mapping[str, Any]) -> RunConfig:
         """Apply dotted overrides such as ``{"train.lr": 1e-3, "model.depths": [1, 1, 1, 1]}``."""
         doc = self.to_dict()
+        written: dict[str, str] = {}  # new key -> the old spelling it was given as
         for key, value in changes.items():
             section, dot, name = key.partition(".")
             if not dot or section not in doc:
                 raise SegformerError(f"override {key!r}: expected model.X, data.X or train.X")
-            doc[section][name] = value
-        return RunConfig.from_dict(doc)
+            new = RENAMED.get(section, {}).get(name, name)
+            if new != name:
+                written[f"{section}.{new}"] = key
+            doc[section][new] = value
+        with as_written(written):
+            return RunConfig.from_dict(doc)
 
 
-# -- the model registry -----------------------------------------------------------------------------
-
-_MODELS: dict[str, tuple[ModelConfig, str]] = {}
-_ARCHS: dict[str, tuple[Callable[[ModelConfig], Any], tuple[str, ...]]] = {}
+# -- loading ---------------------------------------------------------------------------------------------
 
 
-def register_arch(arch: str, decoders: Iterable[str] = ()) -> Callable[[T], T]:
-    """Class decorator: `ModelConfig.arch` == `arch` is built by this class. `decoders` are the
-    ``ModelConfig.decoder`` kinds it builds (none: the class has no choice of decoder)."""
-
-    def wrap(cls: T) -> T:
-        _ARCHS[arch] = (cls, tuple(decoders))  # type: ignore[assignment]
-        return cls
-
-    return wrap
+def registered_model(name: str) -> ModelConfig:
+    """The config registered as `name` (the registry lives with the models: `segformer.models.registry`)."""
+    try:
+        return provided("model.name")(name)
+    except SegformerError as err:
+        raise SegformerError(f"model.name: {err}") from None
 
 
-def arch_class(arch: str) -> Callable[[ModelConfig], Any]:
-    """The module class registered for `arch`."""
-    if arch not in _ARCHS:
-        raise SegformerError(f"model.arch: unknown arch {arch!r}; registered: {', '.join(_ARCHS)}")
-    return _ARCHS[arch][0]
+@contextmanager
+def as_written(written: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised inside name a renamed key as it was `written` (new key -> old spelling)."""
+    try:
+        yield
+    except SegformerError as err:
+        message = str(err)
+        for new, old in written.items():
+            if message.startswith(f"{new}:"):
+                raise SegformerError(message.replace(new, old)) from None
+        raise
 
 
-def list_archs() -> list[str]:
-    return list(_ARCHS)
-
-
-def register_model(name: str, config: ModelConfig, description: str = "") -> None:
-    """Make `config` available to `create_model(name)` and to recipes as ``model.name``."""
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = (config, description)
-
-
-def list_models() -> list[str]:
-    """Names accepted by `create_model`, sorted."""
-    return sorted(_MODELS)
-
-
-def model_description(name: str) -> str:
-    return _MODELS[name][1] if name in _MODELS else ""
-
-
-def get_config(name: str, num_classes: int | None = None, **overrides: Any) -> ModelConfig:
-    """The registered config of `name` with `num_classes` and field `overrides` applied."""
-    if name not in _MODELS:
-        raise SegformerError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    config = _MODELS[name][0]
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    return config.replace(**overrides) if overrides else config
-
-
-RECIPE_DIR = Path(__file__).parent / "configs"
+RECIPE_DIR = Path(__file__).parent.parent / "configs"
 
 
 def list_recipes() -> list[str]:
@@ -462,7 +451,16 @@ def load_recipe(name_or_path: str | Path) -> RunConfig:
                 f"({', '.join(list_recipes())})"
             )
         path = packaged
-    return RunConfig.from_dict(load_yaml(path))
+    return read_recipe(path)
+
+
+def read_recipe(path: str | Path) -> RunConfig:
+    """The recipe in the YAML file `path` (a run's ``config.yaml`` too); errors name the file."""
+    doc = load_yaml(path)
+    try:
+        return RunConfig.from_dict(doc)
+    except SegformerError as err:
+        raise SegformerError(f"{path}: {err}") from None
 
 
 def to_plain(config: Any) -> dict[str, Any]:
@@ -478,295 +476,44 @@ def from_plain(cls: type, data: Mapping[str, Any]) -> Any:
 
 
 def replace_fields(config: Any, changes: Mapping[str, Any]) -> Any:
-    """`dataclasses.replace` with unknown keys reported by name (values are checked on construction)."""
+    """`dataclasses.replace` with unknown keys reported by name and renamed keys (`RENAMED`) read as
+    their field (values are checked on construction)."""
+    section = _SECTIONS[type(config)]
+    renamed = RENAMED.get(section, {})
+    fields: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    for key, value in changes.items():
+        name = renamed.get(key, key)
+        if name in fields and fields[name] != value:
+            raise SegformerError(f"{section}.{name}: given twice ({section}.{key} is its old name)")
+        if name != key:
+            written[f"{section}.{name}"] = f"{section}.{key}"
+        fields[name] = value
     names = [f.name for f in dataclasses.fields(config)]
-    unknown = sorted(map(str, set(changes) - set(names)))
+    unknown = sorted(map(str, set(fields) - set(names)))
     if unknown:
-        section = _SECTIONS[type(config)]
         raise SegformerError(
             f"{section}: unknown field(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
             f"known: {', '.join(names)}"
         )
-    return dataclasses.replace(config, **changes)
+    with as_written(written):
+        return dataclasses.replace(config, **fields)
 
 
-# -- checks -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """The value must be one of `choices` (a callable is asked at check time: registries grow)."""
-
-    choices: Sequence[str] | Callable[[], Iterable[str]]
-
-    def allowed(self) -> list[str]:
-        return list(self.choices() if callable(self.choices) else self.choices)
-
-    def problem(self, value: Any) -> str | None:
-        allowed = self.allowed()
-        return None if value in allowed else f"unknown value {value!r}; choose from {', '.join(allowed)}"
-
-    def bad_values(self) -> list[Any]:
-        return ["no-such-choice"]
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """A finite number (or each number of a tuple) within bounds; None passes where the type allows it."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"lie in {left}{self.low:g}, {self.high:g}{right}"
-        if self.low is not None:
-            return f"be {'>' if self.low_open else '>='} {self.low:g}"
-        return f"be {'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else "be finite"
-
-    def fits(self, v: float) -> bool:
-        if not math.isfinite(v):
-            return False
-        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
-            return False
-        return self.high is None or (v < self.high if self.high_open else v <= self.high)
-
-    def problem(self, value: Any) -> str | None:
-        for v in value if isinstance(value, tuple) else () if value is None else (value,):
-            if not self.fits(v):
-                return f"must {self.describe()}, got {v!r}"
-        return None
-
-    def bad_values(self) -> list[Any]:
-        out: list[Any] = [float("nan")]
-        if self.low is not None:
-            out.append(self.low if self.low_open else self.low - 1)
-        if self.high is not None:
-            out.append(self.high if self.high_open else self.high + 1)
-        return out
-
-
-@dataclass(frozen=True)
-class LabelSetName:
-    """A label set name or alias (`segformer.data.labels.get_label_set`)."""
-
-    def problem(self, value: Any) -> str | None:
-        try:
-            get_label_set(value)
-        except SegformerError as err:
-            return str(err)
-        return None
-
-    def bad_values(self) -> list[Any]:
-        return ["no-such-label-set"]
-
-
-@dataclass(frozen=True)
-class NonEmpty:
-    """A string with something in it (None passes where the type allows it)."""
-
-    def problem(self, value: Any) -> str | None:
-        return "must not be empty" if value is not None and not value.strip() else None
-
-    def bad_values(self) -> list[Any]:
-        return [""]
-
-
-Rule = OneOf | Bounds | LabelSetName | NonEmpty
-_POSITIVE, _NONNEG, _UNIT, _FRACTION = Bounds(1), Bounds(0), Bounds(0, 1), Bounds(0, 1, high_open=True)
-
-# Allowed values of every field that has a constraint beyond its type. Each bad value is one line
-# naming the key and what it accepts; tests/test_config.py tries a bad value of every entry.
-FIELD_RULES: dict[str, dict[str, Rule]] = {
-    "model": {
-        "arch": OneOf(list_archs),
-        "num_classes": Bounds(1, 255),  # masks are 8-bit and 255 is the ignore index
-        "in_channels": _POSITIVE,
-        "embed_dims": _POSITIVE,
-        "depths": _NONNEG,
-        "num_heads": _POSITIVE,
-        "sr_ratios": _POSITIVE,
-        "mlp_ratios": Bounds(0, low_open=True),
-        "patch_sizes": _POSITIVE,
-        "strides": _POSITIVE,
-        "drop_rate": _FRACTION,
-        "attn_drop_rate": _FRACTION,
-        "drop_path_rate": _FRACTION,
-        "norm_eps": Bounds(0, low_open=True),
-        "embed_norm_eps": Bounds(0, low_open=True),
-        "decoder_dim": _POSITIVE,
-        "decoder_dropout": _FRACTION,
-        "unet_width": _POSITIVE,
-    },
-    "data": {
-        "root": NonEmpty(),
-        "kind": OneOf(lambda: ["auto", *LAYOUTS]),
-        "label_set": LabelSetName(),
-        "img_size": _POSITIVE,
-        "augment": OneOf(PRESETS),
-        "val_fraction": _FRACTION,
-        "split_seed": _NONNEG,
-        "workers": _NONNEG,
-        "cache_max_gb": _NONNEG,
-        "synthetic": _NONNEG,
-        "eval_mode": OneOf(EVAL_MODES),
-        "augment_device": OneOf(AUGMENT_DEVICES),
-        "bad_labels": OneOf(BAD_LABELS),
-        "repeat_factor": _UNIT,
-    },
-    "train": {
-        "epochs": _POSITIVE,
-        "batch_size": _POSITIVE,
-        "grad_accum": _POSITIVE,
-        "optimizer": OneOf(OPTIMIZERS),
-        "lr": Bounds(0, low_open=True),
-        "weight_decay": _NONNEG,
-        "momentum": _FRACTION,
-        "head_lr_mult": Bounds(0, low_open=True),
-        "betas": _FRACTION,
-        "schedule": OneOf(SCHEDULES),
-        "warmup_epochs": _NONNEG,
-        "warmup_start": Bounds(0, 1, low_open=True),
-        "min_lr_ratio": _UNIT,
-        "step_milestones": _UNIT,
-        "step_gamma": Bounds(0, low_open=True),
-        "poly_power": Bounds(0, low_open=True),
-        "loss": OneOf(LOSSES),
-        "dice_weight": _NONNEG,
-        "boundary_weight": _NONNEG,
-        "boundary_width": _POSITIVE,
-        "dice_classes": OneOf(DICE_CLASSES),
-        "label_smoothing": _FRACTION,
-        "class_weight": OneOf(CLASS_WEIGHTS),
-        "logit_adjust": _UNIT,
-        "grad_clip": _NONNEG,
-        "amp": OneOf(AMP_MODES),
-        "ema": _FRACTION,
-        "early_stop": _NONNEG,
-        "eval_every": _POSITIVE,
-        "eval_tta": OneOf(TTA_MODES),
-        "tta": OneOf(TTA_MODES),
-        "monitor": OneOf(SCALAR_SCORES),
-        "seed": _NONNEG,
-        "max_minutes": Bounds(0, low_open=True),
-        "device": OneOf(DEVICES),
-        "log_every": _POSITIVE,
-    },
-}
 _SECTIONS: dict[type, str] = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
 
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _check_fields(config: Any) -> None:
-    """Coerce every field of `config` to its annotated type and check it against `FIELD_RULES`."""
-    section = _SECTIONS[type(config)]
-    rules = FIELD_RULES[section]
-    for name, hint in _field_types(type(config)).items():
-        if name.startswith("_") or typing.get_origin(hint) is typing.ClassVar:
-            continue
-        key = f"{section}.{name}"
-        value = _coerce(key, getattr(config, name), hint)
-        object.__setattr__(config, name, value)
-        if isinstance(value, float) or (isinstance(value, tuple) and value and isinstance(value[0], float)):
-            for v in value if isinstance(value, tuple) else (value,):
-                if not math.isfinite(v):
-                    raise SegformerError(f"{key}: must be a finite number, got {v!r}")
-        problem = rules[name].problem(value) if name in rules else None
-        if problem:
-            raise SegformerError(f"{key}: {problem}")
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Make YAML/CLI values fit the annotated type (lists -> tuples, ints -> floats); refuse the rest."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if origin is tuple:
-            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-                raise TypeError(f"expected a list, got {value!r}")
-            item = args[0] if args else Any
-            return tuple(_coerce(name, v, item) for v in value)
-        if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if hint is float and isinstance(value, str):
-            # YAML 1.1 reads "3e-3" (no dot) as a string; accept what Python accepts as a float.
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError(f"expected float, got {value!r}") from None
-        if hint is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        if hint is str and isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if hint in (int, float, str, bool) and not isinstance(value, hint):
-            raise TypeError(f"expected {hint.__name__}, got {value!r}")
-        if hint is int and isinstance(value, bool):
-            raise TypeError(f"expected int, got {value!r}")
-    except TypeError as err:
-        raise SegformerError(f"{name}: {err}") from None
-    return value
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are YAML (``depths=[1,1,1,1]``, ``lr=1e-3``, ``amp=true``)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SegformerError(f"override {item!r}: expected key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise SegformerError(f"override {item!r}: value is not valid YAML ({err})") from None
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SegformerError(f"{path}: cannot read ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise SegformerError(f"{path}: invalid YAML ({err})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SegformerError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 __all__ = [
-    "FIELD_RULES",
+    "RECIPE_DIR",
+    "RENAMED",
     "DataConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
-    "arch_class",
     "from_plain",
-    "get_config",
-    "list_archs",
-    "list_models",
     "list_recipes",
     "load_recipe",
-    "load_yaml",
-    "model_description",
-    "parse_overrides",
-    "register_arch",
-    "register_model",
+    "read_recipe",
+    "registered_model",
     "replace_fields",
     "to_plain",
 ]
