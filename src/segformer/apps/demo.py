@@ -45,7 +45,7 @@ from ..models import create_model
 from ..runtime import thread_choice
 
 # The defaults of `segformer demo` and the score they reach on an idle 2-core CPU in about 8 minutes
-# (the README's promise; CE7454 F-score on the 100 validation faces, no test-time augmentation).
+# (the promise of docs/results.md; CE7454 F-score on the 100 validation faces, no test-time augmentation).
 DEFAULTS: dict[str, int] = {"num": 5000, "val": 100, "size": 128, "seed": 0, "epochs": 14}
 PROMISED_CE7454 = 0.86
 PROMISE_TOLERANCE = 0.05
@@ -54,7 +54,7 @@ PROMISE_TOLERANCE = 0.05
 # images), 5,000 fresh faces without augmentation instead of 900 augmented ones, no stochastic depth,
 # the Dice term averaged over the classes present in each image (those the CE7454 score averages
 # over), validation every 4 epochs (and at the end). Data, stochastic depth and Dice were chosen by
-# 5-minute screening runs on the demo's faces (the table in the README). The warm-up keeps the share
+# 5-minute screening runs on the demo's faces (the table in docs/results.md). The warm-up keeps the share
 # of training it had when the demo ran on a time budget fitted to 200 epochs (5 of 200: 2.5%, 0.35 of
 # 14 epochs); it is a fixed number of epochs so that a run extended with more epochs keeps its recipe.
 DEMO_OVERRIDES: dict[str, Any] = {
