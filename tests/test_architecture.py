@@ -16,7 +16,7 @@ from conftest import SRC
 
 PACKAGE = SRC / "segformer"
 # Applications: built on the library, never imported by it.
-APPLICATIONS = ("apps", "bench", "cli", "__main__")
+APPLICATIONS = ("apps", "bench", "cli", "serve", "__main__")
 
 
 def _module_name(path: Path) -> str:
