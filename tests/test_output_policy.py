@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segformer import SegformerError
@@ -358,3 +359,167 @@ def test_a_users_lock_named_file_is_not_truncated(tmp_path):
 def test_sha256_file(tmp_path):
     (tmp_path / "a").write_bytes(b"abc")
     assert sha256_file(tmp_path / "a") == hashlib.sha256(b"abc").hexdigest()
+
+
+# -- every writing command against a folder of the user's files -------------------------------------------
+
+
+def _tree_sums(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _protected(folder: Path, command: str, inputs: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file in `folder` that is the user's: all but the output policy's own bookkeeping
+    and the files its manifests record as written by `command` itself (which it may replace) unless they
+    lie in one of the command's `inputs` (never written, even when ours)."""
+    ours: set[str] = set()
+    for manifest in folder.rglob(MANIFEST_NAME):
+        files = json.loads(manifest.read_text())["files"]
+        base = manifest.parent.relative_to(folder)
+        ours |= {str(base / name) for name, e in files.items() if e["command"] == command}
+    bookkeeping = (MANIFEST_NAME, JOURNAL_NAME)
+    return {
+        name: digest
+        for name, digest in _tree_sums(folder).items()
+        if (name not in ours or name.startswith(inputs))
+        and Path(name).name not in bookkeeping
+        and not name.endswith(LOCK_NAME)
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import segformer
+
+    from conftest import tiny_config
+
+    path = tmp_path_factory.mktemp("model") / "m"
+    segformer.save(
+        segformer.create_model(tiny_config("micro", num_classes=19)),
+        path,
+        meta={"label_set": "celebamask", "image_size": 32},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    from test_data_datasets import write_pairs
+
+    root = tmp_path_factory.mktemp("faces")
+    write_pairs(root, n=4, size=32)
+    write_pairs(root, split="val", n=2, size=32)
+    return root
+
+
+def user_folder(root: Path, model: Path) -> Path:
+    """A folder of the user's: ground-truth masks made by `data synth` (recorded by it), foreign PNGs (one
+    inside the synthetic train/ split), a card beside where an export would go, a config.json, a CE7454
+    solution of their own, the inputs of a prediction and a model of theirs, both inside the folder."""
+    import shutil
+
+    from PIL import Image
+
+    from segformer.cli import main
+
+    assert main(["data", "synth", str(root), "--num", "3", "--size", "32", "--val-fraction", "0.34"]) == 0
+    rng = np.random.default_rng(0)
+    for name in ("photo.png", "train/images/holiday.png", "inputs/photo.png", "inputs/synth_000001.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / name)
+    (root / "model.md").write_text("my card\n")
+    (root / "config.json").write_text('{"mine": true}\n')
+    (root / "solution").mkdir()
+    (root / "solution" / "run.py").write_text("print('my own solution')\n")
+    shutil.copytree(model, root / "mymodel")
+    # outputs of earlier commands that later ones read: ours, and inputs all the same
+    assert main(["convert", str(model), "--out", str(root / "converted")]) == 0
+    assert main(["predict", str(model), str(root / "inputs"), "--out", str(root / "preds"), "--quiet"]) == 0
+    return root
+
+
+# name -> argv(U, model, faces, tmp); the user's folder U is the output, or holds it
+ALL_WRITERS = {
+    "predict (inputs inside the output)": lambda u, m, f, t: [
+        "predict", str(m), str(u / "inputs"), "--out", str(u),
+    ],
+    "predict into ground-truth masks": lambda u, m, f, t: [
+        "predict", str(m), str(u / "train" / "images"), "--out", str(u / "train" / "masks"),
+    ],
+    "export onnx": lambda u, m, f, t: ["export", str(m), "--format", "onnx", "--out", str(u / "model.onnx")],
+    "export pretrained (a card beside)": lambda u, m, f, t: [
+        "export", str(m), "--format", "pretrained", "--out", str(u / "model.safetensors"),
+    ],
+    "export ce7454": lambda u, m, f, t: ["export", str(m), "--format", "ce7454", "--out", str(u)],
+    "export its input": lambda u, m, f, t: [
+        "export", str(u / "mymodel"), "--format", "ce7454", "--out", str(u / "mymodel"),
+    ],
+    "convert": lambda u, m, f, t: ["convert", str(m), "--out", str(u)],
+    "convert into its input": lambda u, m, f, t: ["convert", str(u / "mymodel"), "--out", str(u / "mymodel")],
+    "convert its own output into itself": lambda u, m, f, t: [
+        "convert", str(u / "converted"), "--num-classes", "7", "--out", str(u / "converted"),
+    ],
+    "predict its own masks into themselves": lambda u, m, f, t: [
+        "predict", str(m), str(u / "preds"), "--out", str(u / "preds"),
+    ],
+    "data synth": lambda u, m, f, t: ["data", "synth", str(u), "--num", "2", "--size", "32"],
+    "data preview of itself": lambda u, m, f, t: ["data", "preview", str(u), "--num", "2", "--out", str(u)],
+    "data preview inside": lambda u, m, f, t: [
+        "data", "preview", str(u), "--num", "2", "--out", str(u / "prev"),
+    ],
+    "data preview": lambda u, m, f, t: ["data", "preview", str(f), "--num", "2", "--out", str(u)],
+    "data check --fix of itself": lambda u, m, f, t: ["data", "check", str(u), "--fix", str(u)],
+    "data check --fix": lambda u, m, f, t: ["data", "check", str(f), "--fix", str(u)],
+    "data prepare": lambda u, m, f, t: ["data", "prepare", str(t / "raw"), str(u)],
+    "train": lambda u, m, f, t: ["train", "--data", str(f), "--epochs", "1", "--out", str(u), "--quiet"],
+    "report": lambda u, m, f, t: ["report", str(t / "run"), "--out", str(u)],
+    "attention (its image inside)": lambda u, m, f, t: [
+        "attention", str(m), str(u / "photo.png"), "--out", str(u),
+    ],
+    "experiment": lambda u, m, f, t: ["experiment", "depth", "--data", str(f), "--out", str(u), "--quick"],
+    "demo": lambda u, m, f, t: ["demo", "--out", str(u), "--num", "2", "--val", "1", "--quiet"],
+}  # fmt: skip
+SLOW_WITH_OVERWRITE = {"experiment", "demo"}  # with --overwrite they train: the refusal is fast
+
+
+def _command_name(argv: list[str]) -> str:
+    return f"data {argv[1]}" if argv[0] == "data" else argv[0]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("name", ALL_WRITERS)
+def test_no_command_changes_a_file_of_the_users(name, overwrite, tiny_model, faces, tmp_path, capsys):
+    from segformer.cli import main
+    from test_data_prepare import make_raw
+
+    argv = ALL_WRITERS[name](tmp_path / "user", tiny_model, faces, tmp_path)
+    if overwrite and name in SLOW_WITH_OVERWRITE and os.environ.get("SEGFORMER_SLOW") != "1":
+        pytest.skip("trains a model (set SEGFORMER_SLOW=1)")
+    user = user_folder(tmp_path / "user", tiny_model)
+    if name == "data prepare":
+        make_raw(tmp_path / "raw", n=2)
+    if name == "report":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "summary.json").write_text("{}")
+    command = _command_name(argv)
+    flag = next((f for f in ("--out", "--fix") if f in argv), None)
+    at = argv.index(flag) + 1 if flag else len(argv) - 1  # where the output is named
+    inputs = tuple(
+        str(Path(a).relative_to(user)) for i, a in enumerate(argv) if i != at and a.startswith(str(user))
+    )
+    before = _protected(user, command, inputs)
+    if overwrite:
+        argv = [*argv, "--overwrite"]
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # a command without --overwrite: a usage error, nothing run
+        assert overwrite and exit.code == 2
+        return
+    err = capsys.readouterr().err
+    if code != 0:
+        lines = [line for line in err.strip().splitlines() if line.startswith("segformer ")]
+        assert len(lines) == 1 and "Traceback" not in err, err  # a refusal is one line
+    after = _tree_sums(user)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, (changed, err)
