@@ -1,5 +1,5 @@
 """Thread choice: an explicit --threads is used as given, the default follows the idle cores, and the CLI
-applies it before the command runs."""
+applies it before the command runs; a long run moves a default count to the one that measures faster."""
 
 from __future__ import annotations
 
@@ -104,3 +104,54 @@ def test_workers_auto_is_the_default_and_reads_from_yaml_and_the_command_line(tm
     args = build_parser().parse_args(["train", "--synthetic", "8", "--workers", "auto"])
     assert args.workers == "auto"
     assert build_parser().parse_args(["train", "--synthetic", "8", "--workers", "2"]).workers == 2
+
+
+# -- the thread count of a long run follows the load -------------------------------------------------------
+
+
+def test_the_tuner_probes_a_neighbour_and_keeps_it_when_it_measures_faster():
+    applied: list[int] = []
+    tuner = runtime.ThreadTuner(2, 4, apply=applied.append, probe_every=3, margin=0.05, warmup=1)
+    assert tuner.measured(50.0) is None and applied == []  # the first period warms up: not compared
+    assert tuner.measured(60.0) is None and applied == [1]  # 60/s at 2 threads: the next period tries 1
+    note = tuner.measured(90.0)
+    assert tuner.threads == 1 and applied == [1]  # kept
+    assert note is not None and note.startswith("threads: 2 -> 1 (1 thread measured 90/s against 60/s with 2")
+    assert [tuner.measured(r) for r in (88.0, 89.0)] == [None, None] and applied == [1]
+    assert tuner.measured(90.0) is None and applied == [1, 2]  # every 3 periods, the other neighbour
+    assert tuner.measured(70.0) is None and applied == [1, 2, 1] and tuner.threads == 1  # slower: back
+
+
+def test_a_probe_within_the_margin_goes_back():
+    applied: list[int] = []
+    tuner = runtime.ThreadTuner(2, 2, apply=applied.append, probe_every=2, warmup=0)
+    assert tuner.measured(60.0) is None and applied == [1]
+    assert tuner.measured(62.0) is None and applied == [1, 2] and tuner.threads == 2  # 3% is noise
+    assert tuner.measured(60.0) is None and applied == [1, 2]
+    assert tuner.measured(60.0) is None and applied == [1, 2, 1]  # 3 threads is out of range: 1 again
+    assert runtime.ThreadTuner(1, 1, apply=applied.append, warmup=0).measured(5.0) is None
+    assert applied == [1, 2, 1]  # one core: nothing to try
+
+
+def test_only_a_default_thread_count_is_tuned(monkeypatch):
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    monkeypatch.setattr(runtime, "idle_cores", lambda interval=0.25: 1.8)
+    set_threads(None)
+    tuner = runtime.ThreadTuner.for_run()
+    assert tuner is not None and tuner.threads == 2 and tuner.cores == 4
+    set_threads(3)  # --threads 3 is kept as given
+    assert runtime.ThreadTuner.for_run() is None
+    torch.set_num_threads(2)  # set by the program itself
+    assert runtime.ThreadTuner.for_run() is None
+
+
+def test_the_tuner_applies_its_count_and_says_why(monkeypatch):
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "idle_cores", lambda interval=0.25: 2.0)
+    set_threads(None)
+    tuner = runtime.ThreadTuner.for_run()
+    tuner.measured(10.0)
+    tuner.measured(10.0)  # probes 1 thread
+    assert torch.get_num_threads() == 1 and thread_choice().describe().endswith("(measured fastest now)")
+    tuner.measured(5.0)  # slower: back to 2
+    assert torch.get_num_threads() == 2

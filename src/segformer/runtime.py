@@ -339,8 +339,8 @@ def peak_memory(model: Any, input_shape: Sequence[int], train: bool = False) -> 
 
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     counter = LiveBytes()
-    x = torch.empty(*input_shape, device="meta")
     with counter, torch.set_grad_enabled(train):
+        x = torch.empty(*input_shape, device="meta")  # (counted: the input is memory too)
         out = model(x)
         if train:
             out.float().mean().backward()
