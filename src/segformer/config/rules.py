@@ -104,19 +104,3 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
     },
 }
 
-
-__all__ = [
-    "AMP_MODES",
-    "AUGMENT_DEVICES",
-    "BAD_LABELS",
-    "CLASS_WEIGHTS",
-    "DEVICES",
-    "DICE_CLASSES",
-    "EVAL_MODES",
-    "FIELD_RULES",
-    "LOSSES",
-    "OPTIMIZERS",
-    "POSTPROCESS_MODES",
-    "SCHEDULES",
-    "TTA_MODES",
-]

@@ -10,8 +10,6 @@ from .registry import (
     list_archs,
     list_models,
     model_description,
-    register_arch,
-    register_model,
 )
 from .segformer import SegFormer
 from .unet import UNet
@@ -26,6 +24,4 @@ __all__ = [
     "list_archs",
     "list_models",
     "model_description",
-    "register_arch",
-    "register_model",
 ]
