@@ -32,66 +32,54 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import SegformerError
-from .keymap import KeyMap, Rule, rule
+from .keymap import KeyMap, segformer_rules, without_prefix
 
 HF_LAYER_NORM_EPS = 1e-5
 """The eps every LayerNorm of transformers' SegFormer uses (PyTorch's default)."""
 
-_E, _B = "encoder.stages.{s}.", "encoder.stages.{s}.blocks.{b}."
-_L = "segformer.encoder.block.{s}.{b}."
-_V = "segformer.stages.{s}.blocks.{b}."
+# Our modules inside a block -> (legacy name, 5.x name); a pair of names: one of our tensors split in two.
+_BLOCK_NAMES = {
+    "norm1": ("layer_norm_1", "layernorm_before"),
+    "attn.q": ("attention.self.query", "attention.q_proj"),
+    "attn.kv": (("attention.self.key", "attention.self.value"), ("attention.k_proj", "attention.v_proj")),
+    "attn.proj": ("attention.output.dense", "attention.o_proj"),
+    "attn.sr": ("attention.self.sr", "attention.sequence_reduction.sequence_reduction"),
+    "attn.norm": ("attention.self.layer_norm", "attention.sequence_reduction.layer_norm"),
+    "norm2": ("layer_norm_2", "layernorm_after"),
+    "mlp.fc1": ("mlp.dense1", "mlp.fc1"),
+    "mlp.dwconv": ("mlp.dwconv.dwconv", "mlp.dwconv.dwconv"),
+    "mlp.fc2": ("mlp.dense2", "mlp.fc2"),
+}
 
-_LEGACY = [
-    rule(_E + "patch_embed.proj.{p}", "segformer.encoder.patch_embeddings.{s}.proj.{p}"),
-    rule(_E + "patch_embed.norm.{p}", "segformer.encoder.patch_embeddings.{s}.layer_norm.{p}"),
-    rule(_B + "norm1.{p}", _L + "layer_norm_1.{p}"),
-    rule(_B + "attn.q.{p}", _L + "attention.self.query.{p}"),
-    rule(_B + "attn.kv.{p}", _L + "attention.self.key.{p}", _L + "attention.self.value.{p}"),
-    rule(_B + "attn.proj.{p}", _L + "attention.output.dense.{p}"),
-    rule(_B + "attn.sr.{p}", _L + "attention.self.sr.{p}"),
-    rule(_B + "attn.norm.{p}", _L + "attention.self.layer_norm.{p}"),
-    rule(_B + "norm2.{p}", _L + "layer_norm_2.{p}"),
-    rule(_B + "mlp.fc1.{p}", _L + "mlp.dense1.{p}"),
-    rule(_B + "mlp.dwconv.{p}", _L + "mlp.dwconv.dwconv.{p}"),
-    rule(_B + "mlp.fc2.{p}", _L + "mlp.dense2.{p}"),
-    rule(_E + "norm.{p}", "segformer.encoder.layer_norm.{s}.{p}"),
-    rule("decoder.linear_c.{s}.{p}", "decode_head.linear_c.{s}.proj.{p}"),
-    rule("decoder.linear_fuse.{p}", "decode_head.linear_fuse.{p}"),
-    rule("decoder.norm.{p}", "decode_head.batch_norm.{p}"),
-    rule("decoder.classifier.{p}", "decode_head.classifier.{p}"),
-]
+_LEGACY = segformer_rules(
+    "segformer.encoder.patch_embeddings.{s}.",
+    "segformer.encoder.block.{s}.{b}.",
+    "segformer.encoder.layer_norm.{s}.",
+    {
+        "linear_c.{s}": "decode_head.linear_c.{s}.proj",
+        "linear_fuse": "decode_head.linear_fuse",
+        "norm": "decode_head.batch_norm",
+        "classifier": "decode_head.classifier",
+    },
+    embed_names={"norm": "layer_norm"},
+    block_names={ours: legacy for ours, (legacy, _) in _BLOCK_NAMES.items()},
+)
 
-_V5 = [
-    rule(_E + "patch_embed.proj.{p}", "segformer.stages.{s}.patch_embeddings.proj.{p}"),
-    rule(_E + "patch_embed.norm.{p}", "segformer.stages.{s}.patch_embeddings.layer_norm.{p}"),
-    rule(_B + "norm1.{p}", _V + "layernorm_before.{p}"),
-    rule(_B + "attn.q.{p}", _V + "attention.q_proj.{p}"),
-    rule(_B + "attn.kv.{p}", _V + "attention.k_proj.{p}", _V + "attention.v_proj.{p}"),
-    rule(_B + "attn.proj.{p}", _V + "attention.o_proj.{p}"),
-    rule(_B + "attn.sr.{p}", _V + "attention.sequence_reduction.sequence_reduction.{p}"),
-    rule(_B + "attn.norm.{p}", _V + "attention.sequence_reduction.layer_norm.{p}"),
-    rule(_B + "norm2.{p}", _V + "layernorm_after.{p}"),
-    rule(_B + "mlp.fc1.{p}", _V + "mlp.fc1.{p}"),
-    rule(_B + "mlp.dwconv.{p}", _V + "mlp.dwconv.dwconv.{p}"),
-    rule(_B + "mlp.fc2.{p}", _V + "mlp.fc2.{p}"),
-    rule(_E + "norm.{p}", "segformer.stages.{s}.layer_norm.{p}"),
-    rule("decoder.linear_c.{s}.{p}", "decode_head.linear_projections.{s}.proj.{p}"),
-]
-
-
-def _without_prefix(rules: list[Rule]) -> list[Rule]:
-    """The encoder rules as a bare `SegformerModel` saves them (no ``segformer.`` prefix)."""
-    return [
-        Rule(r.ours, tuple(t.removeprefix("segformer.") for t in r.theirs))
-        for r in rules
-        if r.theirs[0].startswith("segformer.")
-    ]
-
+# 5.x spells the decoder's projections anew; its other decoder keys are the legacy ones (the rules above).
+_V5 = segformer_rules(
+    "segformer.stages.{s}.patch_embeddings.",
+    "segformer.stages.{s}.blocks.{b}.",
+    "segformer.stages.{s}.layer_norm.",
+    {"linear_c.{s}": "decode_head.linear_projections.{s}.proj"},
+    embed_names={"norm": "layer_norm"},
+    block_names={ours: v5 for ours, (_, v5) in _BLOCK_NAMES.items()},
+)
 
 HF = KeyMap(
     "HF transformers SegFormer",
     _LEGACY,
-    read_only=_V5 + _without_prefix(_LEGACY) + _without_prefix(_V5),
+    # (a bare SegformerModel saves the encoder without the ``segformer.`` prefix)
+    read_only=_V5 + without_prefix(_LEGACY, "segformer.") + without_prefix(_V5, "segformer."),
     dropped={
         "classifier.{p}": "ImageNet classification head of SegformerForImageClassification (nvidia/mit-bX)",
     },

@@ -65,6 +65,51 @@ def rule(ours: str, *theirs: str) -> Rule:
     return Rule(ours, theirs)
 
 
+BLOCK_PARTS = ("norm1", "attn.q", "attn.kv", "attn.proj", "attn.sr", "attn.norm", "norm2", "mlp.fc1",
+               "mlp.dwconv", "mlp.fc2")  # fmt: skip
+"""Our modules inside ``encoder.stages.{s}.blocks.{b}``, in the order the rule tables list them."""
+
+
+def segformer_rules(
+    patch_embed: str,
+    block: str,
+    stage_norm: str,
+    decoder: Mapping[str, str],
+    embed_names: Mapping[str, str] | None = None,
+    block_names: Mapping[str, str | tuple[str, ...]] | None = None,
+) -> list[Rule]:
+    """The rules of a layout that holds a SegFormer under other prefixes and module names.
+
+    `patch_embed`, `block` and `stage_norm` are where that layout keeps a stage's patch embedding, a
+    block and the stage's closing norm (templates ending in a dot, e.g. ``backbone.block{S}.{b}.``);
+    `embed_names` and `block_names` spell our module names inside them where the layout renames them (a
+    tuple: one of our tensors split along dim 0), any other name is spelled as ours; `decoder` maps each
+    of our ``decoder.*`` modules to the layout's full name (without the parameter).
+    """
+
+    def spelled(prefix: str, name: str, names: Mapping[str, str | tuple[str, ...]] | None) -> list[str]:
+        theirs = (names or {}).get(name, name)
+        return [f"{prefix}{t}.{{p}}" for t in ((theirs,) if isinstance(theirs, str) else theirs)]
+
+    stage, blocks = "encoder.stages.{s}.", "encoder.stages.{s}.blocks.{b}."
+    rules = [
+        rule(f"{stage}patch_embed.{n}.{{p}}", *spelled(patch_embed, n, embed_names)) for n in ("proj", "norm")
+    ]
+    rules += [rule(f"{blocks}{n}.{{p}}", *spelled(block, n, block_names)) for n in BLOCK_PARTS]
+    rules.append(rule(stage + "norm.{p}", stage_norm + "{p}"))
+    return rules + [rule(f"decoder.{ours}.{{p}}", f"{theirs}.{{p}}") for ours, theirs in decoder.items()]
+
+
+def without_prefix(rules: Iterable[Rule], prefix: str) -> list[Rule]:
+    """The rules whose foreign names start with `prefix`, spelled without it: how a checkpoint of the
+    bare encoder names its tensors (e.g. ``mit_b0.pth`` without ``backbone.``)."""
+    return [
+        Rule(r.ours, tuple(t.removeprefix(prefix) for t in r.theirs))
+        for r in rules
+        if r.theirs[0].startswith(prefix)
+    ]
+
+
 class KeyMap:
     """Renames state dicts between our layout and the layout called `name`.
 

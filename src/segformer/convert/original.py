@@ -28,40 +28,26 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import SegformerError
 from ..models import get_config, list_models
-from .keymap import KeyMap, Rule, rule
+from .keymap import KeyMap, segformer_rules, without_prefix
 
-_E, _B = "encoder.stages.{s}.", "encoder.stages.{s}.blocks.{b}."
-_N = "backbone.block{S}.{b}."
-
-_RULES = [
-    rule(_E + "patch_embed.proj.{p}", "backbone.patch_embed{S}.proj.{p}"),
-    rule(_E + "patch_embed.norm.{p}", "backbone.patch_embed{S}.norm.{p}"),
-    rule(_B + "norm1.{p}", _N + "norm1.{p}"),
-    rule(_B + "attn.q.{p}", _N + "attn.q.{p}"),
-    rule(_B + "attn.kv.{p}", _N + "attn.kv.{p}"),
-    rule(_B + "attn.proj.{p}", _N + "attn.proj.{p}"),
-    rule(_B + "attn.sr.{p}", _N + "attn.sr.{p}"),
-    rule(_B + "attn.norm.{p}", _N + "attn.norm.{p}"),
-    rule(_B + "norm2.{p}", _N + "norm2.{p}"),
-    rule(_B + "mlp.fc1.{p}", _N + "mlp.fc1.{p}"),
-    rule(_B + "mlp.dwconv.{p}", _N + "mlp.dwconv.dwconv.{p}"),
-    rule(_B + "mlp.fc2.{p}", _N + "mlp.fc2.{p}"),
-    rule(_E + "norm.{p}", "backbone.norm{S}.{p}"),
-    rule("decoder.linear_c.{s}.{p}", "decode_head.linear_c{S}.proj.{p}"),
-    rule("decoder.linear_fuse.{p}", "decode_head.linear_fuse.conv.{p}"),
-    rule("decoder.norm.{p}", "decode_head.linear_fuse.bn.{p}"),
-    rule("decoder.classifier.{p}", "decode_head.linear_pred.{p}"),
-]
+_RULES = segformer_rules(
+    "backbone.patch_embed{S}.",
+    "backbone.block{S}.{b}.",
+    "backbone.norm{S}.",
+    {
+        "linear_c.{s}": "decode_head.linear_c{S}.proj",
+        "linear_fuse": "decode_head.linear_fuse.conv",
+        "norm": "decode_head.linear_fuse.bn",
+        "classifier": "decode_head.linear_pred",
+    },
+    block_names={"mlp.dwconv": "mlp.dwconv.dwconv"},
+)
 
 ORIGINAL = KeyMap(
     "NVlabs/mmseg SegFormer",
     _RULES,
     # ImageNet encoder checkpoints (mit_b0.pth ...) hold the backbone without its prefix.
-    read_only=[
-        Rule(r.ours, tuple(t.removeprefix("backbone.") for t in r.theirs))
-        for r in _RULES
-        if r.theirs[0].startswith("backbone.")
-    ],
+    read_only=without_prefix(_RULES, "backbone."),
     dropped={
         "decode_head.conv_seg.{p}": "built by mmseg's BaseDecodeHead, unused by SegFormerHead",
         "head.{p}": "ImageNet classification head of the mit_bX.pth encoder checkpoints",
@@ -134,12 +120,37 @@ def infer_config(
     state `num_classes` is required; the decoder width then comes from the matching model (256 otherwise).
     `overrides` (config fields) are applied last, e.g. ``num_heads`` for a custom architecture.
     """
+    fields = _visible_fields(state, source)
+    match = _registered_match(fields)
+    base = get_config(match) if match else ModelConfig()
+    if match is not None:
+        fields["num_heads"], fields["strides"] = base.num_heads, base.strides
+    elif len(fields["embed_dims"]) == len(MIT_HEADS):
+        fields["num_heads"], fields["strides"] = MIT_HEADS, MIT_STRIDES
+    if is_encoder_only(state):
+        if num_classes is None:
+            raise SegformerError(
+                f"{source}: encoder-only checkpoint (no decoder weights): pass num_classes to build a "
+                "freshly initialised decoder"
+            )
+        fields["decoder"] = base.decoder if match else "mlp"
+        fields["decoder_dim"] = base.decoder_dim if match else 256
+        fields["num_classes"] = num_classes
+    else:
+        fields["num_classes"] = _tensor(state, "decoder.classifier.weight", source).shape[0]
+    fields.update(overrides)
+    _check_heads(fields, source)
+    return base.replace(class_names=(), **fields), match
 
-    def get(key: str) -> Tensor:
-        if key not in state:
-            raise SegformerError(f"{source}: missing key {key!r} needed to infer the architecture")
-        return state[key]
 
+def _tensor(state: Mapping[str, Tensor], key: str, source: str) -> Tensor:
+    if key not in state:
+        raise SegformerError(f"{source}: missing key {key!r} needed to infer the architecture")
+    return state[key]
+
+
+def _visible_fields(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    """The config fields that the tensor shapes of `state` (our layout) show (see `infer_config`)."""
     stages = 0
     while f"encoder.stages.{stages}.patch_embed.proj.weight" in state:
         stages += 1
@@ -152,7 +163,7 @@ def infer_config(
 
     embed_dims, patch_sizes, sr_ratios, mlp_ratios = [], [], [], []
     for i in range(stages):
-        proj = get(f"encoder.stages.{i}.patch_embed.proj.weight")  # (C_i, C_{i-1}, k, k)
+        proj = _tensor(state, f"encoder.stages.{i}.patch_embed.proj.weight", source)  # (C_i, C_{i-1}, k, k)
         embed_dims.append(proj.shape[0])
         patch_sizes.append(proj.shape[-1])
         if not blocks[i]:
@@ -160,45 +171,30 @@ def infer_config(
         block = f"encoder.stages.{i}.blocks.0."
         sr = state.get(block + "attn.sr.weight")  # (C, C, sr, sr)
         sr_ratios.append(1 if sr is None else sr.shape[-1])
-        hidden = get(block + "mlp.fc1.weight").shape[0]
+        hidden = _tensor(state, block + "mlp.fc1.weight", source).shape[0]
         mlp_ratios.append(hidden / proj.shape[0])
-    depths = [len(blocks[i]) for i in range(stages)]
     fields: dict[str, Any] = {
-        "in_channels": get("encoder.stages.0.patch_embed.proj.weight").shape[1],
+        "in_channels": _tensor(state, "encoder.stages.0.patch_embed.proj.weight", source).shape[1],
         "embed_dims": tuple(embed_dims),
-        "depths": tuple(depths),
+        "depths": tuple(len(blocks[i]) for i in range(stages)),
         "sr_ratios": tuple(sr_ratios),
         "mlp_ratios": tuple(mlp_ratios),
         "patch_sizes": tuple(patch_sizes),
         "mix_ffn": "encoder.stages.0.blocks.0.mlp.dwconv.weight" in state,
         "qkv_bias": "encoder.stages.0.blocks.0.attn.q.bias" in state,
     }
-    encoder_only = is_encoder_only(state)
-    if not encoder_only:
+    if not is_encoder_only(state):
         fields["decoder"] = "micro" if "decoder.linear_fuse.fc1.weight" in state else "mlp"
-        fields["decoder_dim"] = get("decoder.linear_c.0.weight").shape[0]
-    match = _registered_match(fields)
-    base = get_config(match) if match else ModelConfig()
-    if match is not None:
-        fields["num_heads"], fields["strides"] = base.num_heads, base.strides
-    elif stages == len(MIT_HEADS):
-        fields["num_heads"], fields["strides"] = MIT_HEADS, MIT_STRIDES
-    if encoder_only:
-        if num_classes is None:
-            raise SegformerError(
-                f"{source}: encoder-only checkpoint (no decoder weights): pass num_classes to build a "
-                "freshly initialised decoder"
-            )
-        fields["decoder"] = base.decoder if match else "mlp"
-        fields["decoder_dim"] = base.decoder_dim if match else 256
-        fields["num_classes"] = num_classes
-    else:
-        fields["num_classes"] = get("decoder.classifier.weight").shape[0]
-    fields.update(overrides)
+        fields["decoder_dim"] = _tensor(state, "decoder.linear_c.0.weight", source).shape[0]
+    return fields
+
+
+def _check_heads(fields: dict[str, Any], source: str) -> None:
+    """Heads and strides are known (inferred or passed) and the heads divide every stage's channels."""
     if "num_heads" not in fields or "strides" not in fields:
         raise SegformerError(
-            f"{source}: {stages} stages match no registered model and attention heads and strides are not "
-            "stored in the weights; pass num_heads and strides explicitly"
+            f"{source}: {len(fields['embed_dims'])} stages match no registered model and attention heads and "
+            "strides are not stored in the weights; pass num_heads and strides explicitly"
         )
     bad = [
         f"stage {i + 1}: {d} channels / {h} heads"
@@ -210,4 +206,3 @@ def infer_config(
             f"{source}: attention heads are not stored in the weights and the MiT default (1, 2, 5, 8) does "
             f"not fit ({'; '.join(bad)}); pass num_heads explicitly"
         )
-    return base.replace(class_names=(), **fields), match
