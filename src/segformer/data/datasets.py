@@ -17,10 +17,10 @@ Which class reads a dataset directory, and how train and val are split, is decid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -262,82 +262,89 @@ def holdout_stems(stems: Sequence[str], val_fraction: float, seed: int) -> tuple
     return [s for s in ordered if s not in val], [s for s in ordered if s in val]
 
 
-# -- ADE20K -----------------------------------------------------------------------------------------
+class PairedFolderDataset(SegmentationDataset):
+    """A dataset whose images and masks lie in two parallel folder trees (ADE20K, Cityscapes).
 
-_ADE_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+    A subclass says it as data: its `title`, the `splits` it accepts (name -> folder), the two folders of
+    a split (`folders`), the image files (`pattern`), each image's mask (`mask_of`, which must exist)
+    and the label set and id table (`lut`) the masks are read through.
+    """
+
+    title: str
+    splits: ClassVar[Mapping[str, str]]
+    pattern: str
+    labels: str
+    lut: Callable[[], np.ndarray]
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0
+    ) -> None:
+        if split not in self.splits:
+            known = ", ".join(s for s in SPLIT_NAMES if s in self.splits)
+            raise SegformerError(f"{self.title}: unknown split {split!r}; known: {known}")
+        image_dir, mask_dir = self.folders(Path(root), self.splits[split])
+        for d in (image_dir, mask_dir):
+            if not d.is_dir():
+                raise SegformerError(f"{d}: folder not found")
+        images = sorted(image_dir.glob(self.pattern))
+        if not images:
+            raise SegformerError(f"{image_dir}: no images matching {self.pattern}")
+        masks = [self.mask_of(p, mask_dir) for p in images]
+        for image, mask in zip(images, masks, strict=True):
+            if not mask.is_file():
+                raise SegformerError(f"{image}: no mask (expected {mask})")
+        super().__init__(
+            images, masks, self.labels, transform, mask_lut=self.lut(), seed=seed, name=str(image_dir)
+        )
+
+    def folders(self, root: Path, folder: str) -> tuple[Path, Path]:
+        """The image and mask folders of the split whose folder name is `folder`."""
+        raise NotImplementedError
+
+    def mask_of(self, image: Path, mask_dir: Path) -> Path:
+        """The mask file of `image`."""
+        raise NotImplementedError
+
+
+# -- ADE20K -----------------------------------------------------------------------------------------
 
 
 def ade_root(root: Path) -> Path:
     return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
 
 
-class ADE20KDataset(SegmentationDataset):
+class ADE20KDataset(PairedFolderDataset):
     """ADE20K SceneParsing (``ADEChallengeData2016``), 150 classes with reduced labels."""
 
-    def __init__(
-        self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0
-    ) -> None:
-        if split not in _ADE_SPLITS:
-            raise SegformerError(f"ADE20K: unknown split {split!r}; known: train, val")
-        base = ade_root(Path(root))
-        image_dir = base / "images" / _ADE_SPLITS[split]
-        mask_dir = base / "annotations" / _ADE_SPLITS[split]
+    title, pattern, labels, lut = "ADE20K", "*.jpg", "ade20k", staticmethod(ade20k_lut)
+    splits: ClassVar[Mapping[str, str]] = {
+        "train": "training",
+        "training": "training",
+        "val": "validation",
+        "validation": "validation",
+    }
 
-        def mask_of(path: Path) -> Path:
-            return mask_dir / f"{path.stem}.png"
+    def folders(self, root: Path, folder: str) -> tuple[Path, Path]:
+        base = ade_root(root)
+        return base / "images" / folder, base / "annotations" / folder
 
-        images = _find_pairs(image_dir, mask_dir, "*.jpg", mask_of)
-        super().__init__(
-            images,
-            [mask_of(p) for p in images],
-            "ade20k",
-            transform,
-            mask_lut=ade20k_lut(),
-            seed=seed,
-            name=str(image_dir),
-        )
+    def mask_of(self, image: Path, mask_dir: Path) -> Path:
+        return mask_dir / f"{image.stem}.png"
 
 
 # -- Cityscapes -------------------------------------------------------------------------------------
 
 
-class CityscapesDataset(SegmentationDataset):
+class CityscapesDataset(PairedFolderDataset):
     """Cityscapes fine annotations mapped to the 19 train ids (everything else -> ignore)."""
 
-    def __init__(
-        self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0
-    ) -> None:
-        if split not in SPLIT_NAMES:
-            raise SegformerError(f"Cityscapes: unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")
-        root = Path(root)
-        image_dir, mask_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    title, labels, lut = "Cityscapes", "cityscapes", staticmethod(cityscapes_lut)
+    pattern = "*/*_leftImg8bit.png"
+    splits: ClassVar[Mapping[str, str]] = {s: s for s in SPLIT_NAMES}
 
-        def mask_of(path: Path) -> Path:
-            stem = path.name[: -len("_leftImg8bit.png")]
-            return mask_dir / path.parent.name / f"{stem}_gtFine_labelIds.png"
+    def folders(self, root: Path, folder: str) -> tuple[Path, Path]:
+        return root / "leftImg8bit" / folder, root / "gtFine" / folder
 
-        images = _find_pairs(image_dir, mask_dir, "*/*_leftImg8bit.png", mask_of)
-        super().__init__(
-            images,
-            [mask_of(p) for p in images],
-            "cityscapes",
-            transform,
-            mask_lut=cityscapes_lut(),
-            seed=seed,
-            name=str(image_dir),
-        )
-
-
-def _find_pairs(image_dir: Path, mask_dir: Path, pattern: str, mask_of: Callable[[Path], Path]) -> list[Path]:
-    """Images under `image_dir` matching `pattern`, each checked to have its mask."""
-    for d in (image_dir, mask_dir):
-        if not d.is_dir():
-            raise SegformerError(f"{d}: folder not found")
-    images = sorted(image_dir.glob(pattern))
-    if not images:
-        raise SegformerError(f"{image_dir}: no images matching {pattern}")
-    for p in images:
-        mask = mask_of(p)
-        if not mask.is_file():
-            raise SegformerError(f"{p}: no mask (expected {mask})")
-    return images
+    def mask_of(self, image: Path, mask_dir: Path) -> Path:
+        stem = image.name[: -len("_leftImg8bit.png")]
+        return mask_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"

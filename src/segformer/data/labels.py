@@ -15,8 +15,9 @@ Ids are contracts: checkpoints, masks on disk and metrics all speak them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from ..config.validate import provide
 from ..errors import SegformerError
 
 IGNORE_INDEX = 255
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -209,11 +211,15 @@ def get_label_set(name: str | LabelSet) -> LabelSet:
     """A label set by name (``celebamask`` = ``ce7454`` = ``celebamask-hq``, ``ade20k``, ``cityscapes``)."""
     if isinstance(name, LabelSet):
         return name
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _LABEL_SETS:
-        known = ", ".join([*_LABEL_SETS, *_ALIASES])
-        raise SegformerError(f"unknown label set {name!r}; known: {known}")
-    return _LABEL_SETS[key]
+    return _by_name(name, _LABEL_SETS, _ALIASES, "label set")
+
+
+def _by_name(name: str, table: Mapping[str, _T], aliases: Mapping[str, str], what: str) -> _T:
+    """``table[name]`` with `aliases` and any letter case; an unknown name is an error listing the known."""
+    key = aliases.get(name.lower(), name.lower())
+    if key not in table:
+        raise SegformerError(f"unknown {what} {name!r}; known: {', '.join([*table, *aliases])}")
+    return table[key]
 
 
 provide("data.label_set", get_label_set)  # checks a recipe's data.label_set
@@ -263,11 +269,7 @@ def face_order(name: str | Sequence[str]) -> tuple[str, ...]:
         if sorted(order) != sorted(CELEBAMASK_NAMES):
             raise SegformerError(f"a face label order must permute the 19 CelebAMask-HQ names, got {order}")
         return order
-    key = _ORDER_ALIASES.get(name.lower(), name.lower())
-    if key not in FACE_ORDERS:
-        known = ", ".join([*FACE_ORDERS, *_ORDER_ALIASES])
-        raise SegformerError(f"unknown face label order {name!r}; known: {known}")
-    return FACE_ORDERS[key]
+    return _by_name(name, FACE_ORDERS, _ORDER_ALIASES, "face label order")
 
 
 def remap_lut(src_order: str | Sequence[str], dst_order: str | Sequence[str]) -> np.ndarray:

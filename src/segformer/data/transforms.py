@@ -286,29 +286,17 @@ def jitter(image: np.ndarray, p: AugmentParams) -> np.ndarray:
     return out
 
 
-def photometric(
-    image: np.ndarray,
-    rng: np.random.Generator,
-    brightness: float = 0.25,
-    contrast: float = 0.25,
-    saturation: float = 0.25,
-    hue: float = 0.05,
-    blur_p: float = 0.25,
-    noise_p: float = 0.25,
-) -> np.ndarray:
-    """Colour jitter of an (H, W, 3) uint8 image drawn from `rng` (see `draw_params`)."""
-    p = draw_params(
-        rng,
-        image.shape[:2],
-        geometric=False,
-        brightness=brightness,
-        contrast=contrast,
-        saturation=saturation,
-        hue=hue,
-        blur_p=blur_p,
-        noise_p=noise_p,
-    )
-    return jitter(image, p)
+COLOUR_RANGES = ("brightness", "contrast", "saturation", "hue", "blur_p", "noise_p")
+"""The keywords of `draw_params` that shape the colour jitter."""
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, **ranges: float) -> np.ndarray:
+    """Colour jitter of an (H, W, 3) uint8 image drawn from `rng`; `ranges` are any of `COLOUR_RANGES`,
+    with `draw_params`'s meaning and defaults."""
+    unknown = sorted(set(ranges) - set(COLOUR_RANGES))
+    if unknown:
+        raise TypeError(f"photometric() takes {', '.join(COLOUR_RANGES)}, not {', '.join(unknown)}")
+    return jitter(image, draw_params(rng, image.shape[:2], geometric=False, **ranges))
 
 
 def apply_params(
