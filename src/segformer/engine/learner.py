@@ -166,29 +166,28 @@ def build_learner(model: nn.Module, tc: TrainConfig, data: TrainData, device: to
 
 
 @functools.lru_cache(maxsize=16)
-def step_memory(config: ModelConfig, batch: int, size: int, optimizer_states: int, ema: bool) -> int:
-    """Bytes a training step of `config` on `batch` images of `size` px holds at its peak (float32,
-    `segformer.runtime.peak_memory`), with the optimizer's `optimizer_states` copies of the weights
-    and the EMA's copy."""
+def step_memory(config: ModelConfig, batch: int, image_size: int, optimizer_states: int, ema: bool) -> int:
+    """Bytes a training step of `config` on `batch` images of `image_size` px holds at its peak
+    (float32, `segformer.runtime.peak_memory`), with the optimizer's `optimizer_states` copies of the
+    weights and the EMA's copy."""
     with torch.device("meta"):
         model = build_model(config)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return peak_memory(model, (batch, config.in_channels, size, size), train=True) + params * (
-        optimizer_states + ema
-    )
+    shape = (batch, config.in_channels, image_size, image_size)
+    return peak_memory(model, shape, train=True) + params * (optimizer_states + ema)
 
 
 def check_step_memory(
-    config: ModelConfig, tc: TrainConfig, batch: int, size: int, device: torch.device
+    config: ModelConfig, tc: TrainConfig, batch: int, image_size: int, device: torch.device
 ) -> None:
     """Refuse, before anything is allocated, a training step that cannot fit in the memory `device`
-    has available (one line, with the estimate): an image size or batch far too large fails here rather
-    than in the allocator, minutes later or with the machine swapping."""
-    needed = step_memory(config, batch, size, 2 if tc.optimizer == "adamw" else 1, tc.ema > 0)
+    has available (one line, with the estimate): an image size or batch far too large fails here
+    rather than in the allocator, minutes later or with the machine swapping."""
+    needed = step_memory(config, batch, image_size, 2 if tc.optimizer == "adamw" else 1, tc.ema > 0)
     check_memory(
         needed,
-        f"training at data.image_size={size} with {batch} images per step (estimated; lower --image-size, "
-        "or --batch-size / train.grad_accum)",
+        f"training at data.image_size={image_size} with {batch} images per step (estimated; lower "
+        "--image-size, or --batch-size / train.grad_accum)",
         device,
     )
 
