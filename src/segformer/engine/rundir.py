@@ -42,8 +42,8 @@ class _File:
     def __init__(self, filename: str) -> None:
         self.filename = filename
 
-    def __get__(self, run: RunDir, owner: type) -> Path:
-        return run.path / self.filename
+    def __get__(self, run: RunDir | None, owner: type) -> Any:
+        return self if run is None else run.path / self.filename  # (on the class: the descriptor)
 
 
 @dataclass(frozen=True)
