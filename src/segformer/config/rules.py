@@ -103,4 +103,3 @@ FIELD_RULES: dict[str, dict[str, Rule]] = {
         "log_every": _POSITIVE,
     },
 }
-
