@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import SegformerError
+from ..models.mit import run_stages
 from .references import Reference
 
 
@@ -163,11 +164,7 @@ class SeedMicroSegFormer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[-2], x.shape[-1])  # the x4 upsampling of the stride-4 map, to the input size
-        feats = []
-        for stage in self.encoder.stages:
-            x = stage(x)
-            feats.append(x)
-        return self.decoder(feats, size)
+        return self.decoder(run_stages(self.encoder.stages, x), size)
 
 
 def seed_reference(model: nn.Module) -> Reference:

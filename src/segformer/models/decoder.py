@@ -88,25 +88,58 @@ def classifier_after(linear: nn.Linear, classifier: nn.Conv2d) -> tuple[Tensor, 
     return w @ linear.weight, w @ linear.bias + classifier.bias
 
 
-class MLPDecoder(nn.Module):
-    """SegFormer All-MLP decoder; returns logits at the resolution of the first (stride-4) map."""
+class DecoderHead(nn.Module):
+    """What both heads share: a `ChannelLinear` projection per stage (``linear_c``), the head's fusion of
+    the projected maps (`build_fuse` makes ``linear_fuse`` and what follows it), dropout and a 1x1
+    classifier; logits at the resolution of the first (stride-4) map.
 
-    def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1) -> None:
+    `forward` runs the exact cheaper rewrite (`forward_fused`), or within `literal_decoders` the maps
+    projected, resized to stride 4 and concatenated as specified (`forward_literal`).
+    """
+
+    literal = False  # True: concatenate as the paper / the seed writes it (see `literal_decoders`)
+
+    def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList(ChannelLinear(c, dim) for c in in_dims)
-        self.linear_fuse = nn.Conv2d(len(in_dims) * dim, dim, 1, bias=False)
-        self.norm = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU(inplace=True)
+        self.build_fuse(len(in_dims) * dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    literal = False  # True: concatenate as the paper writes it (see `literal_decoders`)
+    def build_fuse(self, in_dim: int, dim: int) -> None:
+        """Make the fusion of the concatenated maps (``in_dim`` channels) into `dim`."""
+        raise NotImplementedError
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         if self.literal:
-            maps = project_to(self.linear_c, features, features[0].shape[-2:])
-            x = self.linear_fuse(torch.cat(maps[::-1], dim=1))  # concat order [c4, c3, c2, c1]
-            return self.classifier(self.dropout(self.act(self.norm(x))))
+            return self.forward_literal(project_to(self.linear_c, features, features[0].shape[-2:]))
+        return self.forward_fused(features)
+
+    def forward_literal(self, maps: list[Tensor]) -> Tensor:
+        """Logits from the projected maps at stride 4, [f1, f2, f3, f4], by concatenating them."""
+        raise NotImplementedError
+
+    def forward_fused(self, features: Sequence[Tensor]) -> Tensor:
+        """The same logits from the encoder's maps without the concatenation (module docstring)."""
+        raise NotImplementedError
+
+
+class MLPDecoder(DecoderHead):
+    """SegFormer All-MLP decoder: 1x1 conv (no bias) + BatchNorm + ReLU fusing [c4, c3, c2, c1]."""
+
+    def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__(in_dims, dim, num_classes, dropout)
+
+    def build_fuse(self, in_dim: int, dim: int) -> None:
+        self.linear_fuse = nn.Conv2d(in_dim, dim, 1, bias=False)
+        self.norm = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward_literal(self, maps: list[Tensor]) -> Tensor:
+        x = self.linear_fuse(torch.cat(maps[::-1], dim=1))  # concat order [c4, c3, c2, c1]
+        return self.classifier(self.dropout(self.act(self.norm(x))))
+
+    def forward_fused(self, features: Sequence[Tensor]) -> Tensor:
         # linear_fuse(cat([c4, c3, c2, c1])) computed as a sum of per-stage products (module docstring).
         order = range(len(features) - 1, -1, -1)
         weights, bias = fused_projections(self.linear_c, self.linear_fuse.weight.flatten(1), order)
@@ -128,8 +161,8 @@ class FuseMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class MicroDecoder(nn.Module):
-    """MicroSegFormer decoder; returns logits at the resolution of the first (stride-4) map.
+class MicroDecoder(DecoderHead):
+    """MicroSegFormer decoder: `FuseMLP` over [f1, f2, f3, f4].
 
     The seed upsamples the fused 128-channel map x4 and then applies the 1x1 classifier. Bilinear
     interpolation is a convex combination of neighbouring pixels and the classifier is affine, so
@@ -138,19 +171,16 @@ class MicroDecoder(nn.Module):
     """
 
     def __init__(self, in_dims: Sequence[int], dim: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.linear_c = nn.ModuleList(ChannelLinear(c, dim) for c in in_dims)
-        self.linear_fuse = FuseMLP(len(in_dims) * dim, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Conv2d(dim, num_classes, 1)
+        super().__init__(in_dims, dim, num_classes, dropout)
 
-    literal = False  # True: concatenate as the seed writes it (see `literal_decoders`)
+    def build_fuse(self, in_dim: int, dim: int) -> None:
+        self.linear_fuse = FuseMLP(in_dim, dim)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        if self.literal:
-            maps = project_to(self.linear_c, features, features[0].shape[-2:])
-            x = self.linear_fuse(torch.cat(maps, dim=1))  # concat order [f1, f2, f3, f4]
-            return self.classifier(self.dropout(x))
+    def forward_literal(self, maps: list[Tensor]) -> Tensor:
+        x = self.linear_fuse(torch.cat(maps, dim=1))  # concat order [f1, f2, f3, f4]
+        return self.classifier(self.dropout(x))
+
+    def forward_fused(self, features: Sequence[Tensor]) -> Tensor:
         # fc1(cat([f1, f2, f3, f4])) computed as a sum of per-stage products (module docstring).
         fc1, fc2 = self.linear_fuse.fc1, self.linear_fuse.fc2
         weights, bias = fused_projections(self.linear_c, fc1.weight, range(len(features)))
@@ -171,7 +201,7 @@ DECODERS = {"mlp": MLPDecoder, "micro": MicroDecoder}
 def literal_decoders(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, the decoder heads of `model` run the literal concatenating formulation
     (the architecture as specified, e.g. for counting its FLOPs); the faster exact one afterwards."""
-    heads = [m for m in model.modules() if isinstance(m, tuple(DECODERS.values()))]
+    heads = [m for m in model.modules() if isinstance(m, DecoderHead)]
     for m in heads:
         m.literal = True
     try:

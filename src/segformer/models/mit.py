@@ -10,7 +10,7 @@ strides 4, 8, 16 and 32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +24,16 @@ def tokens_to_map(x: Tensor, h: int, w: int) -> Tensor:
     """
     b, _, c = x.shape
     return x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last strides
+
+
+def run_stages(stages: Iterable[nn.Module], x: Tensor) -> list[Tensor]:
+    """Each stage applied to the previous one's output: every stage's output, first to last (the
+    multi-scale maps an encoder hands its decoder)."""
+    features = []
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features
 
 
 class DropPath(nn.Module):
@@ -241,8 +251,4 @@ class MixTransformer(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return run_stages(self.stages, x)

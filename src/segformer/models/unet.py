@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .mit import run_stages
 from .registry import register_arch, register_model
 
 DEPTH = 4
@@ -71,11 +72,7 @@ class UNetEncoder(nn.Module):
         self.levels = nn.ModuleList(levels)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        features = []
-        for level in self.levels:
-            x = level(x)
-            features.append(x)
-        return features
+        return run_stages(self.levels, x)
 
 
 class UNetDecoder(nn.Module):
