@@ -72,7 +72,14 @@ def test_folder_with_corrupt_files(model_dir, folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "e_truncated.jpg" in err and "f_text.png" in err and "2 input(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    # the label maps, and the manifest that says they are predict's (segformer.fileio.OutputFolder)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".segformer-manifest.json",
+        "a.png",
+        "b.png",
+        "c.png",
+        "d.png",
+    ]
     predictor = Predictor(model_dir, faces=False)
     for stem in "abcd":
         image = load_image(next(folder.glob(f"{stem}.*")))

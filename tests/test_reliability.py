@@ -263,7 +263,7 @@ def test_predict_only_creates_or_replaces_its_own_files(model_dir, tmp_path, cap
     assert main(argv) == 0
     assert main(argv) == 0  # predicting again replaces its own label maps and overlays
     capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "notes.txt", "overlays"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "a.png", "b.png", "notes.txt", "overlays"]
     assert (out / "notes.txt").read_text() == NOTE
 
     Image.new("RGB", (4, 4)).save(out / "b.png")  # now b.png is a picture of the user's

@@ -1,16 +1,23 @@
 """The only module that knows about ranks: process-group setup for `torchrun` and reductions.
 
 `torchrun --nproc_per_node N -m segformer train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; everything
-else in the package asks this module whether it runs distributed and whether it is rank 0.
+else in the package asks this module whether it runs distributed and whether it is rank 0. `predict`
+shares its inputs out (`shard`), writes one output folder from every process (`shared_output`) and
+gathers the reports (`all_gather`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import SegformerError
 
 
 def env_world_size() -> int:
@@ -33,10 +40,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: str) -> torch.device:
+def init(device: str, timeout: timedelta = timedelta(minutes=30)) -> torch.device:
     """Join the process group when launched by torchrun; returns this process's device.
 
-    gloo on CPU, NCCL on CUDA (one GPU per process, chosen by LOCAL_RANK).
+    gloo on CPU, NCCL on CUDA (one GPU per process, chosen by LOCAL_RANK). `timeout`: how long a
+    collective waits for the slowest process.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
@@ -46,7 +54,7 @@ def init(device: str) -> torch.device:
         dev = torch.device(device)
     if env_world_size() > 1 and not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend=backend, timeout=timeout)
     return dev
 
 
@@ -91,3 +99,50 @@ def any_process(flag: bool) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+T = TypeVar("T")
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of `items`: every world-size-th item from its rank on. Given the same
+    sequence everywhere, each item goes to exactly one process (all of them when not distributed)."""
+    return list(items[rank() :: world_size()])
+
+
+def all_gather(obj: T) -> list[T]:
+    """`obj` of every process, in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    objects: list[Any] = [None] * world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+@contextmanager
+def shared_output(open_output: Callable[[bool], AbstractContextManager[T]]) -> Iterator[T]:
+    """An output that every process writes into, with one writer lock for all: rank 0 opens it first
+    (``open_output(False)``, which takes the lock), the others after it (``open_output(True)``:
+    joining, without the lock); at the end the others close first and rank 0 last, so the lock covers
+    every write. A refusal on rank 0 (the output is another command's) is raised on every process.
+    Not distributed: ``open_output(False)``."""
+    if not is_distributed():
+        with open_output(False) as out:
+            yield out
+        return
+    with ExitStack() as first:
+        error = None
+        if is_main():
+            try:
+                out = first.enter_context(open_output(False))
+            except SegformerError as err:
+                error = str(err)
+        error = broadcast_object(error)
+        if error is not None:
+            raise SegformerError(error)
+        with ExitStack() as others:
+            if not is_main():
+                out = others.enter_context(open_output(True))
+            yield out
+            barrier()  # every process has written everything
+        barrier()  # the others have closed: rank 0 closes last

@@ -1,76 +1,62 @@
-"""`segformer predict [MODEL] INPUT... --out DIR`: label maps, overlays and probabilities of images/videos."""
+"""`segformer predict [MODEL] INPUT... --out DIR`: label maps, overlays, probabilities, masks, cut-outs."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from datetime import timedelta
 from pathlib import Path
 
+from .. import distributed
 from ..checkpoint import CONFIG_FILE, is_hub_id
-from ..config import EVAL_MODES, TTA_MODES
+from ..data.io import IMAGE_EXTENSIONS
+from ..devices import resolve_device
 from ..errors import SegformerError
 from ..inference.files import predict_files
-from ..inference.predictor import BACKENDS, Predictor
-from ..pretrained import DEFAULT_TAG, is_tag
-from . import add_postprocess_options, add_threads_option
-from .types import int_between, nonneg_int, positive_floats, positive_int, unit_interval
+from ..inference.predictor import Predictor
+from ..pretrained import DEFAULT_TAG, is_tag, list_pretrained
+from . import add_threads_option
+from .options import RUNTIME, SETTINGS, add_inference_options, inference_overrides
+from .types import int_between, nonneg_int, unit_interval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="segment images, folders, globs and videos: label PNGs, overlays, probabilities",
+        usage="segformer predict [MODEL] INPUT [INPUT ...] --out DIR [options]",
+        help="segment images, folders, globs and videos: label PNGs, overlays, probabilities, part masks",
         description="Segment every INPUT (image files, folders of images, glob patterns such as "
-        "'photos/**/*.jpg', video files) with MODEL (a model directory, an HF directory, an NVlabs .pth, "
-        f"an .onnx file from `segformer export`, or a pretrained tag such as {DEFAULT_TAG}) and write "
-        "DIR/<stem>.png: a palette PNG whose pixel values are class ids. A video writes "
-        "DIR/<stem>/<frame:06d>.png. Unreadable inputs are reported and skipped; the exit code is 1 if "
-        "any input failed. A face parser (a face label set) finds every face in a photo, parses each at "
-        "the framing it was trained on and pastes the labels back (the rest is background); in a video "
-        "it tracks the faces and smooths their labels. MODEL may be left out: when the first argument is "
-        "not a pretrained tag, a folder holding config.json or a .pth/.pt/.bin/.safetensors/.onnx file, "
-        f"every argument is an INPUT and the shipped {DEFAULT_TAG} is used.",
+        "'photos/**/*.jpg', video files) with one MODEL (a model directory, an HF directory, an NVlabs "
+        f".pth, an .onnx file from `segformer export`, a Hub id org/name, or a pretrained tag such as "
+        f"{DEFAULT_TAG}) and write DIR/<stem>.png: a palette PNG whose pixel values are class ids. A video "
+        "writes DIR/<stem>/<frame:06d>.png. Unreadable inputs are reported and skipped; the exit code is 1 "
+        "if any input or output failed. A face parser (a face label set) finds every face in a photo, "
+        "parses each at the framing it was trained on and pastes the labels back (the rest is "
+        "background); in a video it tracks the faces and smooths their labels. MODEL may be left out: "
+        "when the first argument is not a pretrained tag, a Hub id, a model file (.pth/.pt/.bin/.ckpt/"
+        ".safetensors/.onnx) or a folder holding config.json or weights, every argument is an INPUT and "
+        f"the shipped {DEFAULT_TAG} is used; --model names it explicitly. A model that fails to load is an "
+        "error (never replaced by another), and so is a second model among the inputs. Files in DIR are "
+        "replaced only when an earlier predict wrote them (DIR/.segformer-manifest.json says so); an "
+        "input is never written over; --skip-existing resumes an interrupted run.",
     )
     p.add_argument(
         "paths",
         nargs="+",
-        metavar="[MODEL] INPUT",
-        help="the model (model directory such as RUN/best, pretrained tag, .pth, .safetensors, .onnx or "
-        f"Hub id org/name; default {DEFAULT_TAG}), then image/video files, folders or glob patterns",
+        metavar="INPUT",
+        help="[MODEL] then the inputs: image/video files, folders or glob patterns (MODEL: a model "
+        "directory such as RUN/best, pretrained tag, .pth, .safetensors, .onnx or Hub id org/name; "
+        f"default {DEFAULT_TAG})",
+    )
+    p.add_argument(
+        "--model",
+        help="the model, named explicitly: every positional argument is then an INPUT",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays to DIR/overlays/")
     p.add_argument("--probs", action="store_true", help="also write (K, H, W) float16 DIR/probs/<stem>.npy")
-    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none, or the export's)")
-    p.add_argument(
-        "--scales", type=positive_floats, help="TTA scales, e.g. 0.75,1,1.25 (default 0.75,1,1.25,1.5)"
-    )
-    p.add_argument(
-        "--img-size", type=positive_int, help="working resolution (default: the training size, else 512)"
-    )
-    p.add_argument(
-        "--mode", choices=EVAL_MODES, help="resize to the working size (default) or sliding windows"
-    )
-    p.add_argument("--label-set", help="palette / class names (default: the model's, else by class count)")
-    add_postprocess_options(p)
-    p.add_argument(
-        "--batch-size", type=positive_int, help="images per forward pass (default 1 on CPU, 8 on CUDA)"
-    )
-    p.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)"
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="run the model with PyTorch (default) or ONNX Runtime (exported in memory; .onnx models "
-        "always use ONNX Runtime; needs `pip install segformer[onnx]`)",
-    )
-    p.add_argument(
-        "--whole-image",
-        action="store_true",
-        help="face label sets: parse each image as one aligned face crop (no face localisation)",
-    )
+    add_inference_options(p, SETTINGS, RUNTIME)
     p.add_argument(
         "--faces-json", action="store_true", help="faces: write the boxes found to DIR/faces/<stem>.json"
     )
@@ -89,6 +75,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mp4", action="store_true", help="videos: also write the overlays as DIR/overlays/<stem>.mp4"
     )
+    _add_part_options(p)
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume an interrupted run: skip the inputs whose every output an earlier predict into DIR "
+        "wrote (its manifest says so; the options are assumed unchanged)",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="read, predict and write one after another (default: images are decoded and outputs "
+        "written in background threads while the model runs; the files are the same)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(p)
+    p.set_defaults(func=run)
+
+
+def _add_part_options(p: argparse.ArgumentParser) -> None:
+    """--parts / --cutout and the edits of their masks (`segformer.inference.parts`)."""
     p.add_argument(
         "--parts",
         metavar="CLASSES",
@@ -119,50 +125,89 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="--parts / --cutout: soften the edges into ramps about N pixels wide (default 0: hard)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_threads_option(p)
-    p.set_defaults(func=run)
 
 
-MODEL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".onnx")
+MODEL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".onnx")
+RUN_FOLDERS = ("best", "last")
+
+
+def model_kind(arg: str) -> str | None:
+    """What `arg` is when it names a model -- a pretrained tag, a Hub id (``org/name``, not a local
+    path), a model file, a folder holding a model (``config.json`` or weights) or a training run --
+    else None (an input)."""
+    path = Path(arg)
+    if is_tag(arg):
+        return "a pretrained tag"
+    if is_hub_id(arg):
+        return "a Hugging Face Hub id"
+    if path.suffix.lower() in MODEL_SUFFIXES and not path.is_dir():
+        return "a model file"
+    if path.is_dir():
+        if any((path / name).is_dir() for name in RUN_FOLDERS):
+            return "a training run"
+        if (path / CONFIG_FILE).is_file() or any(p.suffix.lower() in MODEL_SUFFIXES for p in path.iterdir()):
+            return "a model folder"
+    return None
 
 
 def is_model_arg(arg: str) -> bool:
-    """Whether a first positional argument names a model rather than an input: a pretrained tag, a
-    Hub id (``org/name``, not a local path), a model file, or a folder that holds a model
-    (``config.json``) or is a run (``best/``, ``last/``)."""
+    """Whether a positional argument names a model rather than an input (`model_kind`)."""
+    return model_kind(arg) is not None
+
+
+def _misspelt_model(arg: str) -> SegformerError | None:
+    """The error for a first argument that can only be a model name that names nothing: not a path,
+    not a glob, not a media file name."""
+    from ..inference.stream import VIDEO_EXTENSIONS
+
     path = Path(arg)
-    if is_tag(arg) or is_hub_id(arg) or (path.suffix.lower() in MODEL_SUFFIXES and not path.is_dir()):
-        return True
-    return path.is_dir() and any((path / name).exists() for name in (CONFIG_FILE, "best", "last"))
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    if path.exists() or path.is_symlink() or any(c in arg for c in "*?[") or path.suffix.lower() in media:
+        return None
+    close = difflib.get_close_matches(arg, list_pretrained(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (pretrained: {', '.join(list_pretrained())})"
+    return SegformerError(
+        f"{arg}: no such file or folder, and not a pretrained tag or Hub id (org/name){hint}"
+    )
 
 
-def split_model_and_inputs(paths: list[str]) -> tuple[str, list[str]]:
-    """(MODEL, INPUTs) of the positional arguments: the first names the model when `is_model_arg`,
-    else the default tag is used and all are inputs."""
-    if is_model_arg(paths[0]):
-        if len(paths) == 1:
-            raise SegformerError(f"predict: no INPUT given after the model {paths[0]}")
-        return paths[0], paths[1:]
-    return DEFAULT_TAG, list(paths)
+def split_model_and_inputs(paths: list[str], model: str | None = None) -> tuple[str, list[str]]:
+    """(MODEL, INPUTs) of the positional arguments. With `model` (``--model``) every argument is an
+    input; else the first names the model when it looks like one (`model_kind`), and the shipped
+    default is used when it is an input. Strict: a first argument that can only be a model's name but
+    names none, or a second model among the inputs, is an error -- never another model."""
+    if model is None and is_model_arg(paths[0]):
+        model, paths = paths[0], paths[1:]
+        if not paths:
+            raise SegformerError(f"predict: no INPUT given after the model {model}")
+    elif model is None:
+        error = _misspelt_model(paths[0])
+        if error is not None:
+            raise error
+    for arg in paths:
+        kind = model_kind(arg) if not is_hub_id(arg) else None  # a missing org/name input: reported missing
+        if kind is not None:
+            raise SegformerError(
+                f"{arg}: is {kind}, but predict runs one model ({model or DEFAULT_TAG}) over its inputs; "
+                "predict with each model into its own --out"
+            )
+    return model or DEFAULT_TAG, list(paths)
 
 
 def run(args: argparse.Namespace) -> int:
-    args.model, args.inputs = split_model_and_inputs(args.paths)
-    predictor = Predictor(
-        args.model,
-        device=args.device,
-        image_size=args.img_size,
-        mode=args.mode,
-        tta=args.tta,
-        scales=args.scales,
-        label_set=args.label_set,
-        postprocess=args.postprocess,
-        min_area=args.min_area,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        faces=False if args.whole_image else None,
-    )
+    args.model, args.inputs = split_model_and_inputs(args.paths, args.model)
+    overrides = inference_overrides(args)
+    if distributed.env_world_size() > 1:  # torchrun: each process predicts its share of the inputs
+        device = resolve_device(overrides.get("device") or "cpu")
+        overrides["device"] = distributed.init(device.type, timeout=timedelta(days=7))
+    try:
+        return _predict(args, overrides)
+    finally:
+        distributed.cleanup()
+
+
+def _predict(args: argparse.Namespace, overrides: dict) -> int:
+    predictor = Predictor(args.model, **overrides)
     report = predict_files(
         predictor,
         args.inputs,
@@ -179,11 +224,9 @@ def run(args: argparse.Namespace) -> int:
         soft=args.soft,
         grow=args.grow,
         feather=args.feather,
+        skip_existing=args.skip_existing,
+        overlap=not args.sequential,
     )
-    rate = f" in {report.seconds:.1f} s ({report.written / max(report.seconds, 1e-9):.2f} images/s)"
-    failed = f"; {len(report.failed)} input(s) failed (listed above)" if report.failed else ""
-    print(
-        f"wrote {report.written} label map(s) to {report.out}{rate}{failed}",
-        file=sys.stderr if failed else sys.stdout,
-    )
+    if distributed.is_main():  # one summary, of every process's share
+        print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
     return 1 if report.failed else 0

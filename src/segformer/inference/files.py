@@ -27,17 +27,26 @@ An unreadable input is reported by name on stderr and skipped; the report counts
 whose container lists frames that cannot be decoded is a failure too (its readable frames are written,
 under their own frame numbers).
 
-The work is a stream of events in input order (`segformer.inference.stream`): the inputs are decoded,
-parsed in batches, and a `PredictionWriter` writes each output kind with a method of its own.
+Nothing of the user's is changed (`segformer.fileio.OutputFolder`): a file in OUT is replaced only when
+OUT's manifest records that predict wrote it (and it is unchanged since), an input is never written
+over, and one predict at a time writes into OUT (a second gets a one-line error). Every output is
+checked before any work starts. `skip_existing` resumes an interrupted run: inputs whose outputs the
+manifest already records are skipped.
+
+The work is a stream of events in input order (`segformer.inference.stream`): the inputs are decoded in
+a background thread, parsed in batches, and a `PredictionWriter` writes each output kind with a method
+of its own in another thread (``overlap=False``: one after another; the same bytes either way). Under
+``torchrun`` each process takes its share of the inputs (`segformer.distributed.shard`).
 """
 
 from __future__ import annotations
 
-import glob
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -47,26 +56,35 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from ..data.io import IMAGE_EXTENSIONS, PNG_MARK, encode_image, encode_mask, is_segformer_png, overlay
+from .. import distributed
+from ..data.io import PNG_MARK, encode_image, encode_mask, overlay
 from ..data.labels import LabelSet
 from ..errors import SegformerError
 from ..faces import VideoWriter, draw_faces, is_face_label_set, video_fps
-from ..fileio import atomic_file, check_output_file, make_dirs
+from ..fileio import OutputFolder, atomic_file
 from .parts import background_id, cutout, parse_names, part_ids, part_masks
 from .predictor import Predictor
-from .stream import (
+from .stream import (  # noqa: F401 (collect_inputs: also imported from here)
     VIDEO_EXTENSIONS,
+    BackgroundWriter,
     BatchParser,
     Failure,
     InputDone,
     Parsed,
+    SafeStream,
     VideoEnd,
     VideoStart,
+    collect_inputs,
     frames_text,
     is_video,
+    listed_frames,
     parse_stream,
+    prefetch,
     read_inputs,
 )
+
+COMMAND = "predict"
+"""The name the manifest records our files under."""
 
 
 @dataclass
@@ -76,6 +94,8 @@ class PredictReport:
     """Label maps written (one per image, one per video frame)."""
     files: int = 0
     """Files written, label maps included."""
+    skipped: int = 0
+    """Inputs whose outputs an earlier run had written (`skip_existing`)."""
     seconds: float = 0.0
     """Wall-clock time of reading, predicting and writing (model loading excluded)."""
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -85,6 +105,28 @@ class PredictReport:
     def failed_inputs(self) -> int:
         """Inputs with at least one failure (a video with two bad frames counts once)."""
         return len({item for item, _ in self.failed})
+
+    @classmethod
+    def merge(cls, reports: Sequence[PredictReport]) -> PredictReport:
+        """One report of the shares of several processes (the slowest one's time)."""
+        total = cls(reports[0].out, seconds=max(r.seconds for r in reports))
+        for r in reports:
+            total.written += r.written
+            total.files += r.files
+            total.skipped += r.skipped
+            total.failed += r.failed
+        return total
+
+    def summary(self) -> str:
+        """One line: what was written where, how fast, and how many inputs failed."""
+        others = f" and {self.files - self.written} other file(s)" if self.files > self.written else ""
+        rate = f"{self.written / max(self.seconds, 1e-9):.2f} images/s"
+        skipped = f"; skipped {self.skipped} input(s) written before" if self.skipped else ""
+        failed = f"; {self.failed_inputs} input(s) failed (listed above)" if self.failed else ""
+        return (
+            f"wrote {self.written} label map(s){others} to {self.out} in {self.seconds:.1f} s ({rate})"
+            f"{skipped}{failed}"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,57 +172,8 @@ class Outputs:
             )
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files named by `inputs` -- files, folders (the images and videos directly inside, sorted)
-    and glob patterns (sorted) -- and the inputs that named nothing, with the reason."""
-    files: list[Path] = []
-    missing: list[tuple[str, str]] = []
-    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in media)
-            if not found:
-                missing.append((str(item), "folder holds no images or videos"))
-        elif path.is_file():
-            found = [path]
-        else:
-            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
-            if not found:
-                missing.append((str(item), "no such file or folder, and no file matches it as a pattern"))
-        files.extend(p for p in found if p not in files)
-    return files, missing
-
-
-# -- which existing files are ours to replace ----------------------------------------------------------
-
-
-def _is_our_probs(path: Path) -> bool:
-    """Whether `path` is a ``(K, H, W)`` float16 array, as `predict_files` writes."""
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    return array.dtype == np.float16 and array.ndim == 3
-
-
-def _is_our_faces_json(path: Path) -> bool:
-    """Whether `path` is a faces file as `predict_files` writes it."""
-    try:
-        return set(json.loads(path.read_text())) == {"faces", "whole_image"}
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _check_output(path: Path) -> Path:
-    """Only a file predict wrote itself is ever replaced: never an input, never a user's file."""
-    if path.suffix == ".npy":
-        return check_output_file(path, _is_our_probs, "probability file")
-    if path.suffix == ".json":
-        return check_output_file(path, _is_our_faces_json, "faces file")
-    return check_output_file(path, is_segformer_png, "label map, overlay, mask or cut-out")
-
-
-def _check_outputs(files: list[Path], out: Path, writer: PredictionWriter) -> None:
-    """Refuse before any work when two inputs would write the same output, or an output would
-    replace something that is not ours (a video's frames are checked as they are written)."""
+def _check_names(files: list[Path], out: Path) -> None:
+    """Two inputs of one stem would write the same outputs: refused before any work."""
     seen: dict[str, Path] = {}
     for path in files:
         key = f"{path.stem}/" if is_video(path) else path.stem
@@ -190,28 +183,13 @@ def _check_outputs(files: list[Path], out: Path, writer: PredictionWriter) -> No
                 "different --out folders"
             )
         seen[key] = path
-    make_dirs(out)
-    sources = {path.resolve() for path in files}
-    for path in files:
-        if not is_video(path):
-            for output in writer.paths(path.stem):
-                if output.resolve() in sources:
-                    raise SegformerError(f"{output}: is one of the inputs; predict into another --out folder")
-                _check_output(output)
-            continue
-        for output in writer.paths(f"{path.stem}/{0:06d}"):
-            for folder in output.relative_to(out).parents[:-1]:
-                if ((out / folder).exists() or (out / folder).is_symlink()) and not (out / folder).is_dir():
-                    raise SegformerError(
-                        f"{out / folder}: is a file, not a folder (the frames of {path} go there)"
-                    )
 
 
 # -- writing -------------------------------------------------------------------------------------------
 
 
 def _marked_png(array: np.ndarray, mode: str) -> bytes:
-    """A PNG of `array` in PIL `mode`, carrying the mark that tells a later run it is ours."""
+    """A PNG of `array` in PIL `mode`, carrying segformer's mark (as `segformer.data.io` writes them)."""
     import io
 
     info = PngInfo()
@@ -222,25 +200,28 @@ def _marked_png(array: np.ndarray, mode: str) -> bytes:
 
 
 class PredictionWriter:
-    """Writes what each `Parsed` frame asks for into `out`, one method per output kind, and keeps the
-    report exact: every file written is counted, every output that could not be written is a failure
-    of its input (the other outputs of that frame are still written). `faces`: whether the frames come
-    from a face parser that localises faces (faces files and instance maps)."""
+    """Writes what each `Parsed` frame asks for into the output folder, one method per output kind,
+    each file claimed and recorded through `folder` (the output policy), and keeps the report exact:
+    every file written is counted, every output that could not be written is a failure of its input
+    (the other outputs of that frame are still written). `faces`: whether the frames come from a face
+    parser that localises faces (faces files and instance maps)."""
 
     def __init__(
         self,
-        out: Path,
+        folder: OutputFolder,
         label_set: LabelSet,
         outputs: Outputs,
         report: PredictReport,
         faces: bool = False,
     ) -> None:
-        self.out = out
+        self.folder = folder
+        self.out = folder.path
         self.label_set = label_set
         self.outputs = outputs
         self.report = report
-        self.bar = tqdm(disable=True)  # the caller's progress bar, once the work starts
         self.faces = faces
+        self.stream = SafeStream(sys.stderr)
+        self.bar = tqdm(disable=True)  # the caller's progress bar, once the work starts
         self.movie: VideoWriter | None = None  # the overlays of the video being written, as an mp4
         self.video: Path | None = None
 
@@ -248,11 +229,13 @@ class PredictionWriter:
 
     def path(self, kind: str, name: str, part: str = "") -> Path:
         """The file output `kind` ("label", "overlays", "faces", "instances", "probs", "parts",
-        "cutout") of the frame `name` goes to; `part`: the class of a part mask."""
+        "cutout", "mp4") of the frame or video `name` goes to; `part`: the class of a part mask."""
         if kind == "label":
             return self.out / f"{name}.png"
         if kind == "parts":
             return self.out / "parts" / name / f"{part.replace('/', '_')}.png"
+        if kind == "mp4":
+            return self.out / "overlays" / f"{name}.mp4"
         return self.out / kind / f"{name}{ {'probs': '.npy', 'faces': '.json'}.get(kind, '.png') }"
 
     def paths(self, name: str) -> list[Path]:
@@ -262,10 +245,35 @@ class PredictionWriter:
         kinds += ["instances"] * (self.faces and o.instances) + ["probs"] * o.probs + ["cutout"] * o.cutout
         return [self.path(k, name) for k in kinds] + [self.path("parts", name, c) for c in o.parts]
 
+    def input_paths(self, path: Path, frames: int = 1) -> list[Path]:
+        """Every file input `path` writes (for a video: of its first `frames` frames, and its mp4)."""
+        if not is_video(path):
+            return self.paths(path.stem)
+        mp4 = [self.path("mp4", path.stem)] * self.outputs.mp4
+        return mp4 + [p for i in range(frames) for p in self.paths(f"{path.stem}/{i:06d}")]
+
+    def plan(self, files: Sequence[Path], skip_existing: bool = False) -> list[Path]:
+        """The inputs to predict, once every output of theirs may be written (`OutputFolder.claim`,
+        a one-line error otherwise; a video: its first frame's, the others as they come). With
+        `skip_existing`, inputs whose every output the manifest records as ours are left out (a video:
+        every frame its container lists)."""
+        todo = []
+        for path in files:
+            if skip_existing:
+                frames = listed_frames(path) if is_video(path) else 1
+                if frames and all(self.folder.owns(p) for p in self.input_paths(path, frames)):
+                    self.report.skipped += 1
+                    continue
+            for output in self.input_paths(path):
+                self.folder.claim(output)
+            todo.append(path)
+        return todo
+
     def _save(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
-        """`write` into `path` atomically, unless `path` is something that is not ours."""
-        with atomic_file(_check_output(path)) as f:
+        """`write` into `path` atomically, once the output policy allows it, and record it as ours."""
+        with atomic_file(self.folder.claim(path)) as f:
             write(f)
+        self.folder.record(path)
         self.report.files += 1
 
     # the stream
@@ -286,14 +294,16 @@ class PredictionWriter:
         if self.video is not None and isinstance(events[-1], Parsed):
             self.bar.set_postfix_str(f"{self.video.name} frame {int(events[-1].name[-6:]) + 1}")
 
+    def say(self, text: str) -> None:
+        self.bar.write(text, file=self.stream)
+
     def fail(self, item: str, reason: str, verb: str = "skipped") -> None:
         self.report.failed.append((item, reason))
-        shown = reason if reason.startswith(item) else f"{item}: {reason}"
-        self.bar.write(f"{verb} {shown}", file=sys.stderr)
+        self.say(f"{verb} {reason if reason.startswith(item) else f'{item}: {reason}'}")
 
     def write(self, p: Parsed) -> None:
         if p.note is not None:
-            self.bar.write(f"{p.name}: {p.note}", file=sys.stderr)
+            self.say(f"{p.name}: {p.note}")
         steps = [self.label_map, self.overlay, self.faces_json, self.instances, self.probs]
         for step in [*steps, self.parts, self.cutout]:
             try:
@@ -357,7 +367,11 @@ class PredictionWriter:
     def start_video(self, path: Path) -> None:
         self.video = path
         if self.outputs.mp4:
-            self.movie = VideoWriter(self.out / "overlays" / f"{path.stem}.mp4", video_fps(path))
+            # OpenCV writes the mp4 as it goes: under a temporary name (ending .mp4, which OpenCV
+            # needs), renamed into place when complete, so a killed run leaves no half video.
+            final = self.folder.claim(self.path("mp4", path.stem))
+            self.movie = VideoWriter(final.with_name(f".{final.stem}.{os.getpid()}.tmp.mp4"), video_fps(path))
+            self.movie.final = final  # type: ignore[attr-defined]
 
     def end_video(self, end: VideoEnd) -> None:
         self.close()
@@ -370,16 +384,57 @@ class PredictionWriter:
                 f"wrote the other {end.frames}",
             )
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Finish the video being written (`complete`: its mp4 goes into place, else it is removed)."""
         self.video = None
-        if self.movie is not None:
-            if self.movie.count:
+        movie, self.movie = self.movie, None
+        if movie is None:
+            return
+        movie.close()
+        try:
+            if complete and movie.count:
+                os.replace(movie.path, movie.final)  # type: ignore[attr-defined]
+                self.folder.record(movie.final)  # type: ignore[attr-defined]
                 self.report.files += 1
-            self.movie.close()
-            self.movie = None
+        except (OSError, SegformerError) as err:
+            self.fail(str(movie.path), str(err), "not written:")
+        finally:
+            movie.path.unlink(missing_ok=True)
 
 
 # -- the command -------------------------------------------------------------------------------------
+
+
+def _run(
+    events: Iterable[object], parser: BatchParser, writer: PredictionWriter, batch_size: int, overlap: bool
+) -> None:
+    """Read, parse and write: with `overlap`, the reading and the writing in threads of their own,
+    a batch ahead and a batch behind the parsing (memory: a few batches of images and results)."""
+    if not overlap:
+        for item in parse_stream(events, parser, batch_size):
+            writer.handle(item)
+        return
+    background = BackgroundWriter(writer.handle, size=2)
+    try:
+        for item in parse_stream(prefetch(events, size=batch_size + 1), parser, batch_size):
+            background.put(item)
+    finally:
+        background.close()
+
+
+@contextmanager
+def _output_folder(out: Path, inputs: Sequence[str | Path], files: list[Path]) -> Iterator[OutputFolder]:
+    """OUT under the output policy, shared by the processes of a distributed run (the first holds
+    the writer lock for all)."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise SegformerError(f"{out}: is a file, not a folder")
+    given = [Path(i) for i in inputs if Path(i).exists()]
+
+    def open_folder(shared: bool) -> OutputFolder:
+        return OutputFolder(out, COMMAND, [*given, *files], overwrite=True, shared=shared)
+
+    with distributed.shared_output(open_folder) as folder:
+        yield folder
 
 
 def predict_files(
@@ -399,13 +454,16 @@ def predict_files(
     soft: bool = False,
     grow: int = 0,
     feather: float = 0,
+    skip_existing: bool = False,
+    overlap: bool = True,
 ) -> PredictReport:
     """Label maps (and overlays, probabilities, part masks, cut-outs) of every image and video frame
     named by `inputs` into `out` (see the module docstring). Files that cannot be read are reported on
     stderr and skipped; an input naming nothing is a failure too. Raises `SegformerError` when no input
-    names any file, when two inputs would write the same output, or when an output cannot be made for
-    this predictor (faces files without face localisation, an unknown part, a cut-out without a
-    background class)."""
+    names any file, when two inputs would write the same output, when an output may not be written
+    (`segformer.fileio.OutputFolder`), or when an output cannot be made for this predictor (faces files
+    without face localisation, an unknown part, a cut-out without a background class). Under torchrun,
+    each process predicts its share and returns the report of all."""
     out = Path(out)
     names = tuple(parse_names(parts)) if parts else ()
     outputs = Outputs(overlay_images, probs, faces_json, instances, mp4, names, cutout, soft, grow, feather)
@@ -414,18 +472,22 @@ def predict_files(
     if not files:
         reasons = "; ".join(f"{item}: {why}" for item, why in missing)
         raise SegformerError(f"no input images found ({reasons})")
+    _check_names(files, out)
     report = PredictReport(out)
-    writer = PredictionWriter(out, predictor.label_set, outputs, report, faces=predictor.faces)
-    _check_outputs(files, out, writer)
-    parser = BatchParser(predictor, probs=outputs.needs_probs, instances=instances, smoothing=smoothing)
-    start = time.perf_counter()
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
-    writer.bar = bar
-    try:
-        for events in parse_stream(read_inputs(files, missing), parser, predictor.batch_size):
-            writer.handle(events)
-    finally:
-        writer.close()
-        bar.close()
-    report.seconds = time.perf_counter() - start
-    return report
+    with _output_folder(out, inputs, files) as folder:
+        writer = PredictionWriter(folder, predictor.label_set, outputs, report, faces=predictor.faces)
+        todo = writer.plan(distributed.shard(files), skip_existing)
+        parser = BatchParser(predictor, probs=outputs.needs_probs, instances=instances, smoothing=smoothing)
+        start = time.perf_counter()
+        shown = progress and distributed.is_main()  # one bar: the first process's share
+        bar = tqdm(total=len(todo), unit="img", desc="predict", disable=not shown, dynamic_ncols=True,
+                   file=writer.stream)  # fmt: skip
+        writer.bar = bar
+        events = read_inputs(todo, missing if distributed.is_main() else ())
+        try:
+            _run(events, parser, writer, predictor.batch_size, overlap)
+        finally:
+            writer.close(complete=False)
+            bar.close()
+        report.seconds = time.perf_counter() - start
+    return PredictReport.merge(distributed.all_gather(report))

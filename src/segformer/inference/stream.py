@@ -5,19 +5,28 @@ and per video frame, a `Failure` per unreadable input, `VideoStart` / `VideoEnd`
 frames and an `InputDone` after each input. `parse_stream` runs a `BatchParser` (the `Predictor`; a face
 tracker through each video) on batches of frames and passes everything else through, in order, for a
 writer (`segformer.inference.files.PredictionWriter`) to consume.
+
+The three stages can overlap: `prefetch` decodes the next images in a background thread while the
+predictor runs, and `BackgroundWriter` writes the last batch's outputs in another. Both hand items over
+through small bounded queues, in order, so memory stays bounded (a few batches of images and results)
+and the files written are the same bytes as when the stages run one after another.
 """
 
 from __future__ import annotations
 
+import glob
+import queue
+import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ..data.io import load_image
+from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..errors import SegformerError
 from ..faces import FaceParse, FaceVideo, NoFaceWarning
 from .predictor import Predictor
@@ -25,11 +34,80 @@ from .predictor import Predictor
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
+# Python 3.11's `warnings.catch_warnings` swaps module-wide state: two threads inside one at once can
+# leave the other's filters (or its recording) in force for good. Image decoding (which silences Pillow's
+# size warning) and the face parser (which records "no face found") take turns through this lock.
+WARNINGS_LOCK = threading.Lock()
+
+
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 # -- reading --------------------------------------------------------------------------------------
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files named by `inputs` -- files, folders (the images and videos directly inside, sorted)
+    and glob patterns (sorted) -- and the inputs that named nothing, with the reason."""
+    files: dict[Path, None] = {}  # (ordered, each once)
+    missing: list[tuple[str, str]] = []
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in media)
+            if not found:
+                missing.append((str(item), "folder holds no images or videos"))
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                missing.append((str(item), "no such file or folder, and no file matches it as a pattern"))
+        files.update(dict.fromkeys(found))
+    return list(files), missing
+
+
+def listed_frames(path: Path) -> int:
+    """The number of frames a video's container lists (0 when it does not say)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+class SafeStream:
+    """A text stream whose failures are ignored: progress and messages on a closed or broken stderr
+    (``2>&-``, a pipe whose reader has left) never stop the work."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = stream is None
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        return not self.broken and bool(getattr(self.stream, "isatty", lambda: False)())
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
 
 # Consecutive undecodable frames after which the rest of a video is taken to be unreadable.
 MAX_BAD_FRAMES = 25
@@ -160,9 +238,12 @@ def read_inputs(files: Sequence[Path], missing: Sequence[tuple[str, str]] = ()) 
             yield from _read_video(path)
         else:
             try:
-                yield Frame(path.stem, str(path), load_image(path))
+                with WARNINGS_LOCK:
+                    image = load_image(path)
             except SegformerError as err:
                 yield Failure(str(path), str(err))
+            else:
+                yield Frame(path.stem, str(path), image)
         yield InputDone()
 
 
@@ -201,7 +282,7 @@ class BatchParser:
 
     def _parse_faces(self, frame: Frame) -> Parsed:
         options = {"instances": self.instances, "return_probs": self.probs}
-        with warnings.catch_warnings(record=True) as caught:
+        with WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoFaceWarning)
             if self.video is not None:
                 result = self.video(frame.image, **options)
@@ -231,3 +312,97 @@ def parse_stream(events: Iterable[object], parser: BatchParser, batch_size: int)
         yield [event]
     if pending:
         yield parser(pending)
+
+
+# -- overlapping the stages ------------------------------------------------------------------------
+
+_END = object()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` into `q`, waiting while it is full unless `stop` is set (then False)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def prefetch(items: Iterable[object], size: int) -> Iterator[object]:
+    """`items` in order, produced ahead by a background thread into a queue of at most `size` items.
+    An exception of the producer is raised here, where its item would have come; closing this
+    iterator (or leaving a loop over it) stops the producer after the item it is making."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not _put(q, (item, None), stop):
+                    return
+            _put(q, (_END, None), stop)
+        except BaseException as err:  # handed to the consumer, raised there
+            _put(q, (_END, err), stop)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a generator's cleanup (an open video) runs in its own thread
+
+    thread = threading.Thread(target=produce, name="segformer-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class BackgroundWriter:
+    """`handle(item)` for each item `put`, in order, in a background thread; `put` waits while `size`
+    items are queued. An exception of `handle` is raised by the next `put` or by `close`."""
+
+    def __init__(self, handle: Callable[[object], None], size: int) -> None:
+        self.handle = handle
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="segformer-write", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            try:
+                self.handle(item)
+            except BaseException as err:
+                self.error = err  # raised in the caller's thread; the rest is dropped
+                self.stop.set()
+                return
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def put(self, item: object) -> None:
+        self._raise()
+        _put(self.queue, item, self.stop)
+        self._raise()
+
+    def close(self) -> None:
+        """Write what is queued (a Ctrl-C loses nothing already predicted), then stop the thread."""
+        _put(self.queue, _END, self.stop)
+        while self.thread.is_alive():
+            self.thread.join(timeout=0.1)  # (a join with a timeout lets a second Ctrl-C through)
+        self._raise()
