@@ -4,6 +4,7 @@ a huge photo's memory and a still video's flicker -- each printed with its targe
     python benchmarks/bench_scenes.py RUN/best --calibrate          # detector on the aligned crops
     python benchmarks/bench_scenes.py RUN/best --landmarks          # landmarks of the training masks
     python benchmarks/bench_scenes.py RUN/best --scenes 30          # CE7454 ratio, false positives
+    python benchmarks/bench_scenes.py RUN/best --scenes 30 --behind # ... with a blurred face behind
     python benchmarks/bench_scenes.py RUN/best --aligned --huge --video
 
 The validation faces are the run's held-out split (`segformer.data.datasets.holdout_stems` with the
@@ -40,8 +41,8 @@ def val_samples(
 
 def calibrate(root: Path) -> None:
     """Detector on every aligned crop: detection rate, and the crop in units of the detector's box."""
+    from segformer.faces.checks import is_whole_image
     from segformer.faces.detect import detect_faces
-    from segformer.faces.pipeline import is_whole_image
 
     files = sorted((root / "train" / "images").iterdir()) + sorted((root / "test" / "images").iterdir())
     rows, several, whole, start = [], 0, 0, time.perf_counter()
@@ -178,7 +179,7 @@ def video(predictor, samples, frames: int = 16, verify: bool = True) -> None:
         warnings.simplefilter("ignore")
         # without: every frame parsed on its own, as a photo; with: tracked faces, averaged over time
         alone = [predictor.parse_faces(frame, verify=verify).ids for frame in clip]
-        v = FaceVideo(predictor, smoothing=0.7, verify=verify)
+        v = FaceVideo(predictor.face_model, smoothing=0.7, verify=verify)
         tracked = [v(frame).ids for frame in clip]
     assert len(alone) == len(tracked) == frames
     result[0.0], result[0.7] = flicker(alone), flicker(tracked)
@@ -208,6 +209,13 @@ def main() -> int:
     p.add_argument(
         "--no-verify", action="store_true", help="keep every detector box (no check that it parses as a face)"
     )
+    p.add_argument(
+        "--behind", action="store_true", help="scenes with a large blurred face behind a small sharp one"
+    )
+    p.add_argument(
+        "--front", default=None, help="rule for overlapping faces (segformer.faces.paste.FRONT_RULES)"
+    )
+    p.add_argument("--tta", default=None, help="override the model's test-time augmentation")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     from segformer.inference.predictor import Predictor
@@ -218,7 +226,7 @@ def main() -> int:
         calibrate(args.root)
     if args.landmarks:
         landmarks(args.root, args.val_fraction, args.split_seed)
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, tta=args.tta)
     samples = (
         val_samples(args.root, args.faces, args.val_fraction, args.split_seed)
         if (args.scenes or args.aligned or args.video)
@@ -231,8 +239,9 @@ def main() -> int:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            options = {"verify": not args.no_verify, **({"front": args.front} if args.front else {})}
             r = score_scenes(
-                predictor, samples, scenes=args.scenes, seed=args.seed, options={"verify": not args.no_verify}
+                predictor, samples, scenes=args.scenes, seed=args.seed, options=options, behind=args.behind
             )
         print(json.dumps(r, indent=1))
         print(

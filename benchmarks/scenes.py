@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -34,6 +34,8 @@ class Scene:
     """(H, W) uint8: i + 1 on the pixels of face i, 0 elsewhere."""
     sources: list[int]
     """Index of each pasted face in the sample list."""
+    blurs: list[float] = field(default_factory=list)
+    """Gaussian sigma each face was blurred with, in its crop's pixels (0: sharp)."""
 
 
 def clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -72,6 +74,74 @@ def clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
+BEHIND_SCALE = (0.45, 0.7)
+"""Side of the large face of a `compose_scene(behind=True)` scene, in scene heights..."""
+BEHIND_BLUR = (0.01, 0.025)
+"""...its blur (Gaussian sigma, in units of its side: out of focus)..."""
+FRONT_SCALE = (0.15, 0.3)
+"""...the side of the sharp face in front of it..."""
+FRONT_OFFSET = (0.2, 0.4)
+"""...and how far its centre lies from the large face's, in units of the large face's side: it
+hides part of the large face (a cheek, the jaw, hair), not always its eyes (a face hidden up to its
+eyes is found by no cascade here)."""
+
+
+def _paste(
+    scene: Scene,
+    face: np.ndarray,
+    labels: np.ndarray,
+    side: float,
+    angle: float,
+    centre: tuple[float, float],
+    index: int,
+    blur: float = 0.0,
+) -> None:
+    """Pastes an aligned crop (`face`, `labels`) at `centre` with `side` and roll `angle` over `scene`,
+    blurred first with sigma `blur` (crop pixels) when not 0."""
+    if blur:
+        face = cv2.GaussianBlur(face, (0, 0), blur)
+    h, w = scene.mask.shape
+    n = max(2, round(side))
+    face = cv2.resize(face, (n, n), interpolation=cv2.INTER_AREA)
+    labels = cv2.resize(labels, (n, n), interpolation=cv2.INTER_NEAREST)
+    m = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), angle, 1.0)
+    m[:, 2] += np.array(centre) - (n - 1) / 2
+    inside = cv2.warpAffine(np.ones((n, n), np.uint8), m, (w, h), flags=cv2.INTER_NEAREST) > 0
+    warped = cv2.warpAffine(face, m, (w, h), flags=cv2.INTER_LINEAR)
+    warped_labels = cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST)
+    scene.image[inside] = warped[inside]
+    scene.mask[inside] = warped_labels[inside]
+    scene.regions[inside] = len(scene.sources) + 1
+    scene.sources.append(index)
+    scene.blurs.append(blur)
+
+
+def _extent(side: float, angle: float) -> float:
+    return side * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle))))
+
+
+def _face_behind(rng: np.random.Generator, samples, scene: Scene, max_angle: float) -> list[tuple]:
+    """A large blurred face and a small sharp one in front of it (`BEHIND_SCALE`, ...); their boxes."""
+    h, w = scene.mask.shape
+    side = rng.uniform(*BEHIND_SCALE) * h
+    angle = rng.uniform(-max_angle, max_angle)
+    extent = min(_extent(side, angle), 0.99 * min(h, w))
+    cx, cy = rng.uniform(extent / 2, w - extent / 2), rng.uniform(extent / 2, h - extent / 2)
+    index = int(rng.integers(0, len(samples)))
+    image, labels = samples[index]
+    sigma = rng.uniform(*BEHIND_BLUR) * image.shape[0]  # blurred before the resize to `side`
+    _paste(scene, image, labels, side, angle, (cx, cy), index, sigma)
+    small = rng.uniform(*FRONT_SCALE) * h
+    small_angle = rng.uniform(-max_angle, max_angle)
+    half = _extent(small, small_angle) / 2
+    distance, direction = rng.uniform(*FRONT_OFFSET) * side, rng.uniform(0, 2 * math.pi)
+    fx = float(np.clip(cx + distance * math.cos(direction), half, w - half))
+    fy = float(np.clip(cy + distance * math.sin(direction), half, h - half))
+    index = int(rng.integers(0, len(samples)))
+    _paste(scene, *samples[index], small, small_angle, (fx, fy), index)
+    return [(cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)]
+
+
 def compose_scene(
     rng: np.random.Generator,
     samples: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -80,47 +150,39 @@ def compose_scene(
     faces: tuple[int, int] = (1, 3),
     scale: tuple[float, float] = (0.15, 0.6),
     max_angle: float = 25.0,
+    behind: bool = False,
 ) -> Scene:
     """A scene of `size` (H, W) with a random number of faces in `faces` drawn from `samples`
-    ((image, mask) aligned crops), each with side ``scale * H``, rolled by up to `max_angle`."""
+    ((image, mask) aligned crops), each with side ``scale * H``, rolled by up to `max_angle`, apart.
+    `behind`: first a large face out of focus with a small sharp face in front of it, overlapping it
+    (`_face_behind`; they count as two of `faces`), then the others, apart from both."""
+    from segformer.faces.detect import iou
+
     h, w = size
-    image = clutter(rng, h, w)
-    mask = np.zeros((h, w), np.uint8)
-    regions = np.zeros((h, w), np.uint8)
+    scene = Scene(clutter(rng, h, w), np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8), [])
     boxes: list[tuple[float, float, float, float]] = []
-    sources: list[int] = []
-    for _ in range(int(rng.integers(faces[0], faces[1] + 1))):
+    count = int(rng.integers(faces[0], faces[1] + 1))
+    if behind:
+        boxes += _face_behind(rng, samples, scene, max_angle)
+        count -= 2
+    for _ in range(count):
         for _attempt in range(30):  # a position that does not cover another face much
             side = rng.uniform(*scale) * h
             angle = rng.uniform(-max_angle, max_angle)
-            extent = side * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle))))
+            extent = _extent(side, angle)
             if extent >= min(h, w):
                 continue
             cx = rng.uniform(extent / 2, w - extent / 2)
             cy = rng.uniform(extent / 2, h - extent / 2)
             box = (cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)
-            from segformer.faces.detect import iou
-
             if all(iou(box, b) < 0.05 for b in boxes):
                 break
         else:
             continue
         index = int(rng.integers(0, len(samples)))
-        face, labels = samples[index]
-        n = max(2, round(side))
-        face = cv2.resize(face, (n, n), interpolation=cv2.INTER_AREA)
-        labels = cv2.resize(labels, (n, n), interpolation=cv2.INTER_NEAREST)
-        m = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), angle, 1.0)
-        m[:, 2] += np.array([cx, cy]) - (n - 1) / 2
-        inside = cv2.warpAffine(np.ones((n, n), np.uint8), m, (w, h), flags=cv2.INTER_NEAREST) > 0
-        warped = cv2.warpAffine(face, m, (w, h), flags=cv2.INTER_LINEAR)
-        warped_labels = cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST)
-        image[inside] = warped[inside]
-        mask[inside] = warped_labels[inside]
-        regions[inside] = len(sources) + 1
+        _paste(scene, *samples[index], side, angle, (cx, cy), index)
         boxes.append(box)
-        sources.append(index)
-    return Scene(image, mask, regions, sources)
+    return scene
 
 
 def face_scores(pred: np.ndarray, scene: Scene, num_classes: int) -> list[float]:
@@ -139,11 +201,16 @@ def face_scores(pred: np.ndarray, scene: Scene, num_classes: int) -> list[float]
     return scores
 
 
-def crop_scores(predictor: Any, samples: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
-    """CE7454 score of parsing each aligned crop directly (as one crop, at its own resolution)."""
+def crop_scores(
+    predictor: Any, samples: Sequence[tuple[np.ndarray, np.ndarray]], blur: float = 0.0
+) -> list[float]:
+    """CE7454 score of parsing each aligned crop directly (as one crop, at its own resolution),
+    blurred first with sigma `blur` when not 0 (the reference of a face pasted out of focus)."""
     k = predictor.config.num_classes
     scores = []
     for image, mask in samples:
+        if blur:
+            image = cv2.GaussianBlur(image, (0, 0), blur)
         pred = predictor.predict_arrays([image], faces=False)[0]
         cm = per_image_confusion(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None], k, IGNORE)
         scores.append(float(ce7454_image_scores(cm)[0]))
@@ -158,10 +225,13 @@ def score_scenes(
     seed: int = 0,
     size: tuple[int, int] = (720, 960),
     options: dict[str, Any] | None = None,
+    behind: bool = False,
 ) -> dict[str, Any]:
     """Composes `scenes` seeded scenes from `samples`, parses them with `segformer.faces.parse_faces`
-    and scores them (see the module docstring); the reference is `crop_scores` on the same faces.
-    `options` go to `parse_faces`."""
+    and scores them (see the module docstring); the reference is `crop_scores` on the same faces (as
+    blurred as in the scene).
+    `options` go to `parse_faces`; `behind`: scenes with a large blurred face behind a small sharp one
+    (`compose_scene`)."""
     from segformer.faces.pipeline import parse_faces
 
     rng = np.random.default_rng(seed)
@@ -173,14 +243,18 @@ def score_scenes(
     found = pasted = 0
     seconds = 0.0
     for _ in range(scenes):
-        scene = compose_scene(rng, samples, size)
+        scene = compose_scene(rng, samples, size, behind=behind)
         start = time.perf_counter()
-        result = parse_faces(predictor, scene.image, **(options or {}))
+        result = parse_faces(predictor.face_model, scene.image, **(options or {}))
         seconds += time.perf_counter() - start
         for i, score in enumerate(face_scores(result.ids, scene, k)):
             if not math.isnan(score):
+                src, blur = scene.sources[i], scene.blurs[i]
                 scene_scores.append(score)
-                paired_reference.append(reference[scene.sources[i]])
+                # a face out of focus is compared with its aligned crop as much out of focus
+                paired_reference.append(
+                    crop_scores(predictor, [samples[src]], blur)[0] if blur else reference[src]
+                )
         outside = scene.regions == 0
         false_pixels += int((result.ids[outside] != 0).sum())
         outside_pixels += int(outside.sum())

@@ -19,7 +19,6 @@ from ..data.labels import LabelSet
 from .align import FRAMING, Framing, crop_transform, invert, warp_to_crop
 from .detect import Face, cascade_available, detect_faces
 from .model import FaceModel
-from .paste import paste
 from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces
 from .video import FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
 
@@ -74,7 +73,6 @@ __all__ = [
     "is_face_label_set",
     "parse_faces",
     "parse_video",
-    "paste",
     "video_fps",
     "warp_to_crop",
     "write_video",

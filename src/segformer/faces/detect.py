@@ -255,20 +255,25 @@ def overlap_of_smaller(a: Sequence[float], b: Sequence[float]) -> float:
     return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def _merge(found: list[Face], threshold: float = 0.3, nested: float = 0.6) -> list[Face]:
-    """NMS that also pools the evidence. A face whose box overlaps a stronger one by more than
-    `threshold` IoU is the same face seen again (often on another rotated copy): the kept face's
+SIMILAR = 0.8
+"""Boxes of one face found on several copies have sides within this ratio (a box around a face and
+one on it overlap too, but are not the same find)."""
+
+
+def _merge(found: list[Face], threshold: float = 0.3) -> list[Face]:
+    """NMS that also pools the evidence. A face whose box overlaps a stronger one of a `SIMILAR` size
+    by more than `threshold` IoU is the same face seen again (often on another rotated copy): the kept face's
     score is the sum of their scores (a face seen on several copies outranks a one-copy false hit)
     and its geometry their score-weighted mean (a face rolled by 12 degrees is found both upright
-    and at 25 degrees: the mean is the better roll). A box mostly inside or around a stronger one
-    (`nested` of the smaller's area) is a part or a surrounding of that face and is dropped."""
+    and at 25 degrees: the mean is the better roll). A box inside or around a stronger one but of a
+    quite different size is kept: a face in front of or behind another (the parse of each box says
+    whether it is a face, and whether it is the same face: `segformer.faces.pipeline`)."""
     groups: list[list[Face]] = []
     for face in sorted(found, key=lambda f: -f.score):
         for group in groups:
-            if iou(face.box, group[0].box) > threshold:
+            similar = min(face.size, group[0].size) >= SIMILAR * max(face.size, group[0].size)
+            if similar and iou(face.box, group[0].box) > threshold:
                 group.append(face)
-                break
-            if overlap_of_smaller(face.box, group[0].box) > nested:
                 break
         else:
             groups.append([face])

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 CANONICAL: dict[str, tuple[float, float]] = {
@@ -131,9 +132,28 @@ def _centre(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> tuple[flo
     return ((float(xs.mean()) + 0.5) / shape[1], (float(ys.mean()) + 0.5) / shape[0])
 
 
+NEAR = 0.15
+"""How far (crop sides) from its `CANONICAL` place a part is looked for: where a part has several
+pieces, the one kept weighs its area by ``exp(-(distance / NEAR)²)``."""
+
+
+def _piece(mask: np.ndarray, target: tuple[float, float]) -> np.ndarray:
+    """The piece (8-connected) of `mask` that is most likely the part at `target` (x, y in crop
+    sides): large and near. A parse holds stray pieces of a part (specks on hair or clutter), and
+    the parts of another face: a small face in front of a large one shows pieces of the large face's
+    eyes in its crop, larger than its own."""
+    n, labels, stats, centres = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    h, w = mask.shape
+    d = np.hypot((centres[1:, 0] + 0.5) / w - target[0], (centres[1:, 1] + 0.5) / h - target[1])
+    weight = stats[1:, cv2.CC_STAT_AREA] * np.exp(-((d / NEAR) ** 2))
+    return labels == 1 + int(np.argmax(weight))
+
+
 def find_landmarks(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> dict[str, tuple[float, float]]:
     """Landmarks (names of `CANONICAL`, crop-side units) found in a square (S, S) map of class ids
-    whose parts are `parts`.
+    whose parts are `parts`: the centre of each part's likeliest piece (`_piece`).
 
     The pixels of both eyes (both brows) are pooled and split at the face's midline (the line
     through the nose and mouth; the vertical through whichever of them is found, else through the
@@ -141,22 +161,24 @@ def find_landmarks(ids: np.ndarray, parts: FaceParts = CELEBAMASK_PARTS) -> dict
     sometimes give both eyes one name."""
     points: dict[str, tuple[float, float]] = {}
     for name, classes in (("nose", parts.nose), ("mouth", parts.mouth)):
-        ys, xs = np.nonzero(np.isin(ids, classes))
+        ys, xs = np.nonzero(_piece(np.isin(ids, classes), CANONICAL[name]))
         if len(xs) >= MIN_PIXELS:
             points[name] = _centre(xs, ys, ids.shape)
     h, w = ids.shape
     found = [np.array(points[k]) * (w, h) - 0.5 for k in ("nose", "mouth") if k in points]
     axis = found[1] - found[0] if len(found) == 2 and np.hypot(*(found[1] - found[0])) > 1 else (0.0, 1.0)
+    grid_y, grid_x = np.mgrid[0:h, 0:w]
     for name, classes in (("eye", parts.eyes), ("brow", parts.brows)):
-        ys, xs = np.nonzero(np.isin(ids, classes))
-        if len(xs) < MIN_PIXELS:
+        pool = np.isin(ids, classes)
+        if pool.sum() < MIN_PIXELS:
             continue
-        origin = found[0] if found else (float(np.median(xs)), 0.0)
+        origin = found[0] if found else (float(np.median(np.nonzero(pool)[1])), 0.0)
         # Which side of the midline (pointing down the face): the cross product's sign, y down.
-        left = axis[0] * (ys - origin[1]) - axis[1] * (xs - origin[0]) > 0
-        for side, half in (("left", left), ("right", ~left)):
-            if half.sum() >= MIN_PIXELS:
-                points[f"{name}_{side}"] = _centre(xs[half], ys[half], ids.shape)
+        left = axis[0] * (grid_y - origin[1]) - axis[1] * (grid_x - origin[0]) > 0
+        for side, half in (("left", pool & left), ("right", pool & ~left)):
+            ys, xs = np.nonzero(_piece(half, CANONICAL[f"{name}_{side}"]))
+            if len(xs) >= MIN_PIXELS:
+                points[f"{name}_{side}"] = _centre(xs, ys, ids.shape)
     return points
 
 

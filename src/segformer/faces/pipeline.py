@@ -33,25 +33,22 @@ import torch
 from torch import Tensor
 
 from ..errors import SegformerError
-from .align import FRAMING, Framing, crop_transform, face_from_fit, resize_transform, warp_to_crop
+from .align import FRAMING, Framing, apply, crop_transform, face_from_fit, resize_transform, warp_to_crop
 from .checks import (
     eye_roll,
     fills_the_frame,
     is_square,
     is_whole_image,
+    labels,
     looks_like_a_crop,
-    looks_like_a_face,
 )
-from .detect import Face, detect_faces, overlap_of_smaller
+from .detect import Face, detect_faces, iou
 from .landmarks import parse_fit
 from .model import FaceModel
 from .paste import FRONT, FRONT_RULES, TILE, Layer, paste, sharpness
 
 REFINE_DEGREES = 3.0
 """Roll corrections smaller than this are not worth a second pass."""
-NESTED = 0.6
-"""A box with this much of its area inside the face of the whole image's parse is part of that face
-(the detector's own rule for boxes inside a stronger one, `detect._merge`)."""
 
 
 class NoFaceWarning(UserWarning):
@@ -90,6 +87,8 @@ class Found:
     crop: np.ndarray | None = None
     """The (S, S, 3) crop that was parsed (for the sharpness rule)."""
     whole: bool = False
+    fitted: Face | None = None
+    """Where the parse's landmarks put the face (`align.face_from_fit`), when they fit."""
 
 
 def whole_face(shape: tuple[int, int], framing: Framing = FRAMING) -> Face:
@@ -104,7 +103,7 @@ def parse_whole(model: FaceModel, image: np.ndarray, framing: Framing = FRAMING)
     training framing (`looks_like_a_face`), and whether its face fills the frame. The face is where
     the landmarks put it (the centred square when they do not fit)."""
     probs = model.parse([image], model.tta)[0]
-    ids = probs.argmax(0).to(torch.uint8).numpy()
+    ids = labels(probs)
     fit = parse_fit(ids, model.parts)
     m = resize_transform(image.shape[:2], model.size)
     face_ok = looks_like_a_crop(ids, model.parts) and fit is not None and fit.plausible
@@ -113,7 +112,33 @@ def parse_whole(model: FaceModel, image: np.ndarray, framing: Framing = FRAMING)
         if face_ok and fit
         else whole_face(image.shape[:2], framing)
     )
-    return Found(face, probs, m, whole=True), face_ok, bool(face_ok and fit and fills_the_frame(fit))
+    found = Found(face, probs, m, whole=True, fitted=face if face_ok else None)
+    return found, face_ok, bool(face_ok and fit and fills_the_frame(fit))
+
+
+def _check(
+    model: FaceModel, box: Face, probs: Tensor, framing: Framing, hidden: Sequence[Face] = ()
+) -> Face | None:
+    """Where the parse `probs` of `box`'s crop puts its face, when that parse is a face at that place
+    and size (`looks_like_a_face`), else None; pixels of the faces `hidden` (in front of it) are left
+    out: a face behind another shows the other's eyes and mouth among its own."""
+    size, parts = model.size, model.parts
+    ids = labels(probs)
+    m = crop_transform(box, size, framing)
+    if hidden:
+        covered = np.zeros(ids.shape, np.uint8)
+        for face in hidden:
+            corners = apply(m, face_polygon(replace(face, size=HIDE * face.size)))
+            cv2.fillPoly(covered, [np.round(corners).astype(np.int32)], 1)
+        ids = np.where(covered > 0, 0, ids).astype(np.uint8)
+    fit = parse_fit(ids, parts)
+    if not (looks_like_a_crop(ids, parts) and fit is not None and fit.plausible):
+        return None
+    return face_from_fit(m, fit, size, framing, box.score)
+
+
+HIDE = 1.3
+"""A face in front hides this multiple of its box (its hair and chin too) from a face behind it."""
 
 
 def parse_boxes(
@@ -125,28 +150,69 @@ def parse_boxes(
     refine: bool = True,
     framing: Framing = FRAMING,
 ) -> list[Found]:
-    """The boxes that are faces (`looks_like_a_face` of a parse without TTA; all with `verify=False`),
-    each with its roll refined from the eye line (`refine`) and parsed with the settings' TTA."""
+    """The boxes that are faces (`_check` of a parse without TTA; all with `verify=False`), each with
+    its roll refined from the eye line (`refine`) and parsed with the settings' TTA. A box whose parse
+    is the face of a stronger box (`same_face`) is that face, not another one; a box that is no face
+    is checked again without the faces found in front of it (smaller: `paste.FRONT`)."""
     if not boxes:
         return []
-    size, parts = model.size, model.parts
+    size = model.size
     crops = [warp_to_crop(image, b, size, framing) for b in boxes]
     quick = model.parse(crops, "none")
-    kept: list[list[Any]] = []  # [face, crop, final probabilities or None]
-    for box, crop, probs in zip(boxes, crops, quick, strict=True):
-        if verify and not looks_like_a_face(probs.argmax(0).to(torch.uint8).numpy(), parts):
+    fitted = [_check(model, b, p, framing) for b, p in zip(boxes, quick, strict=True)]
+    for i, box in enumerate(boxes):
+        front = [f for f in fitted if f is not None and f.size < SAME_SIZE * box.size]
+        if fitted[i] is None and front:
+            fitted[i] = _check(model, box, quick[i], framing, front)
+    kept: list[Found] = []
+    for box, crop, probs, face in zip(boxes, crops, quick, fitted, strict=True):
+        if verify and face is None:
             continue  # the cascade also fires on face-like clutter; the parse tells a face from it
-        roll = eye_roll(probs, parts) if refine else None
+        found = Found(box, probs, crop_transform(box, size, framing), crop, fitted=face)
+        if not any(same_face(found, k) for k in kept):
+            kept.append(found)
+    _finish_parses(model, image, kept, refine, framing)
+    return kept
+
+
+def _finish_parses(
+    model: FaceModel, image: np.ndarray, kept: Sequence[Found], refine: bool, framing: Framing
+) -> None:
+    """Each kept face's roll refined from its eye line (`refine`) and its crop parsed at its final
+    framing with the settings' TTA (the parse of the check is final when neither changes it)."""
+    size = model.size
+    redo = []
+    for found in kept:
+        roll = eye_roll(found.probs, model.parts) if refine else None
         if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
-            face = replace(box, angle=box.angle + roll)
-            kept.append([face, warp_to_crop(image, face, size, framing), None])
-        else:
-            kept.append([box, crop, probs if model.tta == "none" else None])
-    redo = [k for k in kept if k[2] is None]
+            found.face = replace(found.face, angle=found.face.angle + roll)
+            found.crop = warp_to_crop(image, found.face, size, framing)
+            found.transform = crop_transform(found.face, size, framing)
+            redo.append(found)
+        elif model.tta != "none":
+            redo.append(found)
     if redo:
-        for k, probs in zip(redo, model.parse([k[1] for k in redo], model.tta), strict=True):
-            k[2] = probs
-    return [Found(face, probs, crop_transform(face, size, framing), crop) for face, crop, probs in kept]
+        for found, probs in zip(redo, model.parse([f.crop for f in redo], model.tta), strict=True):
+            found.probs = probs
+
+
+SAME_SIZE = 0.6
+"""Two parsed faces whose faces (where their landmarks put them) overlap, one's centre inside the
+other's box, and whose sizes are within this ratio are one face seen through two boxes."""
+
+
+def same_face(a: Found, b: Found) -> bool:
+    """Whether the parses of `a` and `b` show one face: where their landmarks put their faces, those
+    overlap (IoU > 0.4), or one's centre is inside the other's box at a similar size (`SAME_SIZE`). A
+    box on the mouth and chin of a face parsed already is not another face; a small sharp face in
+    front of a large one is."""
+    fa, fb = a.fitted or a.face, b.fitted or b.face
+    if iou(fa.box, fb.box) > 0.4:
+        return True
+    small, large = sorted((fa, fb), key=lambda f: f.size)
+    x0, y0, x1, y1 = large.box
+    inside = x0 <= small.cx <= x1 and y0 <= small.cy <= y1
+    return inside and small.size >= SAME_SIZE * large.size
 
 
 def find_faces(
@@ -171,19 +237,18 @@ def find_faces(
             return [whole]
         found = parse_boxes(model, image, boxes, verify=False, refine=refine, framing=framing)
         return found or ([whole] if whole is not None and looks_like_a_crop(_ids(whole), model.parts) else [])
-    if whole_ok:  # a box inside the face of the whole image is part of it, not a face of its own
-        assert whole is not None
-        boxes = [b for b in boxes if overlap_of_smaller(b.box, whole.face.box) <= NESTED]
     found = parse_boxes(model, image, boxes, verify=True, refine=refine, framing=framing)
-    if whole is not None and (whole_ok or (not found and looks_like_a_crop(_ids(whole), model.parts))):
-        # Kept when it fits; also when nothing else is a face and the parse still looks like a face crop
-        # whose landmarks this parser misplaced (an aligned portrait is never worse off than parsed whole).
-        found = [whole, *found]
+    if whole is not None and whole_ok:  # a box on the whole image's face is part of it
+        found = [whole, *(f for f in found if not same_face(f, whole))]
+    elif whole is not None and not found and looks_like_a_crop(_ids(whole), model.parts):
+        # Nothing else is a face and the parse still looks like a face crop whose landmarks this
+        # parser misplaced: an aligned portrait is never worse off than parsed whole.
+        found = [whole]
     return found
 
 
 def _ids(found: Found) -> np.ndarray:
-    return found.probs.argmax(0).to(torch.uint8).numpy()
+    return labels(found.probs)
 
 
 def parse_faces(

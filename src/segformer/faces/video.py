@@ -27,16 +27,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..errors import SegformerError
 from .align import FRAMING, Framing, crop_transform, face_from_fit, warp_to_crop
-from .checks import looks_like_a_crop
-from .detect import Face, detect_faces, iou, overlap_of_smaller
+from .checks import labels, looks_like_a_crop
+from .detect import Face, detect_faces, iou
 from .landmarks import parse_fit
 from .model import FaceModel
-from .pipeline import NESTED, FaceParse, Found, compose, parse_boxes
+from .pipeline import FaceParse, Found, compose, parse_boxes, same_face
 
 MATCH_IOU = 0.3
 DETECT_EVERY = 15
@@ -139,13 +138,15 @@ class FaceVideo:
             elif not self.verify:
                 track.missed += 1
         taken = set(matches.values())
-        new = [
-            f
-            for fi, f in enumerate(detected)
-            if fi not in taken and all(overlap_of_smaller(f.box, t.face.box) <= NESTED for t in self.tracks)
+        new = [f for fi, f in enumerate(detected) if fi not in taken]
+        size = self.model.size
+        known = [
+            Found(t.face, t.probs, crop_transform(t.face, size, self.framing), fitted=t.face)
+            for t in self.tracks
         ]
         for found in parse_boxes(self.model, frame, new, verify=self.verify, framing=self.framing):
-            self.tracks.append(Track(found.face, found.probs, found.face, fresh=True))
+            if not any(same_face(found, k) for k in known):  # a tracked face seen through another box
+                self.tracks.append(Track(found.face, found.probs, found.face, fresh=True))
 
     def _follow(self, frame: np.ndarray) -> None:
         """Each track parsed at its face (one pass), smoothed, and moved to where its landmarks are."""
@@ -157,7 +158,7 @@ class FaceVideo:
             [warp_to_crop(frame, t.face, size, self.framing) for t in todo], self.model.tta
         )
         for track, probs in zip(todo, parses, strict=True):
-            ids = probs.argmax(0).to(torch.uint8).numpy()
+            ids = labels(probs)
             fit = parse_fit(ids, self.model.parts)
             is_face = looks_like_a_crop(ids, self.model.parts) and fit is not None and fit.plausible
             if self.verify and not is_face:
