@@ -272,3 +272,12 @@ def test_the_background_stages_stay_bounded_and_pass_errors_on():
     with pytest.raises(ZeroDivisionError):  # raised in the caller, by a later put
         for _ in range(100):
             writer.put("y")
+
+
+def test_the_predict_side_reads_on_a_screen_or_two():
+    """Issue 28: no module over 500 lines, no function over 80 (`predict_files` was 147 lines)."""
+    from test_architecture import PACKAGE, too_long
+
+    paths = [PACKAGE / "inference" / f"{name}.py" for name in ("files", "stream", "parts")]
+    found = [f for p in [*paths, PACKAGE / "cli" / "predict.py"] for f in too_long(p)]
+    assert not found, "\n".join(found)

@@ -20,6 +20,8 @@ _LAZY = {
     "ModelConfig": ".config",
     "Predictor": ".inference.predictor",
     "InferenceSettings": ".inference.settings",
+    "part_masks": ".inference.parts",
+    "cutout": ".inference.parts",
     "create_model": ".models",
     "list_models": ".models",
 }
@@ -31,14 +33,17 @@ __all__ = [
     "SegformerError",
     "__version__",
     "create_model",
+    "cutout",
     "list_models",
     "load",
+    "part_masks",
     "save",
 ]
 
 if TYPE_CHECKING:
     from .checkpoint import load, save
     from .config import ModelConfig
+    from .inference.parts import cutout, part_masks
     from .inference.predictor import Predictor
     from .inference.settings import InferenceSettings
     from .models import create_model, list_models
