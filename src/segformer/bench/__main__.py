@@ -12,17 +12,15 @@ from torch import Tensor
 
 from ..engine.losses import SegmentationLoss
 from ..errors import SegformerError
-from ..runtime import tune_cpu_allocator
 from .inference import ours_inference
 from .memory import peak_rss_kb, reset_peak_rss_kb
 from .references import comparable_model, load_reference
+from .report import process_settings
 from .training import train_step
 
 
 def memory_child(args: dict[str, Any]) -> dict[str, float]:
-    torch.set_num_threads(args["threads"])
-    if args["tune"]:
-        tune_cpu_allocator()
+    process_settings(args["threads"], args["tune"])
     spec = args["spec"]
     name, num_classes, compare = spec["name"], int(spec["num_classes"]), spec["compare"]
     model = comparable_model(name, num_classes, compare, spec["overrides"])

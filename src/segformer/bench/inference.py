@@ -11,10 +11,9 @@ from torch import Tensor, nn
 from ..errors import SegformerError
 from ..models.fuse import maybe_fuse
 from ..models.summary import count_flops
-from ..runtime import tune_cpu_allocator
 from .memory import rows_with_memory
 from .references import comparable_model, load_reference
-from .report import Report, alternate, gemm_flops_per_s, hw, timed, title
+from .report import Report, alternate, gemm_flops_per_s, hw, process_settings, timed, title
 
 BACKENDS = ("torch", "compile", "onnxruntime")
 
@@ -71,9 +70,7 @@ def bench_inference(
 ) -> Report:
     """Images/s of model `name` at `size` and `batch` against the `compare` reference (same weights);
     with `memory`, each side's peak memory is measured in a subprocess."""
-    torch.set_num_threads(threads)
-    if tune:
-        tune_cpu_allocator()
+    process_settings(threads, tune)
     h, w = hw(size)
     model = comparable_model(name, num_classes, compare, overrides).eval()
     reference = load_reference(compare)

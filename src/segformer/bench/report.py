@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..runtime import tune_cpu_allocator
+
 
 def alternate(fns: dict[str, Callable[[], Any]], warmup: int = 3, rounds: int = 10) -> dict[str, list[float]]:
     """Wall-clock seconds of `rounds` calls of each function, interleaved, after `warmup` calls each."""
@@ -23,6 +25,14 @@ def alternate(fns: dict[str, Callable[[], Any]], warmup: int = 3, rounds: int = 
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def process_settings(threads: int, tune: bool) -> None:
+    """What every benchmark process runs under, both sides alike: `threads` PyTorch threads and, with
+    `tune`, the malloc settings of training and the Predictor (`segformer.runtime.tune_cpu_allocator`)."""
+    torch.set_num_threads(threads)
+    if tune:
+        tune_cpu_allocator()
 
 
 _GEMM_PEAK: dict[int, float] = {}

@@ -7,25 +7,27 @@ import itertools
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from ..config import load_recipe
+from ..config import RunConfig, load_recipe
 from ..devices import resolve_device
-from ..engine.data import build_train_data, train_loader
-from ..engine.learner import build_learner
+from ..engine.data import EpochSampler, build_train_data, train_loader
+from ..engine.learner import Learner, build_learner
 from ..engine.losses import SegmentationLoss
 from ..engine.train import model_config
 from ..errors import SegformerError
 from ..models import build_model
 from ..models.summary import count_flops
-from ..runtime import auto_workers, tune_cpu_allocator
+from ..runtime import auto_workers
 from .memory import rows_with_memory
 from .references import comparable_model, load_reference
-from .report import Report, Row, alternate, gemm_flops_per_s, hw, title
+from .report import Report, Row, alternate, gemm_flops_per_s, hw, process_settings, title
 
 
 def bench_train(
@@ -47,9 +49,7 @@ def bench_train(
     Both sides start from the same weights and use the same optimizer (fused AdamW, as our trainer);
     our side runs the model and loss of `segformer train` (logits upsampled to the labels, CE).
     """
-    torch.set_num_threads(threads)
-    if tune:
-        tune_cpu_allocator()
+    process_settings(threads, tune)
     h, w = hw(size)
     model = comparable_model(name, num_classes, compare, overrides)
     reference = load_reference(compare)
@@ -110,65 +110,79 @@ def bench_train_end_to_end(
     to epoch), a block once per `steps`, which makes the ratio a lower bound. `overrides` are dotted
     recipe keys (``{"train.amp": "bf16"}``).
     """
-    torch.set_num_threads(threads)
-    if tune:
-        tune_cpu_allocator()
+    process_settings(threads, tune)
     changes = {"model.name": name, "data.root": str(data), "data.img_size": size, "train.batch_size": batch,
                "train.grad_accum": 1, "train.device": device}  # fmt: skip
     if augment is not None:
         changes["data.augment"] = augment
     if workers is not None:
         changes["data.workers"] = workers
-    cfg = load_recipe(recipe).override({**changes, **(overrides or {})})
-    dev = resolve_device(cfg.train.device)
-    with tempfile.TemporaryDirectory() as tmp:  # (written into only for synthetic data)
-        train_data = build_train_data(
-            cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False, device=dev
-        )
-    model = build_model(model_config(cfg, train_data)).to(dev)
-    learner = build_learner(model, cfg.train, train_data, dev)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    workers = auto_workers(cfg.data.workers, dev.type)
-    loader, sampler = train_loader(
-        train_data.train,
-        batch,
-        workers,
-        dev,
-        cfg.train.seed,
-        generator,
-        train_data.collate,
-        persistent=False,
-    )
-    if len(loader) < 1:
-        raise SegformerError(
-            f"{data}: {len(train_data.train)} training images are fewer than one batch of {batch}"
-        )
-    steps = len(loader) if steps is None else steps
-    fixed = next(iter(loader))
+    run = _TrainingRun.build(load_recipe(recipe).override({**changes, **(overrides or {})}), batch)
+    if len(run.loader) < 1:
+        raise SegformerError(f"{data}: {run.train_size} training images are fewer than one batch of {batch}")
+    steps = len(run.loader) if steps is None else steps
+    fixed = next(iter(run.loader))
     epoch = iter(range(1, 1 << 30))
 
     def end_to_end() -> None:
-        sampler.set_epoch(next(epoch))
-        batches = iter(loader)
+        run.sampler.set_epoch(next(epoch))
+        batches = iter(run.loader)
         for _ in range(steps):
-            learner.step(batches, 1)
-        _sync(dev)
+            run.learner.step(batches, 1)
+        _sync(run.device)
         del batches  # (its workers end here)
 
     def bare() -> None:
         for _ in range(steps):
-            learner.step(itertools.repeat(fixed), 1)
-        _sync(dev)
+            run.learner.step(itertools.repeat(fixed), 1)
+        _sync(run.device)
 
     peak = gemm_flops_per_s()
     times = alternate({"end to end": end_to_end, "bare step": bare}, warmup, rounds)
-    flops = 3 * count_flops(model, (size, size), literal=False)[""] * batch
+    flops = 3 * count_flops(run.model, (size, size), literal=False)[""] * batch
     rows = [Row(side, statistics.median(t) / steps, batch, flops) for side, t in times.items()]  # per step
-    what = f"training end to end ({cfg.data.augment} augmentation, {workers} workers, {dev})"
-    report = Report(title(what, name, model, size, size, batch, threads), rows, peak)
+    what = f"training end to end ({run.cfg.data.augment} augmentation, {run.workers} workers, {run.device})"
+    report = Report(title(what, name, run.model, size, size, batch, threads), rows, peak)
     report.ratio_label = "end to end / bare step"
     report.notes.append(f"{steps} steps per block, {rounds} blocks per side, data {data}")
     return report
+
+
+@dataclass
+class _TrainingRun:
+    """What `segformer train` builds for a recipe: the model, its learner and a loader of `batch` images."""
+
+    cfg: RunConfig
+    device: torch.device
+    model: nn.Module
+    learner: Learner
+    loader: DataLoader
+    sampler: EpochSampler
+    workers: int
+    train_size: int
+
+    @classmethod
+    def build(cls, cfg: RunConfig, batch: int) -> _TrainingRun:
+        dev = resolve_device(cfg.train.device)
+        with tempfile.TemporaryDirectory() as tmp:  # (written into only for synthetic data)
+            train_data = build_train_data(
+                cfg.data, seed=cfg.train.seed, out=Path(tmp), progress=False, device=dev
+            )
+        model = build_model(model_config(cfg, train_data)).to(dev)
+        learner = build_learner(model, cfg.train, train_data, dev)
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        workers = auto_workers(cfg.data.workers, dev.type)
+        loader, sampler = train_loader(
+            train_data.train,
+            batch,
+            workers,
+            dev,
+            cfg.train.seed,
+            generator,
+            train_data.collate,
+            persistent=False,
+        )
+        return cls(cfg, dev, model, learner, loader, sampler, workers, len(train_data.train))
 
 
 def _sync(device: torch.device) -> None:

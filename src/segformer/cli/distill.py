@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_threads_option
+from .options import config_from_args
 from .types import nonneg_int, positive_int
 
 
@@ -42,16 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..apps.distill import DistillConfig, distill
 
-    cfg = DistillConfig(
-        teacher=args.teacher,
-        data=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        teacher_tta=args.teacher_tta,
-        seed=args.seed,
-    )
+    cfg = config_from_args(DistillConfig, args)
     result = distill(cfg, resume=args.resume, max_minutes=args.max_minutes)
     print(f"distilled model: {result['last']} ({result['epochs_done']} epochs)")
     return 0

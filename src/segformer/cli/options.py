@@ -6,13 +6,16 @@ the runtime options ``device``, ``batch_size``, ``backend`` and ``faces``).
 Unset flags leave the model's own settings in force. Renamed flags keep their old spelling as an alias
 until segformer 1.0: ``--img-size`` and ``--size`` (attention, info) are ``--image-size``, ``--mode`` is
 ``--eval-mode`` (the names of the `InferenceSettings` fields).
+
+`config_from_args` builds a command's config dataclass (serve, distill) from the flags named as its fields.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import EVAL_MODES, TTA_MODES
 from ..inference.settings import BACKENDS, split_overrides
@@ -23,6 +26,7 @@ SETTINGS = ("tta", "scales", "image_size", "eval_mode", "label_set", "postproces
 """The settings flags a command may take (``postprocess`` comes with ``--min-area``)."""
 RUNTIME = ("batch_size", "device", "backend", "faces")
 """The runtime flags a command may take (``faces`` is ``--whole-image``)."""
+_Config = TypeVar("_Config")
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, old: Sequence[str] = (), **kwargs: Any) -> None:
@@ -130,4 +134,18 @@ def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**changes, **runtime}
 
 
-__all__ = ["RUNTIME", "SETTINGS", "add_image_size_option", "add_inference_options", "inference_overrides"]
+def config_from_args(cls: type[_Config], args: argparse.Namespace, **given: Any) -> _Config:
+    """The dataclass `cls` from the flags of `args` named as its fields (a field without a flag keeps its
+    default), then `given` on top: the fields a command computes or names differently."""
+    found = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**found, **given})
+
+
+__all__ = [
+    "RUNTIME",
+    "SETTINGS",
+    "add_image_size_option",
+    "add_inference_options",
+    "config_from_args",
+    "inference_overrides",
+]

@@ -7,8 +7,23 @@ import os
 
 from ..errors import SegformerError
 from . import add_threads_option
-from .options import RUNTIME, SETTINGS, add_inference_options, inference_overrides
+from .options import RUNTIME, SETTINGS, add_inference_options, config_from_args, inference_overrides
 from .types import nonneg_int, positive_float, positive_int
+
+# The server's limits, each set on the `ServeConfig` field of the same name: (flag, type, default, help).
+LIMITS = (
+    ("--max-upload-mb", positive_float, 20.0, "largest upload in MB"),
+    (
+        "--max-pixels",
+        positive_int,
+        16_000_000,
+        "largest image in pixels, checked in its header before decoding",
+    ),
+    ("--max-batch", positive_int, 8, "requests run together"),
+    ("--max-wait-ms", float, 5.0, "how long a batch waits to fill, ms"),
+    ("--queue-size", positive_int, 32, "requests in flight at most; more are answered 503 with Retry-After"),
+    ("--timeout", positive_float, 60.0, "seconds a request may take"),
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,28 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-token", action="store_true", help="listen beyond loopback without a token (anyone may use it)"
     )
-    p.add_argument(
-        "--max-upload-mb", type=positive_float, default=20.0, help="largest upload in MB (default 20)"
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=16_000_000,
-        help="largest image in pixels, checked in its header before decoding (default 16000000)",
-    )
-    p.add_argument("--max-batch", type=positive_int, default=8, help="requests run together (default 8)")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill, ms (default 5)"
-    )
-    p.add_argument(
-        "--queue-size",
-        type=positive_int,
-        default=32,
-        help="requests in flight at most; more are answered 503 with Retry-After (default 32)",
-    )
-    p.add_argument(
-        "--timeout", type=positive_float, default=60.0, help="seconds a request may take (default 60)"
-    )
+    for flag, kind, default, what in LIMITS:
+        shown = format(default, "g") if isinstance(default, float) else default
+        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {shown})")
     p.add_argument(
         "--cors-origin",
         action="append",
@@ -86,17 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import Predictor
 
-    config = ServeConfig(
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        no_token=args.no_token,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        queue_size=args.queue_size,
-        timeout=args.timeout,
+    config = config_from_args(
+        ServeConfig,
+        args,
         threads=torch.get_num_threads(),  # what --threads chose (`segformer.cli.main`)
         cors_origins=tuple(args.cors_origin),
         access_log=not args.quiet,
