@@ -14,51 +14,16 @@ written before the rename; errors then name the key as it was written.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 from ..errors import SegformerError
+from .fields import RENAMED, as_written, from_plain, old_names, replace_fields, to_plain
 from .overrides import load_yaml
 from .rules import FIELD_RULES
 from .validate import check_fields, provided
-
-T = TypeVar("T")
-
-RENAMED: dict[str, dict[str, str]] = {"data": {"img_size": "image_size"}}
-"""Old key -> its field, per section: recipes, run folders and code written before a rename still work."""
-
-
-def _old_names(section: str) -> Callable[[type[T]], type[T]]:
-    """Class decorator: the dataclass's constructor also takes the old names of its renamed fields
-    (`RENAMED`), and reads them as attributes, so that code written before a rename goes on working."""
-
-    def wrap(cls: type[T]) -> type[T]:
-        init = cls.__init__
-
-        @functools.wraps(init)
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            for old, new in RENAMED[section].items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise SegformerError(f"{section}.{new}: given twice ({old} is its old name)")
-                    kwargs[new] = kwargs.pop(old)
-            init(self, *args, **kwargs)
-
-        cls.__init__ = __init__  # type: ignore[method-assign]
-        for old, new in RENAMED[section].items():
-            setattr(
-                cls, old, property(lambda self, new=new: getattr(self, new), doc=f"The old name of `{new}`.")
-            )
-        return cls
-
-    return wrap
-
 
 _STAGE_FIELDS = (
     "embed_dims",
@@ -77,6 +42,8 @@ class ModelConfig:
 
     Per-stage fields are tuples with one entry per encoder stage (four for every shipped variant).
     """
+
+    section: ClassVar[str] = "model"
 
     arch: str = "segformer"
     """Model family, one of `list_archs()`: ``"segformer"`` (MiT encoder + decoder), ``"unet"``."""
@@ -134,7 +101,7 @@ class ModelConfig:
     """Optional class names, index = class id (kept through save/load and conversion)."""
 
     def __post_init__(self) -> None:
-        check_fields(self, "model", FIELD_RULES["model"])
+        check_fields(self, self.section, FIELD_RULES[self.section])
         self.validate()
 
     @property
@@ -181,10 +148,12 @@ class ModelConfig:
         return from_plain(cls, data)
 
 
-@_old_names("data")
+@old_names("data")
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how it is fed to the model."""
+
+    section: ClassVar[str] = "data"
 
     root: str | None = None
     """Dataset root; None with `synthetic` > 0 generates synthetic faces into the run folder."""
@@ -234,12 +203,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.workers == "auto":
             object.__setattr__(self, "workers", None)
-        check_fields(self, "data", FIELD_RULES["data"])
+        check_fields(self, self.section, FIELD_RULES[self.section])
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, loss and run control (defaults = the CE7454 seed recipe)."""
+
+    section: ClassVar[str] = "train"
 
     epochs: int = 150
     batch_size: int = 32
@@ -320,7 +291,7 @@ class TrainConfig:
     """Steps between progress-bar updates of the running loss."""
 
     def __post_init__(self) -> None:
-        check_fields(self, "train", FIELD_RULES["train"])
+        check_fields(self, self.section, FIELD_RULES[self.section])
         if len(self.betas) != 2:
             raise SegformerError(f"train.betas: expected two values (beta1, beta2), got {self.betas}")
         if self.batch_size % self.grad_accum:
@@ -419,19 +390,6 @@ def registered_model(name: str) -> ModelConfig:
         raise SegformerError(f"model.name: {err}") from None
 
 
-@contextmanager
-def as_written(written: Mapping[str, str]) -> Iterator[None]:
-    """Errors raised inside name a renamed key as it was `written` (new key -> old spelling)."""
-    try:
-        yield
-    except SegformerError as err:
-        message = str(err)
-        for new, old in written.items():
-            if message.startswith(f"{new}:"):
-                raise SegformerError(message.replace(new, old)) from None
-        raise
-
-
 RECIPE_DIR = Path(__file__).parent.parent / "configs"
 
 
@@ -462,45 +420,6 @@ def read_recipe(path: str | Path) -> RunConfig:
     except SegformerError as err:
         raise SegformerError(f"{path}: {err}") from None
 
-
-def to_plain(config: Any) -> dict[str, Any]:
-    """A dataclass as a JSON/YAML-friendly dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def from_plain(cls: type, data: Mapping[str, Any]) -> Any:
-    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types by name."""
-    if not isinstance(data, Mapping):
-        raise SegformerError(f"{_SECTIONS[cls]}: expected a mapping of fields, got {data!r}")
-    return replace_fields(cls(), data)
-
-
-def replace_fields(config: Any, changes: Mapping[str, Any]) -> Any:
-    """`dataclasses.replace` with unknown keys reported by name and renamed keys (`RENAMED`) read as
-    their field (values are checked on construction)."""
-    section = _SECTIONS[type(config)]
-    renamed = RENAMED.get(section, {})
-    fields: dict[str, Any] = {}
-    written: dict[str, str] = {}
-    for key, value in changes.items():
-        name = renamed.get(key, key)
-        if name in fields and fields[name] != value:
-            raise SegformerError(f"{section}.{name}: given twice ({section}.{key} is its old name)")
-        if name != key:
-            written[f"{section}.{name}"] = f"{section}.{key}"
-        fields[name] = value
-    names = [f.name for f in dataclasses.fields(config)]
-    unknown = sorted(map(str, set(fields) - set(names)))
-    if unknown:
-        raise SegformerError(
-            f"{section}: unknown field(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-            f"known: {', '.join(names)}"
-        )
-    with as_written(written):
-        return dataclasses.replace(config, **fields)
-
-
-_SECTIONS: dict[type, str] = {ModelConfig: "model", DataConfig: "data", TrainConfig: "train"}
 
 __all__ = [
     "RECIPE_DIR",
