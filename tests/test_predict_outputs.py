@@ -136,7 +136,16 @@ def test_inputs_and_other_commands_files_are_never_written(model_dir, tmp_path, 
     before = _checksums(pngs)
     assert main(["predict", "--whole-image", str(model_dir), str(pngs / "im0.png"), "--out", str(pngs)]) == 1
     _one_line(capsys, "segformer never writes over its input")
+    assert main(["predict", "--whole-image", str(model_dir), str(pngs / "*.png"), "--out", str(pngs)]) == 1
+    _one_line(capsys, f"{pngs / 'im0.png'}: already exists")  # a file a glob matched: the user's
     assert _checksums(pngs) == before
+    # label maps of an earlier predict (ours), read again as inputs through a glob: still inputs
+    out = tmp_path / "out"
+    assert main(["predict", "--whole-image", str(model_dir), str(pngs), "--out", str(out), "--quiet"]) == 0
+    ours = _checksums(out)
+    assert main(["predict", "--whole-image", str(model_dir), str(out / "*.png"), "--out", str(out)]) == 1
+    _one_line(capsys, f"{out / 'im0.png'}: is the command's input; segformer never writes over its input")
+    assert _checksums(out) == ours
     # the ground-truth masks of a dataset: `data synth` wrote them, predict never replaces them
     data = tmp_path / "data"
     write_synthetic_dataset(data, num=3, size=32, progress=False)

@@ -4,14 +4,10 @@ For an input ``<stem>.<ext>`` the output folder OUT gets:
 
 - ``OUT/<stem>.png``: the label map, a mode-P PNG whose pixel values are class ids and whose palette is
   the label set's colours (a viewer shows colours, a scorer reads ids);
-- ``OUT/overlays/<stem>.png`` (`overlay`): the colours blended over the image (a folder of its own, so
-  that OUT holds label maps only);
+- ``OUT/overlays/<stem>.png`` (`overlay`): the colours blended over the image;
 - ``OUT/probs/<stem>.npy`` (`probs`): ``(K, H, W)`` float16 class probabilities;
-- ``OUT/parts/<stem>/<class>.png`` (`parts`: class names): a grey mask per part, 255 inside and 0
-  outside (`soft`: the class's probability as 0-255), grown and feathered (`grow`, `feather`) as
-  `segformer.inference.parts.part_masks` makes them;
-- ``OUT/cutout/<stem>.png`` (`cutout`): the image as RGBA, its alpha on every class but the background
-  (`segformer.inference.parts.cutout`, with the same `soft`, `grow` and `feather`).
+- ``OUT/parts/<stem>/<class>.png`` (`parts`: class names) and ``OUT/cutout/<stem>.png`` (`cutout`): a
+  mask per part and the image as RGBA (`segformer.inference.parts`; `soft`, `grow`, `feather`).
 
 A video (``.mp4``, ``.avi``, ... read with OpenCV) gives one of each per frame:
 ``OUT/<stem>/<frame:06d>.png`` (and ``OUT/overlays/<stem>/...``, ``OUT/probs/<stem>/...``,
@@ -28,10 +24,8 @@ whose container lists frames that cannot be decoded is a failure too (its readab
 under their own frame numbers).
 
 Nothing of the user's is changed (`segformer.fileio.OutputFolder`): a file in OUT is replaced only when
-OUT's manifest records that predict wrote it (and it is unchanged since), an input is never written
-over, and one predict at a time writes into OUT (a second gets a one-line error). Every output is
-checked before any work starts. `skip_existing` resumes an interrupted run: inputs whose outputs the
-manifest already records are skipped.
+OUT's manifest records that predict wrote it, an input is never written over, and one predict at a time
+writes into OUT. Every output is checked before any work starts. `skip_existing` resumes a killed run.
 
 The work is a stream of events in input order (`segformer.inference.stream`): the inputs are decoded in
 a background thread, parsed in batches, and a `PredictionWriter` writes each output kind with a method
@@ -220,6 +214,7 @@ class PredictionWriter:
         self.outputs = outputs
         self.report = report
         self.faces = faces
+        self.sources: set[Path] = set()  # the input files, resolved
         self.stream = SafeStream(sys.stderr)
         self.bar = tqdm(disable=True)  # the caller's progress bar, once the work starts
         self.movie: VideoWriter | None = None  # the overlays of the video being written, as an mp4
@@ -265,13 +260,21 @@ class PredictionWriter:
                     self.report.skipped += 1
                     continue
             for output in self.input_paths(path):
-                self.folder.claim(output)
+                self.claim(output)
             todo.append(path)
         return todo
 
+    def claim(self, path: Path) -> Path:
+        """`path` once the output policy allows writing it (`OutputFolder.claim`: the named inputs and
+        the folders named as inputs; the files a glob matched are checked here, in a set)."""
+        self.folder.claim(path)
+        if path.resolve() in self.sources:  # (an earlier output of ours, read as an input now)
+            raise SegformerError(f"{path}: is the command's input; segformer never writes over its input")
+        return path
+
     def _save(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
         """`write` into `path` atomically, once the output policy allows it, and record it as ours."""
-        with atomic_file(self.folder.claim(path)) as f:
+        with atomic_file(self.claim(path)) as f:
             write(f)
         self.folder.record(path)
         self.report.files += 1
@@ -369,7 +372,7 @@ class PredictionWriter:
         if self.outputs.mp4:
             # OpenCV writes the mp4 as it goes: under a temporary name (ending .mp4, which OpenCV
             # needs), renamed into place when complete, so a killed run leaves no half video.
-            final = self.folder.claim(self.path("mp4", path.stem))
+            final = self.claim(self.path("mp4", path.stem))
             self.movie = VideoWriter(final.with_name(f".{final.stem}.{os.getpid()}.tmp.mp4"), video_fps(path))
             self.movie.final = final  # type: ignore[attr-defined]
 
@@ -423,15 +426,17 @@ def _run(
 
 
 @contextmanager
-def _output_folder(out: Path, inputs: Sequence[str | Path], files: list[Path]) -> Iterator[OutputFolder]:
+def _output_folder(out: Path, inputs: Sequence[str | Path]) -> Iterator[OutputFolder]:
     """OUT under the output policy, shared by the processes of a distributed run (the first holds
     the writer lock for all)."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise SegformerError(f"{out}: is a file, not a folder")
+    # The files and folders named (not every file a folder or glob holds: the policy checks each output
+    # against each of its inputs, and the writer checks the files themselves in a set).
     given = [Path(i) for i in inputs if Path(i).exists()]
 
     def open_folder(shared: bool) -> OutputFolder:
-        return OutputFolder(out, COMMAND, [*given, *files], overwrite=True, shared=shared)
+        return OutputFolder(out, COMMAND, given, overwrite=True, shared=shared)
 
     with distributed.shared_output(open_folder) as folder:
         yield folder
@@ -474,8 +479,9 @@ def predict_files(
         raise SegformerError(f"no input images found ({reasons})")
     _check_names(files, out)
     report = PredictReport(out)
-    with _output_folder(out, inputs, files) as folder:
+    with _output_folder(out, inputs) as folder:
         writer = PredictionWriter(folder, predictor.label_set, outputs, report, faces=predictor.faces)
+        writer.sources = {path.resolve() for path in files}
         todo = writer.plan(distributed.shard(files), skip_existing)
         parser = BatchParser(predictor, probs=outputs.needs_probs, instances=instances, smoothing=smoothing)
         start = time.perf_counter()
