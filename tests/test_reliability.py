@@ -193,7 +193,12 @@ def test_python_api_refuses_the_same_folders(model_dir, faces, tmp_path):
 def test_overwrite_writes_next_to_the_users_files_and_keeps_them(model_dir, tmp_path, capsys):
     out = foreign_folder(tmp_path / "out")
     assert main(["convert", str(model_dir), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,
+        "config.json",
+        "model.safetensors",
+        "notes.txt",
+    ]
     assert segformer.load(out).config == segformer.load(model_dir).config
     assert main(["convert", str(model_dir), "--out", str(out), "--to", "hf", "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "segformer"  # ours: replaced

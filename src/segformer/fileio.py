@@ -1210,9 +1210,9 @@ def _open_output(
     managed: Iterable[str] = (),
 ) -> list[Path]:
     """The checks on entry of `staged_output` / `check_output`; returns the files of an earlier output."""
+    _check_entries(out, names, what)  # (first: a file of the user's at one of our names is the news)
     if not beside:
         refuse_foreign(out, overwrite, what, managed)
-    _check_entries(out, names, what)
     earlier = [p for p in out.recorded() if os.path.lexists(p)]
     if earlier and not (overwrite or replace):
         raise SegformerError(

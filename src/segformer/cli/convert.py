@@ -53,7 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # The output policy (segformer.fileio): the model is written into a staging folder, then its files are
     # moved into DIR, each only where nothing but an earlier `segformer convert` output is in the way.
-    with staged_output(args.out, "convert", [args.src], args.overwrite, replace=True, what="a model") as tmp:
+    names = ("config.json", "model.safetensors", "preprocessor_config.json")  # what a model folder holds
+    with staged_output(
+        args.out, "convert", [args.src], args.overwrite, replace=True, names=names, what="a model"
+    ) as tmp:
         model = convert(
             args.src,
             tmp,
