@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -523,3 +526,34 @@ def test_no_command_changes_a_file_of_the_users(name, overwrite, tiny_model, fac
     after = _tree_sums(user)
     changed = sorted(k for k, v in before.items() if after.get(k) != v)
     assert not changed, (changed, err)
+
+
+def test_two_commands_never_write_one_folder_at_once(tmp_path):
+    """The second `data synth` into a folder another one is writing is refused in one line, and the first
+    one's work is not disturbed; after it, the folder is free again."""
+    from conftest import run_cli
+
+    out = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "segformer", "data", "synth", str(out), "--num", "20000", "--size", "64"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            if (out / LOCK_NAME).is_file() and (out / LOCK_NAME).read_text().strip():
+                break
+            time.sleep(0.1)
+        second = run_cli("data", "synth", str(out), "--num", "2", "--size", "32", "--overwrite")
+        assert second.returncode == 1
+        assert second.stderr.splitlines() == [
+            f"segformer data: error: {out} is being written by process {first.pid} on {socket.gethostname()} "
+            f"(lock {out / LOCK_NAME}); wait for that command to end or choose another --out"
+        ]
+        assert first.poll() is None  # still working
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    assert not out.exists()  # the interrupted first one left nothing, not even its lock
+    assert run_cli("data", "synth", str(out), "--num", "2", "--size", "32").returncode == 0
