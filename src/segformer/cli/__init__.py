@@ -17,7 +17,7 @@ from ..errors import SegformerError
 # Modules of this package that define `add_parser(subparsers)`; listed order is the --help order.
 COMMANDS = [
     "demo", "data", "train", "evaluate", "predict", "export", "info", "convert", "experiment", "attention",
-    "report", "bench", "serve", "push",
+    "report", "bench", "serve", "push", "distill",
 ]  # fmt: skip
 
 
