@@ -34,12 +34,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import distributed
-from ..checkpoint import save_model
 from ..config import ModelConfig, RunConfig, TrainConfig
 from ..data.balance import repeat_factors
 from ..devices import resolve_device
 from ..errors import SegformerError
-from ..fileio import check_output_dir, write_json, write_text
 from ..inference.ops import flip_permutation
 from ..inference.settings import InferenceSettings
 from ..models import build_model
@@ -194,10 +192,14 @@ def evaluate_and_checkpoint(run: Run, record: dict[str, Any]) -> dict[str, Any]:
             st.bad_evals += 1
         if distributed.is_main():
             meta = model_meta(cfg, data, adjusted=bool(tc.logit_adjust and weight is not None))
-            save_model(model, run.dir.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]})
+            run.dir.save_model(
+                model, run.dir.last, meta={**meta, "epoch": record["epoch"], "scores": record["val"]}
+            )
             if improved:
-                save_model(model, run.dir.best, meta={**meta, "epoch": st.epoch, "scores": record["val"]})
-                write_json(run.dir.best_scores, json_safe({"epoch": st.epoch, **scores}))
+                run.dir.save_model(
+                    model, run.dir.best, meta={**meta, "epoch": st.epoch, "scores": record["val"]}
+                )
+                run.dir.write_json(run.dir.best_scores, json_safe({"epoch": st.epoch, **scores}))
     return scores
 
 
@@ -206,11 +208,13 @@ def log_epoch(run: Run) -> None:
     st, records, monitor = run.st, run.records, run.cfg.train.monitor
     record = records[-1]
     if run.pending_config is not None:  # an extension is recorded with its first checkpoint
-        write_text(run.dir.config, run.pending_config)
+        run.dir.write_text(run.dir.config, run.pending_config)
         run.pending_config = None
-    save_state(run.dir.state, run.learner, {**st.__dict__, "elapsed": run.clock()}, records)
+    with run.dir.writing(run.dir.state) as path:
+        save_state(path, run.learner, {**st.__dict__, "elapsed": run.clock()}, records)
     run.dir.write_metrics(records)
-    plot_training_curves(records, run.dir.curves, monitor)
+    with run.dir.writing(run.dir.curves) as path:
+        plot_training_curves(records, path, monitor)
     if run.writer is not None:
         for k, v in [("train/loss", record["train_loss"]), ("train/lr", record["lr"])] + [
             (f"val/{k}", v) for k, v in record.get("val", {}).items()
@@ -252,16 +256,17 @@ class Run:
 def train(
     cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Train a model as `cfg` says, writing the run folder `out`; returns the summary. A non-empty `out`
-    that is not a run folder is refused unless `overwrite` (its files are then kept)."""
+    """Train a model as `cfg` says, writing the run folder `out`; returns the summary.
+
+    `out` is written under the output policy (`RunDir.lock`): a file or folder of the user's at one of
+    the run's names is refused even with `overwrite`; a new run's folder holding other files of the
+    user's is refused unless `overwrite` (they are then kept); the data folder is never written."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     tune_cpu_allocator()
     try:
         device = distributed.init(str(resolve_device(cfg.train.device)))
         folder = RunDir(out)
-        if not resume:
-            check_output_dir(out, "run", overwrite)  # before the lock creates the folder
-        with folder.lock_on_every_process():
+        with folder.lock_on_every_process([cfg.data.root], overwrite, resume):
             run = setup(cfg, folder, resume, progress, device)
             fit(run)
             return finish(run)
@@ -322,7 +327,7 @@ def setup(cfg: RunConfig, folder: RunDir, resume: bool, progress: bool, device: 
         if cfg != saved:
             run.pending_config = _yaml(cfg)
     elif main:
-        write_text(folder.config, _yaml(cfg))
+        folder.write_text(folder.config, _yaml(cfg))
     if show:
         announce(cfg, data, learner, steps_per_epoch, workers, folder, factors)
     return run
@@ -396,7 +401,7 @@ def finish(run: Run) -> dict[str, Any]:
         run.writer.close()
     summary = summarize(run.dir, run.cfg, run.st, run.clock, run.records, run.last_scores)
     if distributed.is_main():
-        write_json(run.dir.summary, summary)
+        run.dir.write_json(run.dir.summary, summary)
     return summary
 
 
