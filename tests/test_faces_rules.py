@@ -272,3 +272,38 @@ def test_rotated_copies_search_only_where_the_upright_search_found_nothing(monke
     assert upright[0].std() > 30  # the whole image, as it is
     assert (upright[0] == 128).mean() < 0.02 and (rotated[0] == 128).mean() > 0.08  # the find: grey
     assert around[0].shape[0] < 160 and around[1]["maxSize"][0] <= 63  # about the find, at its size
+
+
+def test_an_aligned_face_kept_whole_has_exactly_its_whole_image_labels(detector):
+    """With the model's whole-image parse in the protocol, an image kept as one crop gets exactly the
+    labels of `faces=False` (not its working-size parse pasted back), from that one parse."""
+    from dataclasses import replace
+
+    image = np.zeros((300, 300, 3), np.uint8)
+    painted = paint_face(image, filling(300))
+    model, parser = face_model()
+    asked = []
+
+    def whole(im, return_probs):
+        asked.append(return_probs)
+        d = ((im.astype(np.float32)[..., None, :] - PALETTE) ** 2).sum(-1)
+        return d.argmin(-1).astype(np.uint8), None
+
+    result = parse_faces(replace(model, whole=whole), image, instances=True)
+    assert asked == [False] and parser.calls == [] and detector.calls == 0
+    assert result.whole_image and np.array_equal(result.ids, painted)
+    assert np.array_equal(result.instances, (painted > 0).astype(np.uint8)) and len(result.faces) == 1
+
+
+def test_the_default_path_on_an_aligned_portrait_is_the_whole_image_path(detector):
+    from segformer.inference.predictor import Predictor
+    from test_faces import PaletteModel
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    paint_face(image, filling(200))
+    p = Predictor(PaletteModel(), image_size=96, label_set="celebamask", faces=True, backend="torch")
+    assert np.array_equal(p.predict(image), p.predict_arrays([image], faces=False)[0])
+    ids, probs = p.predict(image, return_probs=True)
+    whole_ids, whole_probs = p.predict_arrays([image], return_probs=True, faces=False)[0]
+    assert np.array_equal(ids, whole_ids) and np.array_equal(probs, whole_probs)
+    assert detector.calls == 0

@@ -27,13 +27,22 @@ images, each resized to the working size S x S (aligned crops already are), with
 augmentation `tta` (one of `segformer.config.TTA_MODES`)."""
 
 
+Whole = Callable[[np.ndarray, bool], tuple[np.ndarray, "np.ndarray | None"]]
+"""``whole(image, return_probs)``: an (H, W, 3) uint8 RGB image parsed as one aligned crop, at its own
+size: (H, W) uint8 class ids and, when asked, (K, H, W) float32 probabilities (what
+``Predictor(..., faces=False)`` gives)."""
+
+
 @dataclass(frozen=True)
 class FaceModel:
-    """A face parser as the faces code sees it: `parse` (see `Parse`) and its `InferenceSettings`
-    (working size, TTA, label set)."""
+    """A face parser as the faces code sees it: `parse` (see `Parse`), its `InferenceSettings`
+    (working size, TTA, label set) and, optionally, `whole` (see `Whole`): with it an image kept as
+    one aligned crop gets exactly the labels of parsing it whole; without, they are pasted back from
+    its parse at the working size (within a few pixels in a thousand of those)."""
 
     parse: Parse
     settings: InferenceSettings
+    whole: Whole | None = None
 
     @property
     def size(self) -> int:
@@ -65,9 +74,10 @@ class FaceModel:
         flip_perm: Tensor | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 1,
+        whole: Whole | None = None,
     ) -> FaceModel:
         """The `FaceModel` of a runnable model `net` (a module or an ONNX Runtime session wrapper)
-        with `settings`, `batch_size` images per forward pass."""
+        with `settings`, `batch_size` images per forward pass, and `whole` (see `Whole`)."""
         size = settings.image_size
         by_tta: dict[str, InferenceSettings] = {}
 
@@ -82,7 +92,7 @@ class FaceModel:
                     out.append(view_probs(views, (size[0], size[0]), flip_perm).float().cpu())
             return torch.cat(out)
 
-        return cls(parse, settings)
+        return cls(parse, settings, whole)
 
 
-__all__ = ["FaceModel", "Parse"]
+__all__ = ["FaceModel", "Parse", "Whole"]

@@ -80,8 +80,9 @@ class Found:
     """A face and the parse of its crop."""
 
     face: Face
-    probs: Tensor
-    """(K, S, S) probabilities of the crop."""
+    probs: Tensor | None
+    """(K, S, S) probabilities of the crop (None for a whole image parsed by `FaceModel.whole` until
+    it is pasted with other faces)."""
     transform: np.ndarray
     """(2, 3) photo -> crop."""
     crop: np.ndarray | None = None
@@ -89,6 +90,10 @@ class Found:
     whole: bool = False
     fitted: Face | None = None
     """Where the parse's landmarks put the face (`align.face_from_fit`), when they fit."""
+    ids: np.ndarray | None = None
+    """(S, S) class ids of the crop, when `probs` is None."""
+    full: tuple[np.ndarray, np.ndarray | None] | None = None
+    """A whole image's own labels from `FaceModel.whole`: (H, W) ids and, when asked, probabilities."""
 
 
 def whole_face(shape: tuple[int, int], framing: Framing = FRAMING) -> Face:
@@ -98,21 +103,26 @@ def whole_face(shape: tuple[int, int], framing: Framing = FRAMING) -> Face:
     return Face((w - 1) / 2 - framing.dx * size, (h - 1) / 2 - framing.dy * size, size)
 
 
-def parse_whole(model: FaceModel, image: np.ndarray, framing: Framing = FRAMING) -> tuple[Found, bool, bool]:
-    """The image parsed as one aligned crop (settings' TTA); whether that parse is a face at the
-    training framing (`looks_like_a_face`), and whether its face fills the frame. The face is where
-    the landmarks put it (the centred square when they do not fit)."""
-    probs = model.parse([image], model.tta)[0]
-    ids = labels(probs)
+def parse_whole(
+    model: FaceModel, image: np.ndarray, framing: Framing = FRAMING, return_probs: bool = False
+) -> tuple[Found, bool, bool]:
+    """The image parsed as one aligned crop (settings' TTA; by `FaceModel.whole` when the model has
+    it: the labels of parsing it whole, exactly); whether that parse is a face at the training
+    framing (`looks_like_a_face`), and whether its face fills the frame. The face is where the
+    landmarks put it (the centred square when they do not fit)."""
+    size = model.size
+    probs, full = None, None
+    if model.whole is not None:
+        full = model.whole(image, return_probs)
+        ids = cv2.resize(full[0], (size, size), interpolation=cv2.INTER_NEAREST)  # checked at crop size
+    else:
+        probs = model.parse([image], model.tta)[0]
+        ids = labels(probs)
     fit = parse_fit(ids, model.parts)
-    m = resize_transform(image.shape[:2], model.size)
+    m = resize_transform(image.shape[:2], size)
     face_ok = looks_like_a_crop(ids, model.parts) and fit is not None and fit.plausible
-    face = (
-        face_from_fit(m, fit, model.size, framing)
-        if face_ok and fit
-        else whole_face(image.shape[:2], framing)
-    )
-    found = Found(face, probs, m, whole=True, fitted=face if face_ok else None)
+    face = face_from_fit(m, fit, size, framing) if face_ok and fit else whole_face(image.shape[:2], framing)
+    found = Found(face, probs, m, whole=True, fitted=face if face_ok else None, ids=ids, full=full)
     return found, face_ok, bool(face_ok and fit and fills_the_frame(fit))
 
 
@@ -223,12 +233,14 @@ def find_faces(
     refine: bool = True,
     framing: Framing = FRAMING,
     detect: dict[str, Any] | None = None,
+    return_probs: bool = False,
 ) -> list[Found]:
-    """The faces of a photo and their parses (steps 1-3 of the module docstring)."""
+    """The faces of a photo and their parses (steps 1-3 of the module docstring); `return_probs`:
+    the whole image's probabilities are wanted (when it is kept)."""
     shape = image.shape[:2]
     whole, whole_ok = None, False
     if is_square(shape):
-        whole, whole_ok, fills = parse_whole(model, image, framing)
+        whole, whole_ok, fills = parse_whole(model, image, framing, return_probs)
         if fills or (whole_ok and not verify):
             return [whole]
     boxes = detect_faces(image, **(detect or {}))
@@ -248,7 +260,7 @@ def find_faces(
 
 
 def _ids(found: Found) -> np.ndarray:
-    return labels(found.probs)
+    return found.ids if found.ids is not None else labels(found.probs)
 
 
 def parse_faces(
@@ -277,7 +289,15 @@ def parse_faces(
     if faces is not None:
         found = parse_boxes(model, image, list(faces), verify=False, refine=refine, framing=framing)
     else:
-        found = find_faces(model, image, verify=verify, refine=refine, framing=framing, detect=detect)
+        found = find_faces(
+            model,
+            image,
+            verify=verify,
+            refine=refine,
+            framing=framing,
+            detect=detect,
+            return_probs=return_probs,
+        )
     result = compose(
         model, image, found, return_probs=return_probs, instances=instances, tile=tile, front=front
     )
@@ -315,8 +335,18 @@ def compose(
     front: str = FRONT,
 ) -> FaceParse:
     """The photo's `FaceParse` from its faces' parses: pasted back (`paste.paste`), and only the faces
-    whose labels survived listed, numbered as in the instance map."""
-    layers = [Layer(f.probs, f.transform, _rank(f, image, front, model.size), f.whole) for f in found]
+    whose labels survived listed, numbered as in the instance map. A whole image kept alone, parsed
+    by `FaceModel.whole`, has exactly its own labels."""
+    if len(found) == 1 and found[0].full is not None:
+        ids, probs = found[0].full
+        alive = bool((ids != 0).any())
+        owners = (ids != 0).astype(np.uint8) if instances else None
+        faces = [found[0].face] if alive else []
+        return FaceParse(ids, faces, probs if return_probs else None, owners, alive, None)
+    for f in found:
+        if f.probs is None:  # the whole image's parse at the working size, to paste with other faces
+            f.probs = model.parse([image], model.tta)[0]
+    layers = [Layer(f.probs, f.transform, _rank(f, image, front, model.size), f.whole) for f in found]  # type: ignore[arg-type]
     pasted = paste(
         layers, image.shape[:2], num_classes=model.num_classes, front=front, tile=tile,
         return_probs=return_probs, instances=instances,

@@ -262,12 +262,17 @@ class Predictor:
     @property
     def face_model(self) -> FaceModel:
         """What the faces code sees of this predictor: a function from aligned crops to probabilities
-        (this model, normalisation and batch size) and the settings (`segformer.faces.FaceModel`)."""
+        (this model, normalisation and batch size), the settings, and the whole-image parse
+        (`faces=False`) for images kept as one crop (`segformer.faces.FaceModel`)."""
         from ..faces import FaceModel
+
+        def whole(image: np.ndarray, return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+            result = self.predict_arrays([image], return_probs=return_probs, faces=False)[0]
+            return result if return_probs else (result, None)
 
         return FaceModel.of(
             self.net, self.inference_settings, flip_perm=self.flip_perm, device=self.device,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, whole=whole,
         )  # fmt: skip
 
     def parse_faces(self, image: Input, **options: Any) -> FaceParse:
