@@ -241,7 +241,20 @@ def test_our_own_outputs_are_replaced_without_asking(model_dir, tmp_path):
     segformer.save(model, tmp_path / "m")
     segformer.save(model, tmp_path / "m", format="hf")  # a model folder of ours, any format
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "segformer"
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    # the HF directory in place of the native one (with the image processor settings HF pipelines read),
+    # and the manifest that records them as segformer save's
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        MANIFEST,
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    segformer.save(model, tmp_path / "m")  # and back: the HF-only file of ours goes with it
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        MANIFEST,
+        "config.json",
+        "model.safetensors",
+    ]
     export_model(model_dir, tmp_path / "sub", format="ce7454", verify=False)
     export_model(model_dir, tmp_path / "sub", format="ce7454", verify=False)
     assert is_ours(tmp_path / "sub" / "solution", "ce7454")

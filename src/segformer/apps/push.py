@@ -28,6 +28,7 @@ from ..checkpoint.card import (
 from ..checkpoint.hub import is_offline, parse_hub_id, upload
 from ..config import ModelConfig
 from ..errors import SegformerError
+from ..fileio import MANIFEST_NAME
 from ..inference.settings import InferenceSettings, model_settings
 
 
@@ -167,6 +168,7 @@ def push_model(
             save(torch_model, folder, format=format)
         finally:
             torch_model.meta = own_meta
+        (folder / MANIFEST_NAME).unlink()  # the output policy's record of this temporary folder stays here
         (folder / CARD_FILE).write_text(text, encoding="utf-8")
         files = sorted(p.name for p in folder.iterdir())
         url = upload(folder, repo_id, revision=revision, private=private, message=message, token=token)

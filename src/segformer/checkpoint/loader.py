@@ -42,7 +42,7 @@ from ..convert.keymap import KeyMap
 from ..convert.original import ORIGINAL, infer_config, is_encoder_only
 from ..devices import resolve_device
 from ..errors import SegformerError
-from ..fileio import atomic_dir, check_output_dir
+from ..fileio import staged_output
 from ..models import build_model
 from ..pretrained import is_pretrained_file, is_tag, pretrained_path, read_pretrained
 from .hub import is_hub_id, snapshot
@@ -66,6 +66,8 @@ HF_WEIGHTS = (
     "pytorch_model.bin.index.json",
 )
 HF_PROCESSOR_FILE = "preprocessor_config.json"
+# The names a model folder of either format has: a file of the user's at one of them is never replaced.
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HF_PROCESSOR_FILE)
 
 
 # -- reading files safely --
@@ -329,13 +331,27 @@ def save(
     ``SegformerForSemanticSegmentation.from_pretrained`` and ``pipeline("image-segmentation")``; class
     names go to ``id2label``. Only SegFormer
     models (MiT with Mix-FFN + All-MLP decoder) have an HF equivalent; others raise `SegformerError`.
-    A model directory there is replaced atomically; any other non-empty `directory` is refused unless
-    `overwrite`, and then the model is written next to the files there, which are kept.
+
+    `directory` is written under the output policy (`segformer.fileio.staged_output`, command "save"):
+    a model an earlier `save` wrote there (its manifest says so) is replaced without asking, in either
+    format; a file of the user's named like one of ours (config.json ...) is refused in one line, even
+    with `overwrite`; any other non-empty `directory` is refused unless `overwrite`, and then the model
+    is written next to the files there, which are kept.
     """
-    if format == "native":
-        return save_model(model, directory, meta, overwrite)
-    if format != "hf":
+    if format not in FORMATS:
         raise SegformerError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    with staged_output(
+        directory, "save", (), overwrite, replace=True, names=MODEL_FILES, what="a model"
+    ) as tmp:
+        _write_model(model, tmp, format, meta)
+    return Path(directory)
+
+
+def _write_model(model: nn.Module, directory: Path, format: str, meta: dict[str, Any] | None) -> None:
+    """`model` written into the empty (staging) folder `directory` in `format`."""
+    if format == "native":
+        save_model(model, directory, meta, overwrite=True)
+        return
     model = unwrap(model)
     config: ModelConfig = model.config
     doc = config_to_hf(config)
@@ -346,13 +362,10 @@ def save(
             if key.endswith((".attn.q.weight", ".attn.kv.weight")):
                 state[key.removesuffix("weight") + "bias"] = value.new_zeros(value.shape[0])
     weights = native_to_hf(state)
-    directory = Path(directory)
-    with atomic_dir(directory, "model", overwrite) as tmp:
-        write_safetensors(tmp / WEIGHTS_FILE, weights)
-        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-        processor = hf_image_processor({**getattr(model, "meta", {}), **(meta or {})})
-        (tmp / HF_PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
-    return directory
+    write_safetensors(directory / WEIGHTS_FILE, weights)
+    (directory / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    processor = hf_image_processor({**getattr(model, "meta", {}), **(meta or {})})
+    (directory / HF_PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
 
 
 def hf_image_processor(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -385,12 +398,18 @@ def convert(
     overwrite: bool = False,
     **overrides: Any,
 ) -> nn.Module:
-    """`load` `src` and `save` it to `out` in format `to`; returns the model."""
+    """`load` `src` and `save` it to `out` in format `to`; returns the model.
+
+    `out` is written under the output policy as `save` writes it, with command "convert" and `src` as
+    the input (never written, nor a folder inside it); the checks come before the (possibly long) load.
+    """
     if to not in FORMATS:
         raise SegformerError(f"unknown format {to!r}; expected one of {', '.join(FORMATS)}")
-    check_output_dir(out, "model", overwrite)  # before the (possibly long) load
-    model = load(src, num_classes, **overrides)
-    save(model, out, format=to, overwrite=overwrite)
+    with staged_output(
+        out, "convert", [src], overwrite, replace=True, names=MODEL_FILES, what="a model"
+    ) as tmp:
+        model = load(src, num_classes, **overrides)
+        _write_model(model, tmp, to, None)
     return model
 
 

@@ -6,7 +6,6 @@ import argparse
 
 from ..checkpoint import FORMATS, convert
 from ..config import parse_overrides
-from ..fileio import staged_output
 from . import add_set_option
 from .types import positive_int
 
@@ -51,20 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The output policy (segformer.fileio): the model is written into a staging folder, then its files are
-    # moved into DIR, each only where nothing but an earlier `segformer convert` output is in the way.
-    names = ("config.json", "model.safetensors", "preprocessor_config.json")  # what a model folder holds
-    with staged_output(
-        args.out, "convert", [args.src], args.overwrite, replace=True, names=names, what="a model"
-    ) as tmp:
-        model = convert(
-            args.src,
-            tmp,
-            to=args.to,
-            num_classes=args.num_classes,
-            overwrite=True,
-            **parse_overrides(args.overrides),
-        )
+    # The output policy (segformer.fileio) is `convert`'s own: the model is written into a staging folder,
+    # then its files are moved into DIR, each only where nothing but an earlier convert output is in the way.
+    model = convert(
+        args.src,
+        args.out,
+        to=args.to,
+        num_classes=args.num_classes,
+        overwrite=args.overwrite,
+        **parse_overrides(args.overrides),
+    )
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({args.to}): {params:,} parameters, {model.config.num_classes} classes")
     return 0
