@@ -475,6 +475,9 @@ ALL_WRITERS = {
     "data check --fix": lambda u, m, f, t: ["data", "check", str(f), "--fix", str(u)],
     "data prepare": lambda u, m, f, t: ["data", "prepare", str(t / "raw"), str(u)],
     "train": lambda u, m, f, t: ["train", "--data", str(f), "--epochs", "1", "--out", str(u), "--quiet"],
+    "train inside its data": lambda u, m, f, t: [
+        "train", "--data", str(u), "--epochs", "1", "--out", str(u / "run"), "--quiet",
+    ],
     "report": lambda u, m, f, t: ["report", str(t / "run"), "--out", str(u)],
     "attention (its image inside)": lambda u, m, f, t: [
         "attention", str(m), str(u / "photo.png"), "--out", str(u),
