@@ -82,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="write the run into a non-empty --out that is not a run folder (its files are kept)",
+        help="write a new run into a --out that holds other files (they are kept: a file at one of the "
+        "run's names, config.yaml, best/ ..., that segformer train did not write is never replaced)",
     )
     add_set_option(
         p,
