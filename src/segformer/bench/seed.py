@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import SegformerError
+from ..models import mit
 from ..models.mit import run_stages
 from .references import Reference
 
@@ -29,17 +30,6 @@ def to_tokens(x: Tensor) -> Tensor:
 
 def to_map(x: Tensor, h: int, w: int) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, HW, C) -> (B, C, H, W)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, cin: int, dim: int, kernel: int, stride: int, eps: float) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(cin, dim, kernel, stride, kernel // 2)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
-        return self.norm(to_tokens(x)), x.shape[2], x.shape[3]
 
 
 class Attention(nn.Module):
@@ -89,22 +79,21 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x), h, w)
 
 
-class Stage(nn.Module):
+class Stage(mit.Stage):
+    """The package's stage (patch embedding, blocks, closing norm: the same code in both formulations)
+    with the seed's blocks, its map made contiguous NCHW as the seed's pseudo-code makes it."""
+
+    to_map = staticmethod(to_map)
+
     def __init__(self, cin: int, dim: int, depth: int, cfg: ModelConfig, i: int) -> None:
-        super().__init__()
-        self.patch_embed = PatchEmbed(cin, dim, cfg.patch_sizes[i], cfg.strides[i], cfg.embed_norm_eps)
         hidden = int(dim * cfg.mlp_ratios[i])
-        self.blocks = nn.ModuleList(
+        blocks = [
             Block(dim, cfg.num_heads[i], cfg.sr_ratios[i], hidden, cfg.norm_eps, cfg.embed_norm_eps)
             for _ in range(depth)
+        ]
+        super().__init__(
+            cin, dim, cfg.patch_sizes[i], cfg.strides[i], blocks, cfg.norm_eps, cfg.embed_norm_eps
         )
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x, h, w = self.patch_embed(x)
-        for block in self.blocks:
-            x = block(x, h, w)
-        return to_map(self.norm(x), h, w)
 
 
 class Encoder(nn.Module):

@@ -179,6 +179,8 @@ class Block(nn.Module):
 class Stage(nn.Module):
     """Patch embedding, `depth` blocks and a closing LayerNorm; returns an NCHW map."""
 
+    to_map = staticmethod(tokens_to_map)  # the tokens as the returned map (a channels-last view)
+
     def __init__(
         self,
         in_channels: int,
@@ -198,7 +200,7 @@ class Stage(nn.Module):
         x, h, w = self.patch_embed(x)
         for block in self.blocks:
             x = block(x, h, w)
-        return tokens_to_map(self.norm(x), h, w)
+        return self.to_map(self.norm(x), h, w)
 
 
 class MixTransformer(nn.Module):
