@@ -205,6 +205,9 @@ def _save(out: Path, student: nn.Module, optimizer: Any, meta: dict, epoch: int,
 
 def distill(cfg: DistillConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
     """Fine-tune a copy of `cfg.teacher` against its own `teacher_tta` predictions; returns a summary."""
+    load(cfg.teacher)  # a teacher that does not load is refused before the run folder exists
+    if not Path(cfg.data).is_dir():
+        raise SegformerError(f"{cfg.data}: no such data folder")
     with writer_lock(cfg.out):
         return _distill(_open_run(cfg, resume), max_minutes)
 

@@ -6,7 +6,7 @@ import argparse
 
 from . import add_threads_option
 from .options import config_from_args
-from .types import nonneg_int, positive_int
+from .types import nonneg_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (new, or an existing one with --resume)")
     p.add_argument("--epochs", type=positive_int, default=12, help="fine-tuning epochs (default 12)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine to 0 (default 3e-4)")
+    p.add_argument(
+        "--lr", type=positive_float, default=3e-4, help="peak learning rate, cosine to 0 (default 3e-4)"
+    )
     p.add_argument(
         "--teacher-tta", default="flip+scales", choices=["flip", "scales", "flip+scales"],
         help="the ensemble the student learns from (default flip+scales)",
     )  # fmt: skip
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the order and the warps (default 0)")
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
+    p.add_argument("--max-minutes", type=positive_float, help="stop after the epoch that passes this budget")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_threads_option(p)
     p.set_defaults(func=run)

@@ -8,7 +8,7 @@ import os
 from ..errors import SegformerError
 from . import add_threads_option
 from .options import RUNTIME, SETTINGS, add_inference_options, config_from_args, inference_overrides
-from .types import nonneg_int, positive_float, positive_int
+from .types import nonneg_float, nonneg_int, positive_float, positive_int
 
 # The server's limits, each set on the `ServeConfig` field of the same name: (flag, type, default, help).
 LIMITS = (
@@ -20,7 +20,7 @@ LIMITS = (
         "largest image in pixels, checked in its header before decoding",
     ),
     ("--max-batch", positive_int, 8, "requests run together"),
-    ("--max-wait-ms", float, 5.0, "how long a batch waits to fill, ms"),
+    ("--max-wait-ms", nonneg_float, 5.0, "how long a batch waits to fill, ms"),
     ("--queue-size", positive_int, 32, "requests in flight at most; more are answered 503 with Retry-After"),
     ("--timeout", positive_float, 60.0, "seconds a request may take"),
 )

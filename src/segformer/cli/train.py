@@ -11,6 +11,7 @@ from ..data.layouts import LAYOUTS, default_recipe
 from ..engine.rundir import RunDir
 from ..errors import SegformerError
 from . import add_set_option, add_threads_option
+from .options import add_image_size_option
 from .types import positive_float, positive_int, workers_count
 
 
@@ -52,15 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, help="images per optimizer step (default: the recipe's)"
     )
-    p.add_argument(
-        "--image-size",
-        "--img-size",
-        dest="image_size",
-        type=positive_int,
-        metavar="S",
-        help="training resolution, square (default: the recipe's; --img-size: old spelling, kept as an alias "
-        "until 1.0)",
-    )
+    add_image_size_option(p, help="training resolution, square (default: the recipe's)")
     p.add_argument(
         "--max-minutes", type=positive_float, help="wall-clock budget; the lr schedule is fitted to it"
     )

@@ -67,6 +67,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0 (a wait that may be none)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """A finite number in [0, 1) (fractions such as the validation share)."""
     value = _float(text)
