@@ -235,7 +235,6 @@ def create_app(
 
     config = config or ServeConfig()
     service = Service(predictor, config, name, card)
-    assets = {n: _asset(n) for n in STATIC}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -270,6 +269,28 @@ def create_app(
 
     api_dependencies = [Security(check_token)] if config.token else []
 
+    _add_error_handlers(app)
+    _add_page_routes(app)
+    _add_health_routes(app, service)
+    _add_model_route(app, service, api_dependencies)
+    _add_parse_route(app, service, config, api_dependencies)
+
+    app.add_middleware(_RequestLog, enabled=config.access_log)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "<one line>"}``."""
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         return _error(err.status, err.message, err.headers)
@@ -293,6 +314,11 @@ def create_app(
         )
         return _error(500, "internal server error (logged by the server)")
 
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The page and its assets, package data served from memory."""
+    assets = {n: _asset(n) for n in STATIC}
+
     def page(name: str) -> Response:
         return Response(
             assets[name],
@@ -314,6 +340,8 @@ def create_app(
             raise ApiError(404, f"no such file: {name}")
         return page(name)
 
+
+def _add_health_routes(app: FastAPI, service: Service) -> None:
     @app.get("/healthz", summary="Liveness: the server answers and its model thread runs")
     async def healthz() -> JSONResponse:
         b = service.batcher
@@ -329,6 +357,8 @@ def create_app(
             return _error(503, "warming up", {"Retry-After": "1"})
         return JSONResponse({"status": "ready"})
 
+
+def _add_model_route(app: FastAPI, service: Service, api_dependencies: list) -> None:
     @app.get(
         "/v1/model",
         dependencies=api_dependencies,
@@ -337,35 +367,38 @@ def create_app(
     async def model() -> JSONResponse:
         return JSONResponse(service.model_info())
 
-    responses: dict[int | str, dict[str, Any]] = {
-        200: {
-            "description": "label (default) and overlay: a PNG; json and parts: JSON",
-            "content": {"image/png": {}, "application/json": {}},
-        },
-        400: {"description": "bad request, corrupt image"},
-        401: {"description": "missing or wrong token"},
-        408: {"description": "the upload took longer than the time limit"},
-        413: {"description": "upload over --max-upload-mb, or image over --max-pixels"},
-        415: {"description": "not an image this server reads"},
-        503: {"description": "queue full (see Retry-After)"},
-        504: {"description": "no result within the time limit"},
-    }
-    body_schema = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"image": {"type": "string", "format": "binary"}},
-                        "required": ["image"],
-                    }
-                },
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    }
 
+_PARSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "label (default) and overlay: a PNG; json and parts: JSON",
+        "content": {"image/png": {}, "application/json": {}},
+    },
+    400: {"description": "bad request, corrupt image"},
+    401: {"description": "missing or wrong token"},
+    408: {"description": "the upload took longer than the time limit"},
+    413: {"description": "upload over --max-upload-mb, or image over --max-pixels"},
+    415: {"description": "not an image this server reads"},
+    503: {"description": "queue full (see Retry-After)"},
+    504: {"description": "no result within the time limit"},
+}
+_PARSE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _add_parse_route(app: FastAPI, service: Service, config: ServeConfig, api_dependencies: list) -> None:
     @app.post(
         "/v1/parse",
         dependencies=api_dependencies,
@@ -373,8 +406,8 @@ def create_app(
         description="The image as the multipart field `image` or as the body (image/* content type). "
         "The label map is a palette PNG whose pixel values are class ids, byte for byte what "
         "`segformer predict` writes for the image with the same settings.",
-        responses=responses,
-        openapi_extra=body_schema,
+        responses=_PARSE_RESPONSES,
+        openapi_extra=_PARSE_BODY,
     )
     async def parse(
         request: Request,
@@ -393,64 +426,59 @@ def create_app(
             ),
         ] = None,
     ) -> Response:
-        assert output in OUTPUTS
-        find_faces = service.predictor.faces if faces is None else faces
-        if find_faces and not service.predictor.faces:
-            raise ApiError(
-                400, "this server parses images whole (its model has no face classes, or --whole-image)"
-            )
-        batcher = service.batcher
-        ticket = batcher.admit()
-        if ticket is None:
-            raise ApiError(
-                503,
-                f"busy: {batcher.capacity} requests in flight (--queue-size); retry later",
-                {"Retry-After": str(batcher.retry_after())},
-            )
-        start = time.monotonic()
-        try:
-            limit = int(config.max_upload_mb * 2**20)
-            headers = request.headers
-            read = read_upload(
-                headers.get("content-type", ""), headers.get("content-length"), request.stream(), limit
-            )
-            try:
-                data = await asyncio.wait_for(read, config.timeout)
-            except asyncio.TimeoutError:
-                raise ApiError(
-                    408, f"upload not received within {config.timeout:g} s", {"Connection": "close"}
-                ) from None
-            img = open_image(data, config.max_pixels)  # the header only
-            image = await service.in_thread(decode_image, img)
-            del data, img
-            left = config.timeout - (time.monotonic() - start)
-            try:
-                parsed = await ticket.run(ParseJob(image, bool(find_faces)), left)
-            except asyncio.TimeoutError:
-                raise ApiError(504, f"no result within {config.timeout:g} s (--timeout)") from None
-            except SegformerError as err:
-                raise ApiError(422, str(err)) from None
-            # Encoded while the request still holds its place in the queue: memory stays bounded.
-            labels = service.predictor.label_set
-            if output == "label":
-                return Response(await service.in_thread(label_png, parsed, labels), media_type="image/png")
-            if output == "overlay":
-                body = await service.in_thread(overlay_png, image, parsed, labels)
-                return Response(body, media_type="image/png")
-            if output == "json":
-                return JSONResponse(summary(parsed, labels))
-            return JSONResponse(await service.in_thread(parts, image, parsed, labels))
-        finally:
-            ticket.close()
+        return await _parse(service, config, request, output, faces)
 
-    app.add_middleware(_RequestLog, enabled=config.access_log)
-    if config.cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+async def _parse(
+    service: Service, config: ServeConfig, request: Request, output: str, faces: bool | None
+) -> Response:
+    """``POST /v1/parse``: admit, read, decode, wait for the model thread, encode."""
+    assert output in OUTPUTS
+    find_faces = service.predictor.faces if faces is None else faces
+    if find_faces and not service.predictor.faces:
+        raise ApiError(
+            400, "this server parses images whole (its model has no face classes, or --whole-image)"
         )
-    return app
+    batcher = service.batcher
+    ticket = batcher.admit()
+    if ticket is None:
+        raise ApiError(
+            503,
+            f"busy: {batcher.capacity} requests in flight (--queue-size); retry later",
+            {"Retry-After": str(batcher.retry_after())},
+        )
+    start = time.monotonic()
+    try:
+        limit = int(config.max_upload_mb * 2**20)
+        headers = request.headers
+        read = read_upload(
+            headers.get("content-type", ""), headers.get("content-length"), request.stream(), limit
+        )
+        try:
+            data = await asyncio.wait_for(read, config.timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408, f"upload not received within {config.timeout:g} s", {"Connection": "close"}
+            ) from None
+        img = open_image(data, config.max_pixels)  # the header only
+        image = await service.in_thread(decode_image, img)
+        del data, img
+        left = config.timeout - (time.monotonic() - start)
+        try:
+            parsed = await ticket.run(ParseJob(image, bool(find_faces)), left)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"no result within {config.timeout:g} s (--timeout)") from None
+        except SegformerError as err:
+            raise ApiError(422, str(err)) from None
+        # Encoded while the request still holds its place in the queue: memory stays bounded.
+        labels = service.predictor.label_set
+        if output == "label":
+            return Response(await service.in_thread(label_png, parsed, labels), media_type="image/png")
+        if output == "overlay":
+            body = await service.in_thread(overlay_png, image, parsed, labels)
+            return Response(body, media_type="image/png")
+        if output == "json":
+            return JSONResponse(summary(parsed, labels))
+        return JSONResponse(await service.in_thread(parts, image, parsed, labels))
+    finally:
+        ticket.close()
