@@ -159,6 +159,81 @@ def _mark(ax, point_px: tuple[float, float]) -> None:
     ax.plot(*point_px, marker="o", markersize=14, markerfacecolor="none", markeredgewidth=1.5, color="cyan")
 
 
+def _draw_stages(plt, image: np.ndarray, last: dict, points, norm, out: Path) -> list[Path]:
+    """``stage{i}.png``: the maps of every query of the last block of each stage."""
+    written = []
+    for stage, entry in sorted(last.items()):
+        fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), squeeze=False)
+        for q, (ax, point) in enumerate(zip(axes[0], points, strict=True)):
+            ax.imshow(_heatmap(image, entry.maps[q], norm))
+            _mark(ax, point)
+            ax.set_axis_off()
+            ax.set_title(f"query ({point[0]:.0f}, {point[1]:.0f}): {_peak(entry.maps[q])}", fontsize=9)
+        kh, kw = entry.maps.shape[-2:]
+        fig.suptitle(
+            f"stage {stage + 1}, block {entry.block + 1}: {entry.grid[0]}x{entry.grid[1]} queries, "
+            f"{kh}x{kw} keys (sr {entry.sr_ratio})",
+            fontsize=10,
+        )
+        _colorbar(fig, axes, norm)
+        path = out / f"stage{stage + 1}.png"
+        save_figure(fig, path)
+        written.append(path)
+    return written
+
+
+def _draw_sr_vs_full(plt, image: np.ndarray, first: BlockAttention, points, norm, out: Path) -> Path:
+    """``stage1_sr_vs_full.png``: stage 1 with and without sequence reduction, side by side."""
+    fig, axes = plt.subplots(len(points), 2, figsize=(6.6, 3.3 * len(points)), squeeze=False)
+    for q, point in enumerate(points):
+        h, w = first.grid
+        kh, kw = first.maps.shape[-2:]
+        for col, (maps, title) in enumerate(
+            [
+                (first.maps, f"with SR (sr {first.sr_ratio}): {kh}x{kw} keys"),
+                (first.full, f"without SR: {h}x{w} keys"),
+            ]
+        ):
+            ax = axes[q, col]
+            ax.imshow(_heatmap(image, maps[q], norm))
+            _mark(ax, point)
+            ax.set_axis_off()
+            ax.set_title(f"{title}\n{_peak(maps[q])}", fontsize=9)
+    fig.suptitle(f"stage 1, block {first.block + 1}: sequence reduction on / off", fontsize=10)
+    _colorbar(fig, axes, norm)
+    path = out / "stage1_sr_vs_full.png"
+    save_figure(fig, path)
+    return path
+
+
+def _entropy(p: Tensor) -> float:
+    p = p.flatten().double()
+    return float(-(p * p.clamp(min=1e-30).log()).sum())
+
+
+def _attention_doc(image_path, size, norm, points, last: dict) -> dict:
+    """What ``attention.json`` holds: points, grids, key grids, entropies."""
+    return {
+        "image": str(image_path),
+        "working_size": size,
+        "colour_scale": [norm.vmin, norm.vmax],  # multiples of uniform attention, shared by every panel
+        "points": [list(p) for p in points],
+        "stages": [
+            {
+                "stage": e.stage + 1,
+                "block": e.block + 1,
+                "sr_ratio": e.sr_ratio,
+                "queries_grid": list(e.grid),
+                "keys_grid": list(e.maps.shape[-2:]),
+                "query_tokens": [list(q) for q in e.queries],
+                "entropy": [_entropy(m) for m in e.maps],
+                "entropy_without_sr": [_entropy(m) for m in e.full] if e.full is not None else None,
+            }
+            for _, e in sorted(last.items())
+        ],
+    }
+
+
 def write_attention_maps(
     model: nn.Module,
     image_path: str | Path,
@@ -209,69 +284,8 @@ def write_attention_maps(
             list(last[0].full) if last[0].full is not None else []
         )
         norm = Normalize(0.0, max(float(relative_attention(m).max()) for m in drawn))
-        written = []
-        for stage, entry in sorted(last.items()):
-            fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), squeeze=False)
-            for q, (ax, point) in enumerate(zip(axes[0], points, strict=True)):
-                ax.imshow(_heatmap(image, entry.maps[q], norm))
-                _mark(ax, point)
-                ax.set_axis_off()
-                ax.set_title(f"query ({point[0]:.0f}, {point[1]:.0f}): {_peak(entry.maps[q])}", fontsize=9)
-            kh, kw = entry.maps.shape[-2:]
-            fig.suptitle(
-                f"stage {stage + 1}, block {entry.block + 1}: {entry.grid[0]}x{entry.grid[1]} queries, "
-                f"{kh}x{kw} keys (sr {entry.sr_ratio})",
-                fontsize=10,
-            )
-            _colorbar(fig, axes, norm)
-            path = out / f"stage{stage + 1}.png"
-            save_figure(fig, path)
-            written.append(path)
-        first = last[0]
-        if first.full is not None:
-            fig, axes = plt.subplots(len(points), 2, figsize=(6.6, 3.3 * len(points)), squeeze=False)
-            for q, point in enumerate(points):
-                h, w = first.grid
-                kh, kw = first.maps.shape[-2:]
-                for col, (maps, title) in enumerate(
-                    [
-                        (first.maps, f"with SR (sr {first.sr_ratio}): {kh}x{kw} keys"),
-                        (first.full, f"without SR: {h}x{w} keys"),
-                    ]
-                ):
-                    ax = axes[q, col]
-                    ax.imshow(_heatmap(image, maps[q], norm))
-                    _mark(ax, point)
-                    ax.set_axis_off()
-                    ax.set_title(f"{title}\n{_peak(maps[q])}", fontsize=9)
-            fig.suptitle(f"stage 1, block {first.block + 1}: sequence reduction on / off", fontsize=10)
-            _colorbar(fig, axes, norm)
-            path = out / "stage1_sr_vs_full.png"
-            save_figure(fig, path)
-            written.append(path)
-
-        def entropy(p: Tensor) -> float:
-            p = p.flatten().double()
-            return float(-(p * p.clamp(min=1e-30).log()).sum())
-
-        doc = {
-            "image": str(image_path),
-            "working_size": size,
-            "colour_scale": [norm.vmin, norm.vmax],  # multiples of uniform attention, shared by every panel
-            "points": [list(p) for p in points],
-            "stages": [
-                {
-                    "stage": e.stage + 1,
-                    "block": e.block + 1,
-                    "sr_ratio": e.sr_ratio,
-                    "queries_grid": list(e.grid),
-                    "keys_grid": list(e.maps.shape[-2:]),
-                    "query_tokens": [list(q) for q in e.queries],
-                    "entropy": [entropy(m) for m in e.maps],
-                    "entropy_without_sr": [entropy(m) for m in e.full] if e.full is not None else None,
-                }
-                for _, e in sorted(last.items())
-            ],
-        }
-        write_json(out / "attention.json", doc)
+        written = _draw_stages(plt, image, last, points, norm, out)
+        if last[0].full is not None:
+            written.append(_draw_sr_vs_full(plt, image, last[0], points, norm, out))
+        write_json(out / "attention.json", _attention_doc(image_path, size, norm, points, last))
     return [final / p.name for p in written]
