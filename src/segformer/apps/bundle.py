@@ -195,6 +195,22 @@ def standalone_source(
     if aliases:
         use_import("Any", ("typing", "Any", None))
 
+    return _assemble(roots, modules, needed, depends, imports, aliases, header, footer, preamble)
+
+
+def _assemble(
+    roots: Sequence[tuple[str, str]],
+    modules: dict[str, _Module],
+    needed: dict[str, set[str]],
+    depends: dict[str, list[str]],
+    imports: dict[str, _Import],
+    aliases: list[str],
+    header: str,
+    footer: str,
+    preamble: str,
+) -> str:
+    """The file's text: header, imports, aliases, then the copied definitions module by module, a module
+    after those it uses, each in source order."""
     order: list[str] = []
 
     def visit(module: str) -> None:
