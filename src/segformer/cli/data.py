@@ -28,7 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ROOT/<split>/masks/<stem>.png (single-channel PNGs whose pixel values are class ids).",
     )
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    _add_synth(data_sub)
+    _add_check(data_sub)
+    _add_preview(data_sub)
+    _add_prepare(data_sub)
 
+
+def _add_synth(data_sub: argparse._SubParsersAction) -> None:
     s = data_sub.add_parser(
         "synth",
         help="write a synthetic face-parsing dataset (CelebAMask-HQ labels)",
@@ -52,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.set_defaults(func=run_synth)
 
+
+def _add_check(data_sub: argparse._SubParsersAction) -> None:
     c = data_sub.add_parser(
         "check",
         help="report unreadable files, missing pairs, size mismatches, bad labels, mirrored masks",
@@ -77,6 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.set_defaults(func=run_check)
 
+
+def _add_preview(data_sub: argparse._SubParsersAction) -> None:
     v = data_sub.add_parser(
         "preview",
         help="write augmented samples (folder layout) and a contact sheet",
@@ -103,6 +113,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     v.set_defaults(func=run_preview)
 
+
+def _add_prepare(data_sub: argparse._SubParsersAction) -> None:
     r = data_sub.add_parser(
         "prepare",
         help="convert raw CelebAMask-HQ (part masks) into the folder layout with the official split",
