@@ -25,10 +25,12 @@ from conftest import SRC, run_solution, tiny_config
 
 ENV = {**os.environ, "PYTHONPATH": str(SRC)}
 
-# What the `segformer` console script does (pip's generated wrapper), with a marker once it runs.
+# What the `segformer` console script does (pip's generated wrapper), with a marker once its Ctrl-C
+# handling is in place (what `main` does first): a marker written before that would let a loaded machine
+# deliver the signal to the launcher's own line, between the import and the call of `main`.
 ENTRY = (
-    "import sys; import segformer.cli as c; sys.stderr.write('go\\n'); sys.stderr.flush(); "
-    "sys.argv = ['segformer', *sys.argv[1:]]; sys.exit(c.main())"
+    "import sys; import segformer.cli as c; c._prepare_process(); sys.stderr.write('go\\n'); "
+    "sys.stderr.flush(); sys.argv = ['segformer', *sys.argv[1:]]; sys.exit(c.main())"
 )
 
 
