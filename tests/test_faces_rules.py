@@ -74,12 +74,17 @@ def detector(monkeypatch):
 
     class Stub:
         def __init__(self) -> None:
-            self.boxes: list[Face] = []
-            self.calls = 0
+            self.boxes: list[Face] = []  # found upright
+            self.rotated: list[Face] = []  # found on the rotated copies
+            self.searches: list[tuple[tuple[float, ...], list[Face]]] = []
 
-        def __call__(self, image, **options):
-            self.calls += 1
-            return list(self.boxes)
+        @property
+        def calls(self) -> int:
+            return len(self.searches)
+
+        def __call__(self, image, angles=(0.0,), skip=(), **options):
+            self.searches.append((tuple(angles), list(skip)))
+            return list(self.boxes if 0.0 in angles else self.rotated)
 
     stub = Stub()
     monkeypatch.setattr(pipeline, "detect_faces", stub)
@@ -108,7 +113,7 @@ def test_a_sure_box_inside_the_face_never_replaces_the_whole_parse(detector):
     detector.boxes = [Face(128, 170, 50, 0.0, 35.0)]  # on the mouth and chin, "sure"
     model, _ = face_model()
     result = parse_faces(model, image, instances=True)
-    assert detector.calls == 1
+    assert detector.calls == 2  # upright, then the rotated copies
     assert result.whole_image and len(result.faces) == 1 and abs(result.faces[0].size - 118) < 10
     assert (result.ids == painted).mean() > 0.97
     assert set(np.unique(result.instances)) == {0, 1}
@@ -250,28 +255,41 @@ def test_video_drops_a_track_whose_parse_is_no_face(detector):
     assert shown[-1] == 0 and video.tracks == []
 
 
-def test_rotated_copies_search_only_where_the_upright_search_found_nothing(monkeypatch):
-    """The cascade runs on the whole image upright; the rotated copies see the upright finds
-    blanked out (and search about each find only at its own size, for its roll)."""
+def test_rotated_copies_search_only_where_the_upright_search_found_a_face(detector):
+    """The cheaper search: upright first; the rotated copies leave out the faces found upright (a
+    false upright box hides nothing), and a face found on them is added."""
+    image = np.zeros((300, 500, 3), np.uint8)
+    upright, rolled = Face(110, 150, 90, 0.0, 9.0), Face(370, 150, 90, 20.0, 4.0)
+    paint_face(image, upright)
+    paint_face(image, rolled)
+    detector.boxes = [upright, Face(250, 60, 40, 0.0, 2.0)]  # the second on nothing
+    detector.rotated = [rolled]
+    model, _ = face_model()
+    result = parse_faces(model, image)
+    (first, skip_first), (rest, skip_rest) = detector.searches
+    assert first == (0.0,) and skip_first == [] and 0.0 not in rest and len(rest) == 4
+    assert skip_rest == [upright]
+    assert sorted(round(f.cx) for f in result.faces) == [110, 370]
+
+
+def test_skipped_faces_are_blanked_on_every_copy(monkeypatch):
     from segformer.faces import detect
 
     views = []
 
     class Cascade:
-        def detectMultiScale2(self, view, **options):
-            views.append((view.copy(), options))
-            if len(views) == 1:  # the upright search finds one face
-                return np.array([[40, 30, 50, 50]]), np.array([7])
+        def detectMultiScale2(self, view, **options):  # OpenCV's name
+            views.append(view.copy())
             return (), ()
 
     monkeypatch.setattr(detect, "_cascade", lambda name: Cascade())
     image = np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8)
-    faces = detect.detect_faces(image, angles=(0.0, 20.0))
-    assert len(faces) == 1 and faces[0].cx == 65 and faces[0].cy == 55
-    upright, rotated, around = views
-    assert upright[0].std() > 30  # the whole image, as it is
-    assert (upright[0] == 128).mean() < 0.02 and (rotated[0] == 128).mean() > 0.08  # the find: grey
-    assert around[0].shape[0] < 160 and around[1]["maxSize"][0] <= 63  # about the find, at its size
+    detect.detect_faces(image, angles=(0.0, 20.0))
+    detect.detect_faces(image, angles=(0.0, 20.0), skip=[Face(65, 55, 50)])
+    plain, plain_rotated, upright, rotated = views
+    assert (plain == 128).mean() < 0.02 and (plain_rotated == 128).mean() < 0.02
+    assert (upright[15:95, 25:105] == 128).all() and (upright == 128).mean() < 0.25
+    assert (rotated == 128).mean() > 0.08  # the skipped square, turned with the copy
 
 
 def test_an_aligned_face_kept_whole_has_exactly_its_whole_image_labels(detector):

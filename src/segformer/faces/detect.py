@@ -162,11 +162,8 @@ def _search(
 
 
 FOUND_MARGIN = 1.6
-"""Side, in units of a face's box, of the square around each upright find that the rotated copies
-do not search again (the face's crop, about)."""
-AROUND = (2.0, 0.8, 1.25)
-"""Around each upright find, the rotated copies search a square of 2 x its side for faces of 0.8 to
-1.25 x its size: the same face seen turned, whose boxes pool into its roll and score (`_merge`)."""
+"""Side, in units of a face's box, of the square around a face already found that a search leaves
+out (`detect_faces(skip=...)`: the face's crop, about)."""
 
 
 def _blank(grey: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -180,30 +177,6 @@ def _blank(grey: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     return grey
 
 
-def _around(
-    grey: np.ndarray,
-    face: Face,
-    angles: Sequence[float],
-    min_side: int,
-    min_neighbors: int,
-    scale_factor: float,
-    cascade: str,
-) -> list[Face]:
-    """The rotated copies' finds of `face` itself: each copy searched only in a square about it, at
-    about its size (`AROUND`), in `grey`'s coordinates."""
-    span, lo, hi = AROUND
-    half = span * face.size / 2
-    x0, y0 = max(0, round(face.cx - half)), max(0, round(face.cy - half))
-    x1, y1 = min(grey.shape[1], round(face.cx + half)), min(grey.shape[0], round(face.cy + half))
-    patch = grey[y0:y1, x0:x1]
-    small, large = max(min_side, round(lo * face.size)), round(hi * face.size)
-    found = []
-    for angle in angles:
-        for f in _search(patch, angle, small, min_neighbors, scale_factor, cascade, large):
-            found.append(Face(f.cx + x0, f.cy + y0, f.size, f.angle, f.score))
-    return found
-
-
 def detect_faces(
     image: np.ndarray,
     *,
@@ -212,15 +185,14 @@ def detect_faces(
     min_neighbors: int = MIN_NEIGHBORS,
     scale_factor: float = SCALE_FACTOR,
     cascade: str = DEFAULT_CASCADE,
+    skip: Sequence[Face] = (),
 ) -> list[Face]:
-    """Every face in an (H, W, 3) uint8 RGB image, most confident first.
-
-    The first angle (upright by default) searches the whole image; the other (rotated) copies search
-    only where it found nothing (the squares around its finds are blanked: uniform grey, which the
-    cascade rejects at its first stage), and about each of its finds at that face's size, where the
-    copies that see the face again refine its roll. An image the upright search explains costs about
-    one search. The score is the number of overlapping raw detections the cascade merged into the box
-    (its usual confidence), summed over the copies that found the face.
+    """Every face in an (H, W, 3) uint8 RGB image, most confident first, searched on a copy rotated
+    by each of `angles`; the squares around the faces of `skip` (found already) are left out (blanked
+    to uniform grey, which the cascade rejects at its first stage), so `segformer.faces.pipeline`
+    searches the rotated copies only where the upright search found no face. The score is the number
+    of overlapping raw detections the cascade merged into the box (its usual confidence), summed over
+    the copies that found the face.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise SegformerError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
@@ -232,17 +204,12 @@ def detect_faces(
             grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
         )
     grey = cv2.equalizeHist(grey)
+    if skip:
+        grey = _blank(grey, [Face(f.cx * scale, f.cy * scale, f.size * scale) for f in skip])
     min_side = max(20, round(min_face * min(grey.shape)))
-    options = (min_side, min_neighbors, scale_factor, cascade)
-    upright = _search(grey, angles[0], *options) if angles else []
-    # The rotated copies look only where the first search found nothing, and about each of its finds
-    # at that face's size (the same face seen turned: its roll).
-    rest = _blank(grey, upright) if upright else grey
-    found = list(upright)
-    for angle in angles[1:]:
-        found += _search(rest, angle, *options)
-    for face in upright:
-        found += _around(grey, face, angles[1:], *options)
+    found = []
+    for angle in angles:
+        found += _search(grey, angle, min_side, min_neighbors, scale_factor, cascade)
     return _merge([Face(f.cx / scale, f.cy / scale, f.size / scale, f.angle, f.score) for f in found])
 
 
@@ -255,6 +222,9 @@ def overlap_of_smaller(a: Sequence[float], b: Sequence[float]) -> float:
     return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
+PART_SCORE = 4.0
+"""A box inside a face that scores this many times more is a part of it (an eye, the mouth) and is
+dropped; a face in front of another is kept whatever its score."""
 SIMILAR = 0.8
 """Boxes of one face found on several copies have sides within this ratio (a box around a face and
 one on it overlap too, but are not the same find)."""
@@ -275,6 +245,9 @@ def _merge(found: list[Face], threshold: float = 0.3) -> list[Face]:
             if similar and iou(face.box, group[0].box) > threshold:
                 group.append(face)
                 break
+            part = face.size < group[0].size and face.score * PART_SCORE < group[0].score
+            if part and overlap_of_smaller(face.box, group[0].box) > 0.6:
+                break  # a weak box on a part of a much stronger face
         else:
             groups.append([face])
     merged = []

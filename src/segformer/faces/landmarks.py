@@ -132,9 +132,9 @@ def _centre(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> tuple[flo
     return ((float(xs.mean()) + 0.5) / shape[1], (float(ys.mean()) + 0.5) / shape[0])
 
 
-NEAR = 0.15
+NEAR = 0.12
 """How far (crop sides) from its `CANONICAL` place a part is looked for: where a part has several
-pieces, the one kept weighs its area by ``exp(-(distance / NEAR)²)``."""
+pieces, the one kept weighs its size (the square root of its area) by ``exp(-(distance / NEAR)²)``."""
 
 
 def _piece(mask: np.ndarray, target: tuple[float, float]) -> np.ndarray:
@@ -147,7 +147,7 @@ def _piece(mask: np.ndarray, target: tuple[float, float]) -> np.ndarray:
         return mask
     h, w = mask.shape
     d = np.hypot((centres[1:, 0] + 0.5) / w - target[0], (centres[1:, 1] + 0.5) / h - target[1])
-    weight = stats[1:, cv2.CC_STAT_AREA] * np.exp(-((d / NEAR) ** 2))
+    weight = np.sqrt(stats[1:, cv2.CC_STAT_AREA]) * np.exp(-((d / NEAR) ** 2))
     return labels == 1 + int(np.argmax(weight))
 
 

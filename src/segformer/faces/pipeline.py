@@ -42,7 +42,7 @@ from .checks import (
     labels,
     looks_like_a_crop,
 )
-from .detect import Face, detect_faces, iou
+from .detect import DEFAULT_ANGLES, Face, detect_faces, iou
 from .landmarks import parse_fit
 from .model import FaceModel
 from .paste import FRONT, FRONT_RULES, TILE, Layer, paste, sharpness
@@ -243,20 +243,43 @@ def find_faces(
         whole, whole_ok, fills = parse_whole(model, image, framing, return_probs)
         if fills or (whole_ok and not verify):
             return [whole]
-    boxes = detect_faces(image, **(detect or {}))
+    options = dict(detect or {})
+    angles = tuple(options.pop("angles", DEFAULT_ANGLES))
     if not verify:  # every box kept: as the detector alone says (an upright box about the image: whole)
+        boxes = detect_faces(image, angles=angles, **options)
         if whole is not None and is_whole_image(boxes, shape, framing):
             return [whole]
         found = parse_boxes(model, image, boxes, verify=False, refine=refine, framing=framing)
         return found or ([whole] if whole is not None and looks_like_a_crop(_ids(whole), model.parts) else [])
-    found = parse_boxes(model, image, boxes, verify=True, refine=refine, framing=framing)
-    if whole is not None and whole_ok:  # a box on the whole image's face is part of it
-        found = [whole, *(f for f in found if not same_face(f, whole))]
-    elif whole is not None and not found and looks_like_a_crop(_ids(whole), model.parts):
+    known = [whole] if whole is not None and whole_ok else []  # a box on its face is part of it
+    # Upright first; the rotated copies only where no face was found (false boxes hide nothing).
+    found = _search(model, image, angles[:1], options, known, refine, framing)
+    if len(angles) > 1:
+        skip = [f.face for f in found]
+        found += _search(model, image, angles[1:], {**options, "skip": skip}, known + found, refine, framing)
+    if known:
+        return known + found
+    if whole is not None and not found and looks_like_a_crop(_ids(whole), model.parts):
         # Nothing else is a face and the parse still looks like a face crop whose landmarks this
         # parser misplaced: an aligned portrait is never worse off than parsed whole.
-        found = [whole]
+        return [whole]
     return found
+
+
+def _search(
+    model: FaceModel,
+    image: np.ndarray,
+    angles: Sequence[float],
+    options: dict[str, Any],
+    known: Sequence[Found],
+    refine: bool,
+    framing: Framing,
+) -> list[Found]:
+    """The faces `detect_faces` finds on the copies turned by `angles` whose parses are faces, other
+    than those `known` already (`same_face`)."""
+    boxes = detect_faces(image, angles=angles, **options)
+    found = parse_boxes(model, image, boxes, verify=True, refine=refine, framing=framing)
+    return [f for f in found if not any(same_face(f, k) for k in known)]
 
 
 def _ids(found: Found) -> np.ndarray:
