@@ -223,8 +223,10 @@ def overlap_of_smaller(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 PART_SCORE = 4.0
-"""A box inside a face that scores this many times more is a part of it (an eye, the mouth) and is
-dropped; a face in front of another is kept whatever its score."""
+"""A box mostly inside or around a face that scores this many times more is a part of it (an eye, the
+mouth) or a surrounding of it, and is dropped (a weak box about a large blurred face once passed the
+check and labelled 41% of a scene's clutter); boxes of comparable scores are kept for the parse to
+judge: a face in front of or behind another."""
 SIMILAR = 0.8
 """Boxes of one face found on several copies have sides within this ratio (a box around a face and
 one on it overlap too, but are not the same find)."""
@@ -245,9 +247,9 @@ def _merge(found: list[Face], threshold: float = 0.3) -> list[Face]:
             if similar and iou(face.box, group[0].box) > threshold:
                 group.append(face)
                 break
-            part = face.size < group[0].size and face.score * PART_SCORE < group[0].score
-            if part and overlap_of_smaller(face.box, group[0].box) > 0.6:
-                break  # a weak box on a part of a much stronger face
+            weak = face.score * PART_SCORE < group[0].score
+            if weak and overlap_of_smaller(face.box, group[0].box) > 0.6:
+                break  # a weak box on a part of a much stronger face, or around it
         else:
             groups.append([face])
     merged = []
