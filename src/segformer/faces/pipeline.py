@@ -193,13 +193,10 @@ def _finish_parses(
     size = model.size
     redo = []
     for found in kept:
-        face, fitted = found.face, found.fitted
-        if refine and fitted is not None and _off(face, fitted):
-            face = replace(fitted, score=face.score)  # a box far off the face: framed by the landmarks
-        else:
-            roll = eye_roll(found.probs, model.parts) if refine else None  # type: ignore[arg-type]
-            if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
-                face = replace(face, angle=face.angle + roll)
+        face = found.face
+        roll = eye_roll(found.probs, model.parts) if refine else None  # type: ignore[arg-type]
+        if roll is not None and REFINE_DEGREES <= abs(roll) <= 45:
+            face = replace(face, angle=face.angle + roll)
         if face is not found.face:
             found.face = face
             found.crop = warp_to_crop(image, face, size, framing)
@@ -210,19 +207,6 @@ def _finish_parses(
     if redo:
         for found, probs in zip(redo, model.parse([f.crop for f in redo], model.tta), strict=True):
             found.probs = probs
-
-
-REFRAME = 0.2
-"""A box whose size or centre is this far (in units of the face's size) from where the check's landmarks
-put the face is re-framed there before the final parse: the detector's box about a large face out of
-focus can be 1.4x too large, and its crop's margin, clutter, was then labelled hair and cloth
-(re-framing every box does not pay: docs/faces.md)."""
-
-
-def _off(box: Face, fitted: Face) -> bool:
-    """Whether `box` is `REFRAME` or more off the face its parse shows (`fitted`)."""
-    shift = math.hypot(box.cx - fitted.cx, box.cy - fitted.cy)
-    return abs(box.size - fitted.size) >= REFRAME * fitted.size or shift >= REFRAME * fitted.size
 
 
 SAME_SIZE = 0.6
