@@ -4,10 +4,10 @@
    settings' TTA) and its landmarks are fitted to the training framing (`checks.looks_like_a_face`).
    When they fit and the face fills the frame (`checks.fills_the_frame`) that parse is the answer:
    one parse and a landmark fit, no detector. The whole image is never thrown away for a box inside
-   its face: a parse of it that fits is kept, and only faces the detector finds outside its face
-   are added.
-2. **Detection** (`detect.detect_faces`: upright first, rotated copies only where that found nothing)
-   when the whole image is not such a crop.
+   its face: a parse of it that fits is kept, and only other faces the detector finds are added
+   (`same_face` tells them apart).
+2. **Detection** (`detect.detect_faces`) when the whole image is not such a crop: upright first, then
+   the rotated copies only where the upright search found no face.
 3. **Check and refine**: each box is warped to a training-style crop (`align.warp_to_crop`) and parsed
    once without TTA; a box whose parse is not a face at that place and size is dropped (no detector
    score skips this). The roll is corrected from the parse (the eye line), and the faces kept are
