@@ -157,11 +157,10 @@ def _training_set(cfg: DistillConfig, teacher: nn.Module) -> tuple[Tensor, Tenso
     meta = teacher.meta
     size = int(meta["image_size"] if isinstance(meta["image_size"], int) else meta["image_size"][0])
     run = load_recipe(cfg.recipe)
-    size_field = "image_size" if hasattr(run.data, "image_size") else "img_size"
     dc = dataclasses.replace(
         run.data,
         root=cfg.data,
-        **{size_field: size},
+        image_size=size,
         augment="none",
         cache=False,
         val_fraction=meta["data"]["val_fraction"],
