@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -100,21 +100,12 @@ class OutputFolder:
         self.written: list[Path] = []
 
     @classmethod
-    def for_file(
-        cls,
-        path: str | Path,
-        command: str,
-        inputs: Iterable[str | Path] = (),
-        overwrite: bool = False,
-        *,
-        what: str = "output",
-        option: str = "--out",
-    ) -> OutputFolder:
-        """A single-file output `path` under the same rules (claimed on entry: refused before the work).
-        `what` names the file in messages ("is not a segformer ONNX file"), `option` the command's
-        option that chooses it."""
+    def for_file(cls, path: str | Path, command: str, *args: Any, **kwargs: Any) -> OutputFolder:
+        """A single-file output `path` under the same rules (claimed on entry: refused before the work);
+        the other arguments are the constructor's (`inputs`, `overwrite`, `what` naming the file in
+        messages such as "is not a segformer ONNX file", `option` the command's option that chooses it)."""
         path = Path(path)
-        return cls(path.parent, command, inputs, overwrite, what=what, option=option, _target=path)
+        return cls(path.parent, command, *args, _target=path, **kwargs)
 
     # -- entering and leaving
 
@@ -401,20 +392,19 @@ class OutputFolder:
     # -- writing in one call
 
     @contextmanager
-    def atomic_path(self, path: str | Path) -> Iterator[Path]:
-        """claim + `atomic_path` + record."""
+    def _claimed(self, path: str | Path, opener: Any) -> Iterator[Any]:
         path = self.claim(path)
-        with atomic_path(path) as tmp:
-            yield tmp
+        with opener(path) as handle:
+            yield handle
         self.record(path)
 
-    @contextmanager
-    def atomic_file(self, path: str | Path) -> Iterator[BinaryIO]:
+    def atomic_path(self, path: str | Path) -> AbstractContextManager[Path]:
+        """claim + `atomic_path` + record."""
+        return self._claimed(path, atomic_path)
+
+    def atomic_file(self, path: str | Path) -> AbstractContextManager[BinaryIO]:
         """claim + `atomic_file` + record."""
-        path = self.claim(path)
-        with atomic_file(path) as f:
-            yield f
-        self.record(path)
+        return self._claimed(path, atomic_file)
 
     def write_bytes(self, path: str | Path, data: bytes) -> Path:
         with self.atomic_path(path) as tmp:

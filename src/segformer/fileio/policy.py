@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import SegformerError
 from .atomic import write_error
@@ -57,7 +58,7 @@ def _open_output(
 
 
 @contextmanager
-def staged_output(
+def _entered(
     path: str | Path,
     command: str,
     inputs: Iterable[str | Path] = (),
@@ -67,9 +68,19 @@ def staged_output(
     beside: bool = False,
     names: Iterable[str] = (),
     what: str = "output",
-) -> Iterator[Path]:
+) -> Iterator[tuple[OutputFolder, list[Path]]]:
+    """The output folder of `staged_output`, entered and checked; yields it with the files of an
+    earlier output of `command` there."""
+    with OutputFolder(path, command, inputs, overwrite or replace, what=what) as out:
+        yield out, _open_output(out, overwrite, replace, beside, names, what)
+
+
+@contextmanager
+def staged_output(path: str | Path, command: str, *args: Any, **policy: Any) -> Iterator[Path]:
     """A whole output folder under the policy of `OutputFolder`, assembled in a staging folder and
-    moved into place at the end (a failed command changes nothing at `path`).
+    moved into place at the end (a failed command changes nothing at `path`). Arguments: `inputs`
+    (paths the output must not overwrite), `overwrite`, and the keywords `replace`, `beside`, `names`,
+    `what`.
 
     On entry: a folder holding files that are not this command's is refused unless `overwrite` (or
     `beside`: the command writes next to other files as a matter of course), and then they are kept;
@@ -82,8 +93,7 @@ def staged_output(
     files an earlier run of `command` recorded there and this one did not write are removed, so the
     folder holds this output only, beside whatever else the user keeps in it."""
     path = Path(path)
-    with OutputFolder(path, command, inputs, overwrite or replace, what=what) as out:
-        earlier = _open_output(out, overwrite, replace, beside, names, what)
+    with _entered(path, command, *args, **policy) as (out, earlier):
         for old in path.glob(f"{STAGING_PREFIX}*.tmp"):  # left by a killed run of ours
             shutil.rmtree(old, ignore_errors=True)
         try:
@@ -92,7 +102,7 @@ def staged_output(
             raise write_error(path, err) from None
         try:
             yield staging
-            written = set(out.install(staging, out.path, what))
+            written = set(out.install(staging, out.path, policy.get("what", "output")))
             for old in earlier:
                 if old not in written and out.owns(old):
                     out.forget(old)
@@ -104,21 +114,11 @@ def staged_output(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_output(
-    path: str | Path,
-    command: str,
-    inputs: Iterable[str | Path] = (),
-    overwrite: bool = False,
-    *,
-    replace: bool = False,
-    beside: bool = False,
-    names: Iterable[str] = (),
-    what: str = "output",
-) -> Path:
-    """The checks `staged_output` makes on entry, for a command to make before long work (nothing is
-    written; a missing folder stays missing)."""
-    with OutputFolder(path, command, inputs, overwrite or replace, what=what) as out:
-        _open_output(out, overwrite, replace, beside, names, what)
+def check_output(path: str | Path, command: str, *args: Any, **policy: Any) -> Path:
+    """The checks `staged_output` makes on entry (the same arguments), for a command to make before
+    long work (nothing is written; a missing folder stays missing)."""
+    with _entered(path, command, *args, **policy):
+        pass
     return Path(path)
 
 
