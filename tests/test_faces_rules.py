@@ -243,6 +243,20 @@ def test_video_searches_every_few_frames_and_follows_the_face_by_its_parse(detec
     assert all(n == 1 for n, _ in parser.calls[1:])  # one crop per frame once tracking
 
 
+def test_video_parses_tracked_faces_with_one_pass_unless_told(detector):
+    """A video's tracked faces are parsed once per frame even when the model's own TTA is eight passes
+    (the moving average over frames stands in for it); tta=None keeps the model's."""
+    clip, truth = moving_clip(5)
+    for tta, expected in (("none", "none"), (None, "flip+scales"), ("flip", "flip")):
+        detector.boxes = [truth[0]]
+        model, parser = face_model(tta="flip+scales")
+        video = FaceVideo(model, detect_every=100, **({} if tta == "none" else {"tta": tta}))
+        for frame in clip:
+            assert len(video(frame).faces) == 1
+        followed = [t for _, t in parser.calls[-4:]]  # frames 1-4: the tracked face alone
+        assert followed == [expected] * 4
+
+
 def test_video_drops_a_track_whose_parse_is_no_face(detector):
     clip, truth = moving_clip(6)
     detector.boxes = [truth[0]]

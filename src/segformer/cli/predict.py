@@ -70,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=unit_interval,
         default=0.7,
         help="faces in videos: weight of the past frames in the moving average of the labels, in [0, 1) "
-        "(0: none; default 0.7)",
+        "(0: none; default 0.7). The average stands in for test-time augmentation: each frame's faces are "
+        "parsed with one pass unless --tta is given",
     )
     p.add_argument(
         "--mp4", action="store_true", help="videos: also write the overlays as DIR/overlays/<stem>.mp4"
@@ -218,6 +219,7 @@ def _predict(args: argparse.Namespace, overrides: dict) -> int:
         faces_json=args.faces_json,
         instances=args.instances,
         smoothing=args.smoothing,
+        video_tta=args.tta or "none",  # a video's faces: one pass per frame unless --tta says otherwise
         mp4=args.mp4,
         parts=args.parts or (),
         cutout=args.cutout,

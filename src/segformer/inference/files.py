@@ -16,9 +16,10 @@ A video (``.mp4``, ``.avi``, ... read with OpenCV) gives one of each per frame:
 A predictor that parses faces (`Predictor.faces`, the default for face label sets) finds the faces of
 each image (`segformer.faces`); overlays then draw their boxes, and it can also write
 ``OUT/faces/<stem>.json`` (`faces_json`: boxes, centres, sizes, rolls, scores) and
-``OUT/instances/<stem>.png`` (`instances`: 0 outside faces, i + 1 on face i). In a video the faces are
-tracked and their labels smoothed over time (`smoothing`); `mp4` also writes the overlays as
-``OUT/overlays/<stem>.mp4``. Asking a predictor that does not localise faces for either is an error.
+``OUT/instances/<stem>.png`` (`instances`: 0 outside faces, i + 1 on face i). A video's faces are tracked,
+parsed in one pass (`video_tta`; None: the predictor's TTA) and smoothed over time (`smoothing`); `mp4`
+also writes ``OUT/overlays/<stem>.mp4``. Asking a predictor that does not localise faces for either is an
+error.
 An unreadable input is reported by name on stderr and skipped; the report counts the failures. A video
 whose container lists frames that cannot be decoded is a failure too (its readable frames are written,
 under their own frame numbers).
@@ -30,8 +31,7 @@ writes into OUT. Every output is checked before any work starts. `skip_existing`
 The work is a stream of events in input order (`segformer.inference.stream`): the inputs are decoded in
 a background thread, parsed in batches, and a `PredictionWriter` writes each output kind with a method
 of its own in another thread (``overlap=False``: one after another; the same bytes either way). Under
-``torchrun`` each process takes its share of the inputs (`segformer.distributed.shard`).
-"""
+``torchrun`` each process takes its share of the inputs (`segformer.distributed.shard`)."""
 
 from __future__ import annotations
 
@@ -431,8 +431,7 @@ def _output_folder(out: Path, inputs: Sequence[str | Path]) -> Iterator[OutputFo
     the writer lock for all)."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise SegformerError(f"{out}: is a file, not a folder")
-    # The files and folders named (not every file a folder or glob holds: the policy checks each output
-    # against each of its inputs, and the writer checks the files themselves in a set).
+    # The files and folders named (not every file of a folder or glob: the writer checks those in a set).
     given = [Path(i) for i in inputs if Path(i).exists()]
 
     def open_folder(shared: bool) -> OutputFolder:
@@ -453,6 +452,7 @@ def predict_files(
     faces_json: bool = False,
     instances: bool = False,
     smoothing: float = 0.7,
+    video_tta: str | None = "none",
     mp4: bool = False,
     parts: str | Sequence[str] = (),
     cutout: bool = False,
@@ -483,7 +483,8 @@ def predict_files(
         writer = PredictionWriter(folder, predictor.label_set, outputs, report, faces=predictor.faces)
         writer.sources = {path.resolve() for path in files}
         todo = writer.plan(distributed.shard(files), skip_existing)
-        parser = BatchParser(predictor, probs=outputs.needs_probs, instances=instances, smoothing=smoothing)
+        parser = BatchParser(predictor, probs=outputs.needs_probs, instances=instances,
+                             smoothing=smoothing, video_tta=video_tta)  # fmt: skip
         start = time.perf_counter()
         shown = progress and distributed.is_main()  # one bar: the first process's share
         bar = tqdm(total=len(todo), unit="img", desc="predict", disable=not shown, dynamic_ncols=True,

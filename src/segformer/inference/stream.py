@@ -255,9 +255,16 @@ class BatchParser:
     `probs`: keep the probabilities; `instances`: a face parser's instance maps."""
 
     def __init__(
-        self, predictor: Predictor, *, probs: bool = False, instances: bool = False, smoothing: float = 0.7
+        self,
+        predictor: Predictor,
+        *,
+        probs: bool = False,
+        instances: bool = False,
+        smoothing: float = 0.7,
+        video_tta: str | None = "none",
     ) -> None:
         self.predictor = predictor
+        self.video_tta = video_tta
         self.probs = probs
         self.instances = instances
         self.smoothing = smoothing
@@ -265,7 +272,7 @@ class BatchParser:
 
     def start_video(self) -> None:
         if self.predictor.faces:
-            self.video = FaceVideo(self.predictor.face_model, smoothing=self.smoothing)
+            self.video = FaceVideo(self.predictor.face_model, smoothing=self.smoothing, tta=self.video_tta)
 
     def end_video(self) -> None:
         self.video = None
