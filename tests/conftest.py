@@ -17,6 +17,12 @@ SRC = ROOT / "src"
 SHARED_DATA = ROOT.parent / "shared" / "data" / "celebamask-mini"
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty segformer cache (exported ONNX graphs) of its own, not the user's."""
+    monkeypatch.setenv("SEGFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m segformer ARGS` in a subprocess against this checkout's sources."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}

@@ -122,3 +122,38 @@ def test_backend_torch_and_onnxruntime_force_one(model):
     assert Predictor(model, faces=False, backend="torch").backend == "torch"
     forced = Predictor(model, faces=False, backend="onnxruntime")
     assert forced.backend == "onnxruntime" and forced.backend_reason is None
+
+
+def test_a_graph_exported_once_loads_from_the_cache_in_later_predictors(model, monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEGFORMER_CACHE", str(cache))
+    exports = []
+    real = onnx_module.OnnxRuntimeModel.from_model
+    monkeypatch.setattr(
+        onnx_module.OnnxRuntimeModel,
+        "from_model",
+        classmethod(lambda cls, *a, **k: exports.append(1) or real(*a, **k)),
+    )
+    image = _image(48, 48, 7)
+    first = Predictor(model, faces=False)(image)
+    (entry,) = (cache / "onnx").iterdir()
+    second = Predictor(model, faces=False)
+    np.testing.assert_array_equal(second(image), first)
+    assert exports == [1] and second.backend == "onnxruntime"  # the second loaded the cached graph
+    assert second.net.onnx.source == str(entry)
+    Predictor(model, faces=False, tta="flip")(image)  # other settings: another graph
+    assert exports == [1, 1] and len(list((cache / "onnx").iterdir())) == 2
+    entry.write_bytes(b"not a graph")  # a damaged entry is made again
+    np.testing.assert_array_equal(Predictor(model, faces=False)(image), first)
+    assert exports == [1, 1, 1] and entry.stat().st_size > 1000
+
+
+def test_an_unwritable_cache_is_not_used(model, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEGFORMER_CACHE", str(blocker))  # a file: no folder can be made under it
+    image = _image(48, 48, 8)
+    predictor = Predictor(model, faces=False)
+    expected = Predictor(model, faces=False, backend="torch")(image)
+    assert (predictor(image) == expected).mean() >= 0.999
+    assert predictor.backend == "onnxruntime" and blocker.read_text() == ""

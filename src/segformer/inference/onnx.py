@@ -14,11 +14,13 @@ onnx and onnxruntime are an extra (``pip install segformer[onnx]``), imported on
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import io
 import json
 import mmap
+import os
 import types
 import warnings
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from ..checkpoint import load, unwrap
 from ..config import ModelConfig
 from ..errors import SegformerError
-from ..fileio import OutputFolder
+from ..fileio import OutputFolder, atomic_path
 from ..models.fuse import maybe_fuse
 from .settings import InferenceSettings, model_settings
 
@@ -115,6 +117,8 @@ class OnnxRuntimeModel:
     def __init__(self, source: str | Path | bytes, device: str = "cpu") -> None:
         ort = _require("onnxruntime")
         self.source = "<in-memory ONNX model>" if isinstance(source, bytes) else str(source)
+        self.data = source if isinstance(source, bytes) else None
+        """The serialised graph, when given as bytes."""
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise SegformerError(f"{source}: no such file")
         providers = ["CPUExecutionProvider"]
@@ -182,16 +186,57 @@ class OnnxRuntimeModel:
         return torch.from_numpy(out).to(x.device)
 
 
+def cache_dir() -> Path:
+    """Where segformer keeps what it can make again: ``SEGFORMER_CACHE``, else
+    ``XDG_CACHE_HOME/segformer``, else ``~/.cache/segformer``."""
+    if os.environ.get("SEGFORMER_CACHE"):
+        return Path(os.environ["SEGFORMER_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "segformer"
+
+
+def _cache_key(model: nn.Module, metadata: dict[str, Any]) -> str:
+    """A digest of everything the exported graph depends on: the weights, the metadata, the versions."""
+    ort = importlib.util.find_spec("onnxruntime")
+    digest = hashlib.sha256(json.dumps([metadata, torch.__version__, str(ort and ort.origin)]).encode())
+    for name, tensor in unwrap(model).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_runtime(model: nn.Module, settings: InferenceSettings) -> OnnxRuntimeModel:
+    """`OnnxRuntimeModel.from_model`, through a cache of exported graphs (`cache_dir` ``/onnx``): a model
+    exported once loads in a fraction of a second in later processes instead of being exported
+    again (1-2 s: the exporter and the onnx package). A cache that cannot be written is not used."""
+    metadata = {"config": unwrap(model).config.to_dict(), "meta": settings.to_dict()}
+    path = cache_dir() / "onnx" / f"{_cache_key(model, metadata)}.onnx"
+    if path.is_file():
+        try:
+            return OnnxRuntimeModel(path)
+        except SegformerError:  # a damaged entry: made again below
+            pass
+    runtime = OnnxRuntimeModel.from_model(model, "cpu", settings=settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(runtime.data or b"")
+    except (OSError, SegformerError):
+        pass
+    runtime.data = None
+    return runtime
+
+
 class AutoRuntime:
     """``backend="auto"``: a CPU model run by ONNX Runtime where it can be, by PyTorch otherwise.
 
-    At the first call the model is exported in memory (dynamic batch, height and width: every size
-    that TTA scales produce) and its logits are checked against PyTorch's (`compare_logits`); the
-    session is kept for the calls that follow. PyTorch (`net`) runs instead, for good, when onnx or
-    onnxruntime is not installed (silently), or when the export or its check fails (with a warning);
-    and for inputs smaller than the graph supports (`min_input_size`). `backend` says which runs and
-    `reason` why PyTorch does. The export is a snapshot, like `segformer.models.fuse`: build another
-    Predictor after changing the weights.
+    At the first call the model is exported (dynamic batch, height and width: every size that TTA
+    scales produce; kept in `cache_dir` for later processes, `cached_runtime`) and its logits are
+    checked against PyTorch's (`compare_logits`); the session is kept for the calls that follow.
+    PyTorch (`net`) runs instead, for good, when onnx or onnxruntime is not installed (silently), or
+    when the export or its check fails (with a warning); and for inputs smaller than the graph
+    supports (`min_input_size`). `backend` says which runs and `reason` why PyTorch does. The export
+    is a snapshot, like `segformer.models.fuse`: build another Predictor after changing the weights.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, settings: InferenceSettings) -> None:
@@ -216,7 +261,7 @@ class AutoRuntime:
             return
         try:
             with torch.inference_mode(False), torch.no_grad():  # tracing cannot run on inference tensors
-                runtime = OnnxRuntimeModel.from_model(self.model, "cpu", settings=self.settings)
+                runtime = cached_runtime(self.model, self.settings)
                 compare_logits(runtime, self.net)
         except Exception as err:  # any exporter or onnxruntime failure: PyTorch computes the same
             lines = str(err).strip().splitlines() or [type(err).__name__]
