@@ -4,6 +4,7 @@ as PyTorch's, and PyTorch with the reason when it cannot."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import warnings
 
@@ -141,7 +142,12 @@ def test_a_graph_exported_once_loads_from_the_cache_in_later_predictors(model, m
     np.testing.assert_array_equal(second(image), first)
     assert exports == [1] and second.backend == "onnxruntime"  # the second loaded the cached graph
     assert second.net.onnx.source == str(entry)
-    Predictor(model, faces=False, tta="flip")(image)  # other settings: another graph
+    Predictor(model, faces=False, tta="flip")(image)  # other settings, the same graph
+    assert exports == [1]
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.1)
+    Predictor(other, faces=False)(image)  # other weights: another graph
     assert exports == [1, 1] and len(list((cache / "onnx").iterdir())) == 2
     entry.write_bytes(b"not a graph")  # a damaged entry is made again
     np.testing.assert_array_equal(Predictor(model, faces=False)(image), first)

@@ -261,7 +261,8 @@ class AutoRuntime:
             return
         try:
             with torch.inference_mode(False), torch.no_grad():  # tracing cannot run on inference tensors
-                runtime = cached_runtime(self.model, self.settings)
+                # the graph does not depend on the predictor's settings: one cache entry per model
+                runtime = cached_runtime(self.model, model_settings(self.model))
                 compare_logits(runtime, self.net)
         except Exception as err:  # any exporter or onnxruntime failure: PyTorch computes the same
             lines = str(err).strip().splitlines() or [type(err).__name__]
