@@ -317,16 +317,3 @@ def test_python_api_errors_are_one_line_segformer_errors(model):
         Predictor(model, label_set="faces", faces=False)
     with pytest.raises(SegformerError, match=r"image 0: expected \(H, W, 3\) uint8 RGB"):
         predictor.predict_arrays([np.zeros((0, 5, 3), np.uint8)])
-
-
-def test_one_pass_ids_in_one_band_are_the_argmax_of_the_probabilities():
-    """A single view in one band takes the short path (argmax of the resized logits, channels last):
-    the ids of the general path, which averages softmax probabilities band by band."""
-    torch.manual_seed(2)
-    for in_size, out_size in (((64, 64), (512, 512)), ((33, 47), (100, 77))):
-        logits = torch.randn(2, 19, *in_size) * 4
-        fast = view_class_ids([(logits, False)], out_size)
-        general = view_class_ids([(logits, False)], out_size, band_elements=19 * 2 * out_size[1] * 7)
-        assert fast.dtype == torch.uint8 and fast.shape == (2, *out_size)
-        assert (fast == general).float().mean() >= 0.9999  # the same to the interpolation's rounding
-        assert (fast.long() == class_ids(view_probs([(logits, False)], out_size))).float().mean() >= 0.9999
