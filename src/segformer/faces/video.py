@@ -50,7 +50,7 @@ face's roll and size follow its parse, and a face missed once is found a few fra
 VIDEO_TTA = "none"
 """Tracked faces are parsed with one pass per frame: the moving average of their labels over frames
 (`smoothing`) averages as test-time augmentation does on a still, at an eighth of the cost of the shipped
-model's flip + scales (15 frames/s instead of 2 on two CPU cores, 640x480, one face)."""
+model's flip + scales (10 frames/s instead of 1-2 on two CPU cores, 640x480, one face)."""
 
 
 @dataclass
