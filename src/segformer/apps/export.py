@@ -79,19 +79,11 @@ so it computes exactly what `segformer predict` computes; edit the package, not 
 _ARCHS.update({{{table}}})
 
 if __name__ == "__main__":
-    _code = main()
-    # Done (the output is in place or was never written): Ctrl-C from here on is "interrupted" and 130
-    # again, and the process ends at once instead of spending a second tearing torch down, a second in
-    # which Ctrl-C would have killed it with a traceback-less signal exit.
-    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _os._exit(_code)"""
+    sys.exit(main())"""
     return standalone_source(roots, header, footer, RUN_PY_PREAMBLE)
 
 
-# Before run.py imports torch (seconds), and after its work: Ctrl-C then is "interrupted" and exit code 130,
-# as during the work.
+# Before run.py imports torch (seconds): Ctrl-C then is "interrupted" and exit code 130, as later.
 RUN_PY_PREAMBLE = """
 import os as _os
 import signal as _signal
