@@ -163,3 +163,14 @@ def test_an_unwritable_cache_is_not_used(model, monkeypatch, tmp_path):
     expected = Predictor(model, faces=False, backend="torch")(image)
     assert (predictor(image) == expected).mean() >= 0.999
     assert predictor.backend == "onnxruntime" and blocker.read_text() == ""
+
+
+def test_a_graph_that_fails_its_check_is_not_cached(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEGFORMER_CACHE", str(cache))
+    for _ in range(2):  # and the second predictor exports (and refuses) it again
+        predictor = Predictor(ShapeBakedModel(), image_size=32, faces=False)
+        with pytest.warns(UserWarning, match="backend auto: the model does not run on ONNX Runtime"):
+            predictor(_image(40, 40, 9))
+        assert predictor.backend == "torch"
+        assert not any(cache.rglob("*.onnx"))

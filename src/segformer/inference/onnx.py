@@ -205,18 +205,25 @@ def _cache_key(model: nn.Module, metadata: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_runtime(model: nn.Module, settings: InferenceSettings) -> OnnxRuntimeModel:
+def cached_runtime(model: nn.Module, settings: InferenceSettings, check: Any = None) -> OnnxRuntimeModel:
     """`OnnxRuntimeModel.from_model`, through a cache of exported graphs (`cache_dir` ``/onnx``): a model
     exported once loads in a fraction of a second in later processes instead of being exported
-    again (1-2 s: the exporter and the onnx package). A cache that cannot be written is not used."""
+    again (1-2 s: the exporter and the onnx package). `check(runtime)` runs on every graph, loaded or
+    new, and raises for one that must not be used; a new graph is kept only once it passed. A cache
+    that cannot be written is not used."""
     metadata = {"config": unwrap(model).config.to_dict(), "meta": settings.to_dict()}
     path = cache_dir() / "onnx" / f"{_cache_key(model, metadata)}.onnx"
     if path.is_file():
         try:
-            return OnnxRuntimeModel(path)
+            runtime = OnnxRuntimeModel(path)
+            if check is not None:
+                check(runtime)
+            return runtime
         except SegformerError:  # a damaged entry: made again below
             pass
     runtime = OnnxRuntimeModel.from_model(model, "cpu", settings=settings)
+    if check is not None:
+        check(runtime)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -262,8 +269,9 @@ class AutoRuntime:
         try:
             with torch.inference_mode(False), torch.no_grad():  # tracing cannot run on inference tensors
                 # the graph does not depend on the predictor's settings: one cache entry per model
-                runtime = cached_runtime(self.model, model_settings(self.model))
-                compare_logits(runtime, self.net)
+                runtime = cached_runtime(
+                    self.model, model_settings(self.model), check=lambda r: compare_logits(r, self.net)
+                )
         except Exception as err:  # any exporter or onnxruntime failure: PyTorch computes the same
             lines = str(err).strip().splitlines() or [type(err).__name__]
             self.reason = f"the model does not run on ONNX Runtime ({lines[0]})"
