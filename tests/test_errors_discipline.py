@@ -333,10 +333,11 @@ def test_run_py_ctrl_c_at_any_moment(solution, image, tmp_path, delay):
     if result is None:
         pytest.skip("run.py finished before the interrupt")
     rc, err = result
-    if rc == -signal.SIGINT and err == "" and out.is_file():
+    if rc in (0, -signal.SIGINT) and err == "" and out.is_file():
         # The work was done and its output is whole: the interrupt landed in the interpreter's exit (the
-        # seconds torch takes to tear down), where Python has handed SIGINT back to the system. That is
-        # run.py finishing before the interrupt, as above; seen on an idle machine with the 1.5 s delay.
+        # second torch takes to tear down), where Python has handed SIGINT back to the system (killed by
+        # it: -SIGINT) or no longer looks at it (exit 0). That is run.py finishing before the interrupt,
+        # as above; seen on an idle machine with the 1.5 s delay, both ways.
         assert Image.open(out).mode == "P" and np.asarray(Image.open(out)).shape == (40, 50)
         pytest.skip("run.py had finished its work; the interrupt landed in the interpreter's exit")
     assert rc == 130 and err == "interrupted\n", err
