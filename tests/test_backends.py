@@ -61,14 +61,20 @@ def test_sliding_windows_on_onnxruntime_match_torch(model):
     assert (got == expected).mean() >= 0.999
 
 
-def test_the_graph_is_exported_once_per_predictor_with_torchs_threads(model, monkeypatch):
-    exports = []
+@pytest.fixture
+def exports(monkeypatch) -> list[int]:
+    """One entry per export of a model to ONNX (`OnnxRuntimeModel.from_model`)."""
+    calls: list[int] = []
     real = onnx_module.OnnxRuntimeModel.from_model
     monkeypatch.setattr(
         onnx_module.OnnxRuntimeModel,
         "from_model",
-        classmethod(lambda cls, *a, **k: exports.append(1) or real(*a, **k)),
+        classmethod(lambda cls, *a, **k: calls.append(1) or real(*a, **k)),
     )
+    return calls
+
+
+def test_the_graph_is_exported_once_per_predictor_with_torchs_threads(model, exports):
     predictor = Predictor(model, tta="flip+scales", faces=False)
     assert exports == []  # lazily: a Predictor that never predicts never exports
     for h, w in ((48, 48), (61, 37), (80, 96)):  # sizes and scales the dynamic axes must take
@@ -125,16 +131,9 @@ def test_backend_torch_and_onnxruntime_force_one(model):
     assert forced.backend == "onnxruntime" and forced.backend_reason is None
 
 
-def test_a_graph_exported_once_loads_from_the_cache_in_later_predictors(model, monkeypatch, tmp_path):
+def test_a_graph_exported_once_loads_from_the_cache_later(model, exports, monkeypatch, tmp_path):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEGFORMER_CACHE", str(cache))
-    exports = []
-    real = onnx_module.OnnxRuntimeModel.from_model
-    monkeypatch.setattr(
-        onnx_module.OnnxRuntimeModel,
-        "from_model",
-        classmethod(lambda cls, *a, **k: exports.append(1) or real(*a, **k)),
-    )
     image = _image(48, 48, 7)
     first = Predictor(model, faces=False)(image)
     (entry,) = (cache / "onnx").iterdir()

@@ -13,6 +13,7 @@ from ..checkpoint import CONFIG_FILE, is_hub_id
 from ..data.io import IMAGE_EXTENSIONS
 from ..devices import resolve_device
 from ..errors import SegformerError
+from ..faces import VIDEO_TTA
 from ..inference.files import predict_files
 from ..inference.predictor import Predictor
 from ..pretrained import DEFAULT_TAG, is_tag, list_pretrained
@@ -219,7 +220,7 @@ def _predict(args: argparse.Namespace, overrides: dict) -> int:
         faces_json=args.faces_json,
         instances=args.instances,
         smoothing=args.smoothing,
-        video_tta=args.tta or "none",  # a video's faces: one pass per frame unless --tta says otherwise
+        video_tta=args.tta or VIDEO_TTA,  # a video's faces: one pass per frame unless --tta says otherwise
         mp4=args.mp4,
         parts=args.parts or (),
         cutout=args.cutout,

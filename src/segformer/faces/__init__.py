@@ -20,7 +20,7 @@ from .align import FRAMING, Framing, crop_transform, invert, warp_to_crop
 from .detect import Face, cascade_available, detect_faces
 from .model import FaceModel
 from .pipeline import FaceParse, NoFaceWarning, draw_faces, parse_faces
-from .video import FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
+from .video import VIDEO_TTA, FaceVideo, VideoWriter, flicker, parse_video, video_fps, write_video
 
 FACE_CLASSES = ("skin", "nose")
 
@@ -55,6 +55,7 @@ def default_faces(label_set: LabelSet) -> bool:
 
 __all__ = [
     "FRAMING",
+    "VIDEO_TTA",
     "Face",
     "FaceModel",
     "FaceParse",

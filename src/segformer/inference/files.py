@@ -54,7 +54,7 @@ from .. import distributed
 from ..data.io import PNG_MARK, encode_image, encode_mask, overlay
 from ..data.labels import LabelSet
 from ..errors import SegformerError
-from ..faces import VideoWriter, draw_faces, is_face_label_set, video_fps
+from ..faces import VIDEO_TTA, VideoWriter, draw_faces, is_face_label_set, video_fps
 from ..fileio import OutputFolder, atomic_file
 from .parts import background_id, cutout, parse_names, part_ids, part_masks
 from .predictor import Predictor
@@ -452,7 +452,7 @@ def predict_files(
     faces_json: bool = False,
     instances: bool = False,
     smoothing: float = 0.7,
-    video_tta: str | None = "none",
+    video_tta: str | None = VIDEO_TTA,
     mp4: bool = False,
     parts: str | Sequence[str] = (),
     cutout: bool = False,

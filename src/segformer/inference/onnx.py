@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -195,10 +196,17 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "segformer"
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _cache_key(model: nn.Module, metadata: dict[str, Any]) -> str:
     """A digest of everything the exported graph depends on: the weights, the metadata, the versions."""
-    ort = importlib.util.find_spec("onnxruntime")
-    digest = hashlib.sha256(json.dumps([metadata, torch.__version__, str(ort and ort.origin)]).encode())
+    versions = [torch.__version__, *(_version(m) for m in ("onnx", "onnxruntime"))]
+    digest = hashlib.sha256(json.dumps([metadata, versions]).encode())
     for name, tensor in unwrap(model).state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data.io import IMAGE_EXTENSIONS, load_image
 from ..errors import SegformerError
-from ..faces import FaceParse, FaceVideo, NoFaceWarning
+from ..faces import VIDEO_TTA, FaceParse, FaceVideo, NoFaceWarning
 from .predictor import Predictor
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -261,7 +261,7 @@ class BatchParser:
         probs: bool = False,
         instances: bool = False,
         smoothing: float = 0.7,
-        video_tta: str | None = "none",
+        video_tta: str | None = VIDEO_TTA,
     ) -> None:
         self.predictor = predictor
         self.video_tta = video_tta
